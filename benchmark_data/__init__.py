@@ -1,0 +1,1 @@
+"""Benchmark specs we author; each built-in benchmark is ``<name>/benchmark.yaml``."""

@@ -1,0 +1,58 @@
+"""The Metric interface: a stateful wrapper that batches, caches and records its settings.
+
+The math of each metric lives in ``relbench.metrics.functional`` as pure functions over tensors;
+the classes here load models (hub id, local path or an already built module), preprocess images,
+batch, cache reference embeddings, and say exactly which settings produced each value.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from relbench.profiles import RunContext
+
+
+@dataclass(frozen=True)
+class ScoringSample:
+    """One generated image with what it was asked to show."""
+
+    case_id: str
+    image: "Image.Image"
+    prompt: str
+    relation_phrase: str
+    subject_ids: tuple[str, ...]
+    subject_nouns: tuple[str, ...]
+    references: tuple[tuple["Image.Image", ...], ...]  # per subject, its reference images
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    value: float
+    details: dict[str, float] = field(default_factory=dict)  # e.g. per-subject similarity
+
+
+class Metric(ABC):
+    """Base class of metrics. Subclasses declare direction and range and implement ``score``."""
+
+    name: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    value_range: ClassVar[tuple[float, float]]
+    profiles: ClassVar[tuple[str, ...]] = ("tiny", "full")
+    description: ClassVar[str] = ""
+
+    def __init__(self, context: "RunContext"):
+        self.context = context
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """Model id, revision, pooling, resolution, dtype, scale: all that moves the number."""
+
+    @abstractmethod
+    def score(self, samples: Sequence[ScoringSample]) -> list[MetricResult]:
+        """One result per sample, in order."""

@@ -1,0 +1,47 @@
+"""Errors that mean "the user gave us something wrong" and end the CLI with exit code 2.
+
+Every message is one line that names the file or field and says what was expected. The CLI prints
+the message and exits 2; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RelbenchError(Exception):
+    """A user-facing error: bad input, a missing file, a refused operation."""
+
+    exit_code = 2
+
+
+class UnknownNameError(RelbenchError, KeyError):
+    """A method, metric or benchmark name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a spec or its files: `<file>: <field>: <problem>`."""
+
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.message}"
+
+
+class SpecError(RelbenchError):
+    """A benchmark spec that cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__(str(self.problems[0]) if self.problems else "invalid spec")
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return str(self.problems[0])
+        return f"{self.problems[0]} (and {len(self.problems) - 1} more problems; run `relbench data validate`)"

@@ -1,0 +1,141 @@
+"""The Method interface every generation method implements.
+
+A method is built once per run from a ``RunContext`` (profile, device, dtype, model overrides) and
+its own settings dataclass, then asked to ``generate`` batches of requests. Everything that moves
+a number goes into ``settings()``; the run store hashes it and writes it into every result row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from relbench.benchmark import Box
+from relbench.errors import RelbenchError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from relbench.profiles import RunContext
+
+
+@dataclass(frozen=True)
+class SubjectInput:
+    """One subject of a request: who it is, what it looks like, and where it goes."""
+
+    id: str
+    class_noun: str
+    images: tuple["Image.Image", ...]  # reference images, RGB
+    box: Box  # normalised (x0, y0, x1, y1) layout box in the output image
+    masks: tuple["Image.Image", ...] = ()  # optional foreground masks, one per reference image
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything a method may use to produce one image."""
+
+    case_id: str
+    prompt: str
+    relation_phrase: str
+    subjects: tuple[SubjectInput, ...]
+    seed: int
+    width: int
+    height: int
+
+
+class Method(ABC):
+    """Base class of generation methods.
+
+    Subclasses set ``name``, ``profiles`` (the profiles they can run in) and ``settings_cls`` (a
+    dataclass of their options, one comment per field, with the authors' recommended defaults),
+    and implement ``generate``. Methods that train override ``train``.
+    """
+
+    name: ClassVar[str]
+    profiles: ClassVar[tuple[str, ...]] = ("tiny", "full")
+    settings_cls: ClassVar[type[Any]]
+    min_subjects: ClassVar[int] = 1
+    max_subjects: ClassVar[int | None] = None
+    # How many requests one generate() call should get; the runner batches by this.
+    batch_size: ClassVar[int] = 1
+
+    def __init__(self, context: "RunContext", settings: Any | None = None):
+        self.context = context
+        self.config = settings if settings is not None else self.default_settings(context)
+
+    @classmethod
+    def default_settings(cls, context: "RunContext") -> Any:
+        """The settings this method uses in a profile when the user overrides nothing."""
+        return cls.settings_cls()
+
+    @classmethod
+    def settings_from_overrides(cls, context: "RunContext", overrides: dict[str, str]) -> Any:
+        """Apply ``--set key=value`` strings to the default settings, typed by the dataclass."""
+        base = cls.default_settings(context)
+        fields = {f.name: f for f in dataclasses.fields(base)}
+        changes: dict[str, Any] = {}
+        for key, raw in overrides.items():
+            if key not in fields:
+                raise RelbenchError(
+                    f"--set {cls.name}.{key}: unknown setting; expected one of {', '.join(sorted(fields))}"
+                )
+            changes[key] = _coerce(raw, getattr(base, key), f"--set {cls.name}.{key}")
+        return dataclasses.replace(base, **changes)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that moves a number, as JSON-serialisable values."""
+        return {"method": self.name, "profile": self.context.profile, **_jsonable(dataclasses.asdict(self.config))}
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse inputs this method cannot handle, with a clear message."""
+        n = len(request.subjects)
+        if n < self.min_subjects or (self.max_subjects is not None and n > self.max_subjects):
+            most = "any number" if self.max_subjects is None else str(self.max_subjects)
+            raise RelbenchError(
+                f"case {request.case_id}: method {self.name!r} supports {self.min_subjects} to {most} subjects, got {n}"
+            )
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list["Image.Image"]:
+        """One RGB image per request, of the requested size, deterministic given the seed."""
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        raise RelbenchError(f"method {self.name!r} has no training step")
+
+
+def _coerce(raw: str, current: Any, where: str) -> Any:
+    """Parse a CLI string into the type of the current value."""
+    try:
+        if isinstance(current, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if current is None or isinstance(current, str):
+            return None if raw.lower() in ("none", "null") and current is None else raw
+        if isinstance(current, (tuple, list)):
+            import json
+
+            value = json.loads(raw)
+            return type(current)(value)
+    except ValueError:
+        raise RelbenchError(f"{where}: cannot read {raw!r} as {type(current).__name__}") from None
+    raise RelbenchError(f"{where}: settings of type {type(current).__name__} cannot be set from the command line")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

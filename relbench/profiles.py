@@ -1,0 +1,114 @@
+"""Profiles and the run context every method and metric is built from.
+
+* ``full``: pretrained models by hub id (HF cache honoured), each overridable by a local path or
+  another id with ``--model KEY=ID_OR_PATH[@REVISION]``.
+* ``tiny``: every model built from a small config with random weights, seeded, tokenizers from
+  the CLIP vocabulary that ships in open-clip-torch; fully offline. Scores are not meaningful.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relbench.errors import RelbenchError
+
+if TYPE_CHECKING:
+    import torch
+
+PROFILES = ("tiny", "full")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which weights a model key resolves to: a hub id or a local path, plus a revision."""
+
+    key: str
+    id: str
+    revision: str | None = None
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.id.startswith("tiny:")
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "revision": self.revision}
+
+
+# Pretrained defaults of the full profile. Revisions are branch names; the commit actually loaded
+# is read back from the HF cache and written into results (see resolved_revision).
+FULL_MODELS: dict[str, tuple[str, str | None]] = {
+    "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "main"),
+    "clip": ("openai/clip-vit-large-patch14", "main"),
+    "dino": ("facebook/dino-vits16", "main"),
+}
+
+
+@dataclass
+class RunContext:
+    """Profile, device and model choices shared by every method and metric of a run."""
+
+    profile: str = "tiny"
+    device: str = "auto"  # "auto" picks cuda when available
+    seed: int = 0  # seeds random weights in the tiny profile
+    model_overrides: dict[str, str] = field(default_factory=dict)  # key -> "id_or_path[@revision]"
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise RelbenchError(f"--profile: unknown profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.profile == "tiny"
+
+    def torch_device(self) -> "torch.device":
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def model(self, key: str, tiny_id: str | None = None) -> ModelRef:
+        """The weights for ``key`` in this profile: an override, the tiny config, or the default."""
+        if key in self.model_overrides:
+            raw = self.model_overrides[key]
+            model_id, _, revision = raw.partition("@") if not Path(raw).exists() else (raw, "", "")
+            return ModelRef(key, model_id, revision or None)
+        if self.is_tiny:
+            return ModelRef(key, tiny_id or f"tiny:{key}", None)
+        if key not in FULL_MODELS:
+            raise RelbenchError(f"no pretrained default for model {key!r}; pass --model {key}=HUB_ID_OR_PATH")
+        model_id, revision = FULL_MODELS[key]
+        return ModelRef(key, model_id, revision)
+
+
+def parse_model_overrides(values: list[str] | None) -> dict[str, str]:
+    """``["clip=/models/clip", "sdxl=org/repo@abc123"]`` -> ``{"clip": ..., "sdxl": ...}``."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        key, sep, target = value.partition("=")
+        if not sep or not key or not target:
+            raise RelbenchError(f"--model {value!r}: expected KEY=HUB_ID_OR_PATH, e.g. clip=/models/clip-vit-large-patch14")
+        out[key.strip()] = os.path.expanduser(target.strip())
+    return out
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    import torch
+
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise RelbenchError(f"unknown dtype {name!r}; expected one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def resolved_revision(local_dir: str | os.PathLike[str] | None) -> str | None:
+    """The commit hash of a hub snapshot folder (``.../snapshots/<commit>``), if it is one."""
+    if not local_dir:
+        return None
+    path = Path(local_dir)
+    if path.parent.name == "snapshots" and len(path.name) == 40:
+        return path.name
+    return None
