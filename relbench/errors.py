@@ -15,6 +15,12 @@ class RelbenchError(Exception):
     exit_code = 2
 
 
+class Interrupted(RelbenchError):
+    """Ctrl-C during long work: nothing is lost, the same command resumes."""
+
+    exit_code = 130
+
+
 class UnknownNameError(RelbenchError, KeyError):
     """A method, metric or benchmark name that is not registered."""
 

@@ -57,6 +57,8 @@ class Method(ABC):
     name: ClassVar[str]
     profiles: ClassVar[tuple[str, ...]] = ("tiny", "full")
     settings_cls: ClassVar[type[Any]]
+    # Keys of the models it loads (RunContext.model(key)); their ids go into the settings hash.
+    model_keys: ClassVar[tuple[str, ...]] = ()
     min_subjects: ClassVar[int] = 1
     max_subjects: ClassVar[int | None] = None
     # How many requests one generate() call should get; the runner batches by this.

@@ -132,3 +132,46 @@ def tiny_dino(seed: int = 0) -> tuple[Any, Any]:
         model = ViTModel(config, add_pooling_layer=False).eval()
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     return model, processor
+
+
+# SDXL's noise schedule (stabilityai/stable-diffusion-xl-base-1.0, scheduler/scheduler_config.json):
+# the tiny pipeline uses the real schedule so that step counts and timesteps mean the same thing.
+SDXL_SCHEDULER_CONFIG: dict[str, Any] = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    prediction_type="epsilon", timestep_spacing="leading", steps_offset=1, interpolation_type="linear",
+)
+
+
+def tiny_sdxl_components(seed: int = 0) -> dict[str, Any]:
+    """SDXL-shaped pipeline components with random weights (UNet ~1M params, 64 px in a second).
+
+    Same structure as SDXL (two CLIP text encoders, the second with a projection; ``text_time``
+    added conditioning; cross-attention on concatenated text states) at 32/64 channels, with a
+    2-level VAE (latents at 1/2 resolution) and the real CLIP tokenizer for both encoders.
+    """
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    text_config = CLIPTextConfig(**tiny_clip_text_config())
+    with seeded(seed):
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+            # 32 (pooled text_embeds of encoder 2) + 6 time ids x 8 = 80
+            projection_class_embeddings_input_dim=80, cross_attention_dim=64, norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32,
+        )
+        text_encoder = CLIPTextModel(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    tokenizer = clip_tokenizer()
+    return {
+        "unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
+        "text_encoder_2": text_encoder_2.eval(), "tokenizer": tokenizer, "tokenizer_2": tokenizer,
+        "scheduler": EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+    }

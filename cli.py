@@ -1,0 +1,211 @@
+"""The ``relbench`` command line (Typer).
+
+Start-up imports only Typer and relbench's light core: torch, diffusers and transformers are
+imported inside the commands that need them, so ``relbench --help`` stays well under a second.
+User mistakes end with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from relbench.errors import Interrupted, RelbenchError
+
+app = typer.Typer(
+    name="relbench",
+    help="Benchmark and evaluation toolkit for relation-aware customized image generation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+methods_app = typer.Typer(help="Generation methods.", no_args_is_help=True)
+metrics_app = typer.Typer(help="Metrics.", no_args_is_help=True)
+data_app = typer.Typer(help="Benchmarks and their files.", no_args_is_help=True)
+app.add_typer(methods_app, name="methods")
+app.add_typer(metrics_app, name="metrics")
+app.add_typer(data_app, name="data")
+
+DataRootOption = Annotated[
+    Optional[Path],
+    typer.Option("--data-root", help="Folder holding benchmark files (default: $RELBENCH_DATA_ROOT, else ~/.cache/relbench/data)."),
+]
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Accept both repeated options and comma-separated lists."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        import relbench
+
+        typer.echo(f"relbench {relbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Benchmark and evaluation toolkit for relation-aware customized image generation."""
+
+
+@app.command()
+def evaluate(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (created; re-running resumes it).")],
+    method: Annotated[list[str], typer.Option("--method", "-m", help="Method name(s), comma-separated or repeated, or 'all'.")] = ["all"],
+    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Built-in benchmark name or path to a spec file.")] = "demo",
+    profile: Annotated[str, typer.Option("--profile", "-p", help="'tiny' (random tiny models, offline) or 'full' (pretrained).")] = "tiny",
+    metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help="Metric name(s) or 'all' (default: every metric the profile can run).")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; one image per (method, case, seed).")] = "0",
+    resolution: Annotated[Optional[int], typer.Option("--resolution", help="Output width and height in pixels (default: 64 tiny, 1024 full).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N cases of the benchmark.")] = None,
+    data_root: DataRootOption = None,
+    device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")] = "auto",
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: sdxl, clip, dino).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE, e.g. sdxl.num_inference_steps=50.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Generate and score images for every (method, case, seed); resumable."""
+    from relbench.profiles import parse_model_overrides
+    from relbench.runner import EvaluateOptions, evaluate as run_evaluate
+
+    try:
+        seed_list = tuple(int(s) for s in _split([seeds]))
+    except ValueError:
+        raise RelbenchError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    options = EvaluateOptions(
+        benchmark=benchmark, output=output, methods=_split(method) or ["all"], metrics=_split(metrics) or None,
+        profile=profile, seeds=seed_list, resolution=resolution, data_root=data_root, device=device,
+        model_overrides=parse_model_overrides(model), method_overrides=_parse_sets(set_), limit=limit, progress=not quiet,
+    )
+    try:
+        summary = run_evaluate(options)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; run the same command again to resume {output}") from None
+    typer.echo(
+        f"{summary.output}: {summary.rows} rows ({summary.generated} images generated, {summary.reused_images} reused, "
+        f"{summary.skipped} already done); methods: {', '.join(summary.methods)}; metrics: {', '.join(summary.metrics) or 'none'}"
+    )
+
+
+def _parse_sets(values: list[str] | None) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for value in values or []:
+        target, sep, raw = value.partition("=")
+        method_name, dot, key = target.partition(".")
+        if not sep or not dot or not method_name or not key:
+            raise RelbenchError(f"--set {value!r}: expected METHOD.SETTING=VALUE, e.g. sdxl.guidance_scale=7.5")
+        out.setdefault(method_name.strip(), {})[key.strip()] = raw
+    return out
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `relbench evaluate`.")],
+) -> None:
+    """Write <run-dir>/leaderboard.csv and <run-dir>/report/index.html."""
+    from relbench.reports.html import write_report
+
+    index = write_report(run_dir)
+    typer.echo(f"leaderboard: {run_dir / 'leaderboard.csv'}")
+    typer.echo(f"report: {index}")
+
+
+@app.command()
+def leaderboard(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
+) -> None:
+    """Merge several runs into one leaderboard CSV (one row per method and settings)."""
+    from relbench.reports.leaderboard import write_leaderboard_csv
+
+    write_leaderboard_csv(list(run_dirs), output)
+    typer.echo(f"leaderboard: {output}")
+
+
+@methods_app.command("list")
+def methods_list() -> None:
+    """Registered methods, the profiles they run in, and whether they train."""
+    from relbench.methods import METHODS
+
+    for entry in METHODS.entries():
+        profiles = ",".join(entry.meta.get("profiles", ()))
+        trains = "trains" if entry.meta.get("trains") else "-"
+        typer.echo(f"{entry.name:<20} {profiles:<10} {trains:<7} {entry.summary}")
+
+
+@metrics_app.command("list")
+def metrics_list() -> None:
+    """Registered metrics with their model, range and direction."""
+    from relbench.metrics import METRICS
+
+    for entry in METRICS.entries():
+        direction = "higher is better" if entry.meta.get("higher_is_better") else "lower is better"
+        low, high = entry.meta.get("range", ("?", "?"))
+        typer.echo(f"{entry.name:<10} model={entry.meta.get('model', '-'):<6} range=[{low}, {high}] {direction:<16} {entry.summary}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Built-in benchmarks."""
+    from relbench.benchmarks import BENCHMARKS, builtin_spec_path
+    from relbench.spec import load_spec
+
+    for name in BENCHMARKS.names():
+        bench = load_spec(builtin_spec_path(name))
+        typer.echo(
+            f"{bench.name:<15} v{bench.version:<4} {len(bench.cases):>4} cases {len(bench.relations):>3} relations "
+            f"{len(bench.subjects):>3} subjects  {bench.description.splitlines()[0] if bench.description else ''}"
+        )
+
+
+@data_app.command("validate")
+def data_validate(
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Built-in benchmark name.")] = None,
+    spec: Annotated[Optional[Path], typer.Option("--spec", help="Path to a spec file (.yaml/.json).")] = None,
+    data_root: DataRootOption = None,
+    no_files: Annotated[bool, typer.Option("--no-files", help="Check the spec only, not the files it names.")] = False,
+) -> None:
+    """Check a spec and every file it names; each problem as `<file>: <field>: <problem>`, exit 2."""
+    from relbench.benchmarks import builtin_spec_path
+    from relbench.data_root import resolve_data_root
+    from relbench.spec import validate_spec
+
+    if (benchmark is None) == (spec is None):
+        raise RelbenchError("data validate: give exactly one of --benchmark NAME or --spec FILE")
+    path = spec if spec is not None else builtin_spec_path(benchmark or "")
+    root = resolve_data_root(data_root)
+    bench, problems, n_images = validate_spec(path, root, files=not no_files)
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        _echo_err(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+        raise typer.Exit(2)
+    if bench is None:  # unreachable: validate_spec reports a problem whenever it returns no benchmark
+        raise typer.Exit(2)
+    checked = "files not checked" if no_files else f"{n_images} images checked in {root}"
+    typer.echo(f"{bench.label}: {len(bench.cases)} cases, {len(bench.relations)} relations, {len(bench.subjects)} subjects, {checked}")
+
+
+def main() -> None:
+    """Console-script entry: user errors -> one line on stderr and exit 2 (130 when interrupted)."""
+    try:
+        app()  # standalone mode: Typer reports usage errors itself (exit 2)
+    except RelbenchError as exc:
+        _echo_err(f"error: {exc}")
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

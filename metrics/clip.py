@@ -1,0 +1,430 @@
+"""CLIP-T and CLIP-I over transformers' ``CLIPModel``.
+
+* CLIP-T (``clip_t``): ``100 * cos`` between the generated image and the full prompt.
+* CLIP-I (``clip_i``): per subject, the mean over its reference images of ``100 * cos`` with the
+  generated image; the value is the mean over subjects, the per-subject values go in ``details``.
+
+Embeddings are CLIP's projected ones (``image_embeds`` = CLS token after ``post_layernorm`` and
+``visual_projection``; ``text_embeds`` = EOS token after ``final_layer_norm`` and
+``text_projection``), L2-normalised. The math is in ``relbench.metrics.functional.similarity``.
+
+Models: ``tiny`` profile -> ``relbench.tiny.tiny_clip(seed)`` with the offline CLIP tokenizer;
+``full`` -> ``context.model("clip")`` (default ``openai/clip-vit-large-patch14``), a hub id (HF cache
+honoured) or a local folder saved with ``save_pretrained``. An already built
+``(model, image_processor, tokenizer)`` or ``(model, CLIPProcessor)`` may be passed instead.
+
+This module also holds what ``relbench.metrics.dino`` shares: checked loading with one-line errors,
+revision resolution, image digests and the reference-similarity metric base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from relbench.errors import RelbenchError
+from relbench.metrics.base import Metric, MetricResult, ScoringSample
+from relbench.metrics.functional.preprocess import ImagePreprocess, preprocess_from_processor
+from relbench.metrics.functional.similarity import SCALE, VALUE_RANGE
+from relbench.profiles import ModelRef, RunContext, resolved_revision, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 16
+
+
+# --------------------------------------------------------------------------------------------
+# Loading (shared with dino.py)
+
+
+def model_source(ref: ModelRef) -> str:
+    """The string to give ``from_pretrained``: an existing local folder, or a hub id.
+
+    A reference that is written like a path (absolute, ``./``, ``~``, or more than one ``/``) but
+    does not exist is refused here: transformers would otherwise answer with a confusing
+    "Repo id must be in the form ..." message.
+    """
+    path = Path(ref.id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise RelbenchError(f"--model {ref.key}={ref.id}: expected a folder saved with save_pretrained, got a file")
+        return str(path)
+    if ref.id.startswith(("/", "./", "../", "~")) or "\\" in ref.id or ref.id.count("/") > 1:
+        raise RelbenchError(f"--model {ref.key}={ref.id}: no such folder")
+    return ref.id
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_error(ref: ModelRef, what: str, exc: BaseException) -> RelbenchError:
+    revision = f" (revision {ref.revision})" if ref.revision else ""
+    return RelbenchError(
+        f"{ref.key} model {ref.id!r}{revision}: cannot load {what}: {type(exc).__name__}: {_first_line(exc)}; "
+        f"without network, pass --model {ref.key}=/local/path to a folder saved with save_pretrained"
+    )
+
+
+def load_pretrained(model_cls: Any, ref: ModelRef, source: str, **kwargs: Any) -> Any:
+    """``model_cls.from_pretrained`` that refuses checkpoints it would silently half-initialise.
+
+    transformers loads e.g. a ViT folder into ``CLIPModel`` with a warning and random weights
+    (measured with transformers 5.24); every missing or mismatched weight is an error here.
+    """
+    try:
+        model, info = model_cls.from_pretrained(source, revision=ref.revision, output_loading_info=True, **kwargs)
+    except Exception as exc:  # any failure to read a user-named model is a user-facing error
+        raise load_error(ref, model_cls.__name__, exc) from exc
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        bad = missing or mismatched
+        kind = "missing" if missing else "of the wrong shape"
+        raise RelbenchError(
+            f"{ref.key} model {ref.id!r}: {len(bad)} weights {kind} for {model_cls.__name__} (e.g. {bad[0]}); "
+            f"is it a {model_cls.__name__} checkpoint? Pass --model {ref.key}=ID_OR_PATH of one"
+        )
+    return model.eval()
+
+
+def load_component(cls: Any, ref: ModelRef, source: str) -> Any:
+    """A tokenizer or image processor, with the same one-line error as the model."""
+    try:
+        return cls.from_pretrained(source, revision=ref.revision)
+    except Exception as exc:
+        raise load_error(ref, cls.__name__, exc) from exc
+
+
+def resolve_revision(model: Any, source: str | None, requested: str | None) -> str | None:
+    """The commit actually loaded: the config's ``_commit_hash`` (transformers 4.x), else the
+    snapshot folder it came from (local snapshot path or the HF cache entry), else the request."""
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    if source:
+        if Path(source).exists():
+            return resolved_revision(source) or requested
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "config.json", revision=requested)
+        except Exception:  # an unusual id or cache layout: fall back to what was asked
+            cached = None
+        if isinstance(cached, str):
+            return resolved_revision(Path(cached).parent) or requested
+    return requested
+
+
+def built_model_name(model: Any) -> str:
+    """What to record for a model passed in already built."""
+    return str(getattr(model.config, "_name_or_path", "") or f"in-memory {type(model).__name__}")
+
+
+def check_input_size(preprocess: ImagePreprocess, expected: int, where: str) -> None:
+    size = preprocess.output_size
+    if size is None or size != (expected, expected):
+        raise RelbenchError(
+            f"{where}: the image processor gives {size or 'variable-size'} images but the model expects "
+            f"{expected}x{expected}; check preprocessor_config.json (size / crop_size)"
+        )
+
+
+def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def image_digest(image: "Image.Image") -> str:
+    """sha1 of the decoded pixels with mode and size: equal for the same picture from any file."""
+    digest = hashlib.sha1(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# The CLIP embedder
+
+
+class CLIPEmbedder:
+    """Loads a CLIP model once and embeds images and texts (L2-normalised, float32, on the CPU)."""
+
+    def __init__(
+        self,
+        context: RunContext,
+        model: Any = None,
+        *,
+        dtype: str = "float32",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        self.context = context
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.device = context.torch_device()
+        self.seed: int | None = None
+        self.requested_revision: str | None = None
+        where = "clip model"
+        if model is not None:
+            self.model, image_processor, self.tokenizer = _unpack_built(model)
+            self.model_id = built_model_name(self.model)
+            self.revision = resolve_revision(self.model, None, None) or resolved_revision(self.model_id)
+        else:
+            ref = context.model("clip")
+            where = f"clip model {ref.id!r}"
+            if ref.is_tiny:
+                from relbench.tiny import clip_tokenizer, tiny_clip
+
+                self.model, image_processor = tiny_clip(seed=context.seed)
+                self.tokenizer = clip_tokenizer()
+                self.seed = context.seed
+                self.revision = None
+            else:
+                from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+                source = model_source(ref)
+                self.model = load_pretrained(CLIPModel, ref, source)
+                image_processor = load_component(CLIPImageProcessor, ref, source)
+                self.tokenizer = load_component(CLIPTokenizer, ref, source)
+                self.revision = resolve_revision(self.model, source, ref.revision)
+            self.model_id = ref.id
+            self.requested_revision = ref.revision
+        self.preprocess = preprocess_from_processor(image_processor, where)
+        check_input_size(self.preprocess, int(self.model.config.vision_config.image_size), where)
+        vocab = int(self.model.config.text_config.vocab_size)
+        # A folder without tokenizer files loads as a 2-token tokenizer without any error.
+        if self.tokenizer is not None and len(self.tokenizer) != vocab:
+            raise RelbenchError(
+                f"{where}: the tokenizer has {len(self.tokenizer)} tokens but the text model {vocab}; "
+                "does the folder hold the tokenizer files (vocab.json + merges.txt or tokenizer.json)?"
+            )
+        self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
+        self.model.to(device=self.device, dtype=torch_dtype(dtype))
+
+    def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
+        """(N, D) projected image embeddings, L2-normalised, float32 on the CPU."""
+        import torch
+
+        parts = []
+        with torch.inference_mode():
+            for batch in batched(images, self.batch_size):
+                pixels = self.preprocess(batch).to(device=self.device, dtype=self.model.dtype)
+                pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+                parts.append(self.model.visual_projection(pooled).float().cpu())
+            return _normalized(parts, int(self.model.config.projection_dim))
+
+    def embed_texts(self, texts: Sequence[str]) -> "torch.Tensor":
+        """(N, D) projected text embeddings, L2-normalised, float32 on the CPU; texts longer than
+        the model's context (77 tokens for CLIP) are truncated, with a warning."""
+        import torch
+
+        if self.tokenizer is None:
+            raise RelbenchError(f"clip model {self.model_id!r}: built without a tokenizer, cannot embed prompts")
+        parts = []
+        with torch.inference_mode():
+            for batch in batched(list(texts), self.batch_size):
+                for text, ids in zip(batch, self.tokenizer(list(batch))["input_ids"]):
+                    if len(ids) > self.max_text_tokens:
+                        log.warning("CLIP-T: prompt of %d tokens truncated to %d: %r", len(ids), self.max_text_tokens, text)
+                tokens = self.tokenizer(
+                    list(batch), padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
+                ).to(self.device)
+                pooled = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+                parts.append(self.model.text_projection(pooled).float().cpu())
+            return _normalized(parts, int(self.model.config.projection_dim))
+
+    def settings(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "model": self.model_id,
+            "model_class": "transformers.CLIPModel",
+            "requested_revision": self.requested_revision,
+            "revision": self.revision,
+            "input_resolution": int(self.model.config.vision_config.image_size),
+            "preprocessing": self.preprocess.describe(),
+            "dtype": self.dtype,
+        }
+        if self.seed is not None:
+            settings["seed"] = self.seed
+        return settings
+
+
+def _normalized(parts: list["torch.Tensor"], dim: int) -> "torch.Tensor":
+    import torch
+
+    if not parts:
+        return torch.empty(0, dim)
+    return torch.nn.functional.normalize(torch.cat(parts), dim=-1)
+
+
+def _unpack_built(model: Any) -> tuple[Any, Any, Any]:
+    """(model, CLIPProcessor) or (model, image_processor[, tokenizer]) -> the three parts."""
+    if not isinstance(model, (tuple, list)) or len(model) not in (2, 3):
+        raise TypeError("a built CLIP model is passed as (model, CLIPProcessor) or (model, image_processor, tokenizer)")
+    if len(model) == 3:
+        return model[0], model[1], model[2]
+    processor = model[1]
+    if hasattr(processor, "image_processor"):
+        return model[0], processor.image_processor, getattr(processor, "tokenizer", None)
+    return model[0], processor, None
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+class ReferenceSimilarityMetric(Metric):
+    """Generated image vs each subject's reference images (CLIP-I, DINO).
+
+    Per subject: the mean over its references of ``100 * cos``; the value: the mean over the
+    sample's distinct subjects; ``details``: subject id -> its similarity. Reference embeddings
+    are cached for the life of the metric object, keyed by subject id and pixel digest, so each
+    reference image is embedded once per run however many cases use it.
+    """
+
+    higher_is_better: ClassVar[bool] = True
+    value_range: ClassVar[tuple[float, float]] = VALUE_RANGE
+    model_key: ClassVar[str]
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __init__(self, context: RunContext):
+        super().__init__(context)
+        self._reference_cache: dict[tuple[str, str], "torch.Tensor"] = {}
+
+    @abstractmethod
+    def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
+        """(N, D) L2-normalised embeddings."""
+
+    def score(self, samples: Sequence[ScoringSample]) -> list[MetricResult]:
+        import torch
+
+        from relbench.metrics.functional.similarity import image_image_similarity
+
+        for sample in samples:
+            if len(sample.subject_ids) != len(sample.references):
+                raise RelbenchError(
+                    f"case {sample.case_id}: {len(sample.subject_ids)} subject ids but {len(sample.references)} reference image sets"
+                )
+            for subject_id, refs in zip(sample.subject_ids, sample.references):
+                if not refs:
+                    raise RelbenchError(f"case {sample.case_id}: subject {subject_id!r} has no reference images")
+
+        generated = self.embed_images([sample.image for sample in samples])
+
+        # Embed, in batches, every reference image not seen before.
+        keys_per_sample: list[list[list[tuple[str, str]]]] = []
+        pending: dict[tuple[str, str], "Image.Image"] = {}
+        for sample in samples:
+            sample_keys = []
+            for subject_id, refs in zip(sample.subject_ids, sample.references):
+                subject_keys = [(subject_id, image_digest(image)) for image in refs]
+                for key, image in zip(subject_keys, refs):
+                    if key not in self._reference_cache and key not in pending:
+                        pending[key] = image
+                sample_keys.append(subject_keys)
+            keys_per_sample.append(sample_keys)
+        if pending:
+            embeds = self.embed_images(list(pending.values()))
+            self._reference_cache.update(zip(pending.keys(), embeds))
+
+        results = []
+        for i, (sample, sample_keys) in enumerate(zip(samples, keys_per_sample)):
+            per_subject: dict[str, float] = {}
+            for subject_id, subject_keys in zip(sample.subject_ids, sample_keys):
+                refs = torch.stack([self._reference_cache[key] for key in subject_keys])
+                per_subject[subject_id] = float(image_image_similarity(generated[i], refs))
+            value = sum(per_subject.values()) / len(per_subject)
+            results.append(MetricResult(value=value, details=per_subject))
+        return results
+
+
+class CLIPIScore(ReferenceSimilarityMetric):
+    name: ClassVar[str] = "clip_i"
+    model_key: ClassVar[str] = "clip"
+    description: ClassVar[str] = "CLIP image-image similarity to each subject's reference images (x100 cosine)"
+
+    def __init__(
+        self,
+        context: RunContext,
+        model: Any = None,
+        *,
+        embedder: CLIPEmbedder | None = None,
+        dtype: str = "float32",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        super().__init__(context)
+        self.batch_size = batch_size
+        # Pass the CLIPTScore's embedder to share one loaded model between the two metrics.
+        self.embedder = embedder or CLIPEmbedder(context, model, dtype=dtype, batch_size=batch_size)
+
+    def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
+        self.embedder.batch_size = self.batch_size
+        return self.embedder.embed_images(images)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "metric": self.name,
+            "profile": self.context.profile,
+            **self.embedder.settings(),
+            "pooling": "image_embeds (CLS -> post_layernorm -> visual_projection), L2-normalised",
+            "scale": SCALE,
+            "clamp": None,
+            "aggregation": "per subject mean over references, then mean over subjects",
+        }
+
+
+class CLIPTScore(Metric):
+    name: ClassVar[str] = "clip_t"
+    model_key: ClassVar[str] = "clip"
+    higher_is_better: ClassVar[bool] = True
+    value_range: ClassVar[tuple[float, float]] = VALUE_RANGE
+    description: ClassVar[str] = "CLIP image-text similarity between the image and its full prompt (x100 cosine)"
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __init__(
+        self,
+        context: RunContext,
+        model: Any = None,
+        *,
+        embedder: CLIPEmbedder | None = None,
+        dtype: str = "float32",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        super().__init__(context)
+        self.batch_size = batch_size
+        self.embedder = embedder or CLIPEmbedder(context, model, dtype=dtype, batch_size=batch_size)
+        self._text_cache: dict[str, "torch.Tensor"] = {}  # prompts repeat across seeds and methods
+
+    def score(self, samples: Sequence[ScoringSample]) -> list[MetricResult]:
+        import torch
+
+        from relbench.metrics.functional.similarity import clip_t_score
+
+        self.embedder.batch_size = self.batch_size
+        images = self.embedder.embed_images([sample.image for sample in samples])
+        new_prompts = list(dict.fromkeys(s.prompt for s in samples if s.prompt not in self._text_cache))
+        if new_prompts:
+            self._text_cache.update(zip(new_prompts, self.embedder.embed_texts(new_prompts)))
+        if not samples:
+            return []
+        texts = torch.stack([self._text_cache[sample.prompt] for sample in samples])
+        return [MetricResult(value=float(v)) for v in clip_t_score(images, texts)]
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "metric": self.name,
+            "profile": self.context.profile,
+            **self.embedder.settings(),
+            "pooling": "image_embeds (CLS -> visual_projection) vs text_embeds (EOS -> text_projection), L2-normalised",
+            "text": "full prompt",
+            "text_max_tokens": self.embedder.max_text_tokens,
+            "scale": SCALE,
+            "clamp": None,
+        }

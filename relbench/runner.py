@@ -1,0 +1,336 @@
+"""``relbench evaluate``: generate an image per (method, case, seed), score it, store the row.
+
+Flow: load the benchmark and check the files its cases need -> pick methods and metrics for the
+profile -> open the run store (lock, refuse mismatched settings, find what is done) -> per method,
+load it once and work through the pending items in batches: generate (or reuse an image a killed
+run left on disk), score with every metric, append one row per item. Re-running the same command
+does only what is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relbench.benchmark import Benchmark, Case
+from relbench.data_root import load_image, resolve_data_root
+from relbench.errors import RelbenchError
+from relbench.profiles import RunContext
+from relbench.runstore import RunStore, RunWriter, atomic_save_image, settings_hash
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from relbench.method import GenerationRequest, Method, SubjectInput
+    from relbench.metrics.base import Metric
+
+# Output size per profile when --resolution is not given.
+DEFAULT_RESOLUTION = {"tiny": 64, "full": 1024}
+
+
+@dataclass
+class EvaluateOptions:
+    benchmark: str
+    output: Path
+    methods: list[str]  # names, or ["all"]: every registered method that runs in the profile
+    metrics: list[str] | None = None  # None or ["all"]: every metric the profile can run
+    profile: str = "tiny"
+    seeds: tuple[int, ...] = (0,)
+    resolution: int | None = None
+    data_root: Path | None = None
+    device: str = "auto"
+    model_overrides: dict[str, str] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # method -> key -> value
+    limit: int | None = None  # only the first N cases
+    progress: bool = True
+
+
+@dataclass
+class EvaluateSummary:
+    output: Path
+    methods: list[str]
+    metrics: list[str]
+    generated: int = 0
+    reused_images: int = 0
+    skipped: int = 0  # rows that were already there
+    rows: int = 0
+
+
+def select_methods(names: Sequence[str], profile: str) -> list[str]:
+    from relbench.methods import METHODS
+
+    if list(names) == ["all"]:
+        chosen = [e.name for e in METHODS.entries() if profile in e.meta.get("profiles", ())]
+        if not chosen:
+            raise RelbenchError(f"no registered method runs in the {profile!r} profile")
+        return chosen
+    chosen = []
+    for name in names:
+        entry = METHODS.entry(name)  # unknown names: suggestions
+        if profile not in entry.meta.get("profiles", ()):
+            raise RelbenchError(f"method {name!r} does not run in the {profile!r} profile (it runs in: {', '.join(entry.meta.get('profiles', ()))})")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def select_metrics(names: Sequence[str] | None, profile: str) -> list[str]:
+    from relbench.metrics import METRICS
+
+    if names is None or list(names) == ["all"]:
+        return [e.name for e in METRICS.entries() if profile in e.meta.get("profiles", ())]
+    chosen = []
+    for name in names:
+        entry = METRICS.entry(name)
+        if profile not in entry.meta.get("profiles", ()):
+            raise RelbenchError(f"metric {name!r} does not run in the {profile!r} profile")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def spec_digest(benchmark: Benchmark) -> str | None:
+    import hashlib
+
+    if benchmark.spec_path is None:
+        return None
+    return hashlib.sha256(benchmark.spec_path.read_bytes()).hexdigest()[:16]
+
+
+def check_case_files(benchmark: Benchmark, cases: Sequence[Case], data_root: Path) -> None:
+    """Fail before any model loads if an image a case needs is missing."""
+    from relbench.data_root import resolve_path
+
+    missing = []
+    for sid in dict.fromkeys(s for case in cases for s in case.subjects):
+        subject = benchmark.subjects[sid]
+        for ref in (*subject.images, *subject.masks):
+            path = resolve_path(ref, data_root, benchmark.spec_dir)
+            if not path.is_file():
+                missing.append(path)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise RelbenchError(
+            f"{missing[0]}: image not found{more} (data root: {data_root}); run `relbench data download` "
+            f"or pass --data-root / set RELBENCH_DATA_ROOT"
+        )
+
+
+def method_config(method_cls: type["Method"], context: RunContext, overrides: dict[str, str], width: int, height: int) -> tuple[Any, dict[str, Any]]:
+    """The method's settings object and the requested settings that identify its results."""
+    import dataclasses
+
+    settings = method_cls.settings_from_overrides(context, overrides)
+    requested = {
+        "method": method_cls.name,
+        "profile": context.profile,
+        "resolution": [width, height],
+        "settings": dataclasses.asdict(settings),
+        "models": {key: context.model(key).describe() for key in method_cls.model_keys},
+    }
+    if context.is_tiny:
+        requested["tiny_seed"] = context.seed
+    return settings, requested
+
+
+def evaluate(options: EvaluateOptions) -> EvaluateSummary:
+    from relbench.benchmarks import load_benchmark
+    from relbench.methods import METHODS
+    from relbench.metrics import METRICS
+    from relbench.provenance import environment
+
+    context = RunContext(profile=options.profile, device=options.device, model_overrides=dict(options.model_overrides))
+    benchmark = load_benchmark(options.benchmark)
+    cases = list(benchmark.cases[: options.limit] if options.limit else benchmark.cases)
+    if options.limit is not None and options.limit < 1:
+        raise RelbenchError(f"--limit: expected a positive number of cases, got {options.limit}")
+    if not options.seeds:
+        raise RelbenchError("--seeds: expected at least one seed")
+    data_root = resolve_data_root(options.data_root)
+    check_case_files(benchmark, cases, data_root)
+
+    method_names = select_methods(options.methods, options.profile)
+    metric_names = select_metrics(options.metrics, options.profile)
+    for name in options.method_overrides:
+        if name not in method_names:
+            raise RelbenchError(f"--set {name}.*: method {name!r} is not being evaluated (methods: {', '.join(method_names)})")
+    size = options.resolution or DEFAULT_RESOLUTION[options.profile]
+    if size < 8 or size % 8:
+        raise RelbenchError(f"--resolution: expected a multiple of 8 of at least 8, got {size}")
+    width = height = size
+
+    method_settings: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for name in method_names:
+        method_settings[name] = method_config(METHODS.get(name), context, options.method_overrides.get(name, {}), width, height)
+
+    config = {
+        "benchmark": {"name": benchmark.name, "version": benchmark.version, "spec_sha256": spec_digest(benchmark)},
+        "profile": options.profile,
+        "seeds": list(options.seeds),
+        "resolution": [width, height],
+        "cases": [case.id for case in cases],
+        "metrics": {
+            name: {"model": context.model(METRICS.entry(name).meta["model"]).describe() if METRICS.entry(name).meta.get("model") else None}
+            for name in metric_names
+        },
+        "methods": {
+            name: {"settings_hash": settings_hash(requested), "settings": requested}
+            for name, (_, requested) in method_settings.items()
+        },
+    }
+    store = RunStore(Path(options.output))
+    summary = EvaluateSummary(Path(options.output), method_names, metric_names)
+    with store.open_for_writing(config, environment(str(context.torch_device()))) as writer:
+        pending = {
+            name: [(case, seed) for case in cases for seed in options.seeds
+                   if not writer.has((name, config["methods"][name]["settings_hash"], case.id, seed))]
+            for name in method_names
+        }
+        summary.skipped = sum(len(cases) * len(options.seeds) - len(p) for p in pending.values())
+        if any(pending.values()):
+            metrics = [METRICS.get(name)(context) for name in metric_names]
+            inputs = SubjectInputs(benchmark, data_root)
+            for name in method_names:
+                if pending[name]:
+                    settings, _ = method_settings[name]
+                    method = METHODS.get(name)(context, settings)
+                    _run_method(method, config["methods"][name]["settings_hash"], pending[name], benchmark, inputs,
+                                metrics, writer, width, height, summary, options.progress)
+                    del method  # free its models before the next method loads
+        summary.rows = len(writer.rows)
+        _record_metric_settings(store, writer, metric_names)
+    return summary
+
+
+class SubjectInputs:
+    """Loads each subject's reference images once per run."""
+
+    def __init__(self, benchmark: Benchmark, data_root: Path):
+        self.benchmark = benchmark
+        self.data_root = data_root
+        self._images: dict[str, tuple[tuple["Image.Image", ...], tuple["Image.Image", ...]]] = {}
+
+    def images(self, sid: str) -> tuple[tuple["Image.Image", ...], tuple["Image.Image", ...]]:
+        if sid not in self._images:
+            subject = self.benchmark.subjects[sid]
+            spec_dir = self.benchmark.spec_dir
+            self._images[sid] = (
+                tuple(load_image(ref, self.data_root, spec_dir) for ref in subject.images),
+                tuple(load_image(ref, self.data_root, spec_dir).convert("L") for ref in subject.masks),
+            )
+        return self._images[sid]
+
+    def request(self, case: Case, seed: int, width: int, height: int) -> "GenerationRequest":
+        from relbench.method import GenerationRequest, SubjectInput
+
+        subjects: list[SubjectInput] = []
+        for sid, box in zip(case.subjects, case.boxes):
+            images, masks = self.images(sid)
+            subjects.append(SubjectInput(sid, self.benchmark.subjects[sid].class_noun, images, box, masks))
+        relation = self.benchmark.relations[case.relation]
+        return GenerationRequest(case.id, case.prompt, relation.phrase, tuple(subjects), seed, width, height)
+
+
+def _run_method(
+    method: "Method", shash: str, items: list[tuple[Case, int]], benchmark: Benchmark, inputs: SubjectInputs,
+    metrics: list["Metric"], writer: RunWriter, width: int, height: int, summary: EvaluateSummary, progress: bool,
+) -> None:
+    from PIL import Image
+    from tqdm import tqdm
+
+    from relbench.metrics.base import ScoringSample
+
+    method_settings = method.settings()
+    metric_settings = {metric.name: metric.settings() for metric in metrics}
+    bar = tqdm(total=len(items), desc=f"{method.name}", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(items), method.batch_size):
+            batch = items[start : start + method.batch_size]
+            requests = [inputs.request(case, seed, width, height) for case, seed in batch]
+            paths = [writer.image_path(method.name, case.id, seed) for case, seed in batch]
+            # Images a killed run saved before scoring are reused, not generated again.
+            todo = [i for i, path in enumerate(paths) if not path.is_file()]
+            seconds_per_image = None
+            images: list[Any] = [None] * len(batch)
+            if todo:
+                began = time.perf_counter()
+                generated = method.generate([requests[i] for i in todo])
+                seconds_per_image = (time.perf_counter() - began) / len(todo)
+                if len(generated) != len(todo):
+                    raise RelbenchError(f"method {method.name!r} returned {len(generated)} images for {len(todo)} requests")
+                for i, image in zip(todo, generated):
+                    if image.size != (width, height):
+                        raise RelbenchError(f"method {method.name!r} returned a {image.size[0]}x{image.size[1]} image, expected {width}x{height}")
+                    atomic_save_image(image.convert("RGB"), paths[i])
+                    images[i] = image.convert("RGB")
+                summary.generated += len(todo)
+            for i, path in enumerate(paths):
+                if images[i] is None:
+                    with Image.open(path) as stored:
+                        images[i] = stored.convert("RGB")
+                    summary.reused_images += 1
+            samples = [
+                ScoringSample(
+                    case_id=req.case_id, image=img, prompt=req.prompt, relation_phrase=req.relation_phrase,
+                    subject_ids=tuple(s.id for s in req.subjects), subject_nouns=tuple(s.class_noun for s in req.subjects),
+                    references=tuple(s.images for s in req.subjects),
+                )
+                for req, img in zip(requests, images)
+            ]
+            scores = {metric.name: metric.score(samples) for metric in metrics}
+            for j, ((case, seed), req) in enumerate(zip(batch, requests)):
+                relation = benchmark.relations[case.relation]
+                writer.append({
+                    "schema": 1,
+                    "method": method.name,
+                    "settings_hash": shash,
+                    "benchmark": benchmark.name,
+                    "benchmark_version": benchmark.version,
+                    "profile": method.context.profile,
+                    "case_id": case.id,
+                    "relation": relation.id,
+                    "relation_kind": relation.kind.value,
+                    "subjects": list(case.subjects),
+                    "subject_categories": [benchmark.subjects[s].category for s in case.subjects],
+                    "prompt": case.prompt,
+                    "seed": seed,
+                    "width": width,
+                    "height": height,
+                    "image": writer.store.image_relpath(method.name, case.id, seed),
+                    "generation_seconds": seconds_per_image if j in todo else None,
+                    "metrics": {
+                        name: {"value": result[j].value, "details": result[j].details, "settings": metric_settings[name]}
+                        for name, result in scores.items()
+                    },
+                    "method_settings": method_settings,
+                })
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+
+def _record_metric_settings(store: RunStore, writer: RunWriter, metric_names: list[str]) -> None:
+    """Copy each metric's resolved settings, direction and range into run.json for reports."""
+    from relbench.metrics import METRICS
+    from relbench.runstore import atomic_write_json
+
+    run = store.read_run() or {}
+    resolved: dict[str, Any] = {}
+    for row in writer.iter_rows():
+        for name, value in row.get("metrics", {}).items():
+            resolved.setdefault(name, value.get("settings"))
+    for name in metric_names:
+        entry = METRICS.entry(name)
+        run["metrics"][name].update({
+            "higher_is_better": entry.meta.get("higher_is_better"),
+            "range": list(entry.meta.get("range", ())),
+            "summary": entry.summary,
+            "settings": resolved.get(name),
+        })
+    from relbench.provenance import now
+
+    run["updated"] = now()
+    atomic_write_json(store.run_json, run)

@@ -1,0 +1,249 @@
+"""The run store: one output directory per evaluation, safe to kill and resume.
+
+Layout of ``<output>/``::
+
+    run.json        what the run computes (benchmark, profile, seeds, resolution, cases, metrics with
+                    their models, methods with their settings and its hash), and what produced it
+                    (package versions, git commit, machine, times); see CONFIG_KEYS
+    samples.jsonl   one JSON row per (method, case, seed): prompt, seed, image path, every metric
+                    value with the settings that produced it, the method's settings and their hash
+    images/<method>/<case_id>/<seed>.png
+    .lock           held while a process writes here
+
+Guarantees:
+
+* every file is written atomically (temporary file + ``os.replace``); ``samples.jsonl`` is only
+  appended to, one flushed and fsync'ed line per row, and a line cut short by a kill is removed
+  when the store is opened again;
+* a row is appended only after its image is on disk and scored, and only if no row has that key,
+  so a run killed at any moment and started again ends with exactly one row per key;
+* an output directory made with other settings is refused, naming the setting that differs.
+  New methods may be added to an existing run; a method already there must keep its settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relbench.errors import RelbenchError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+SCHEMA_VERSION = 1
+RowKey = tuple[str, str, str, int]  # (method, settings_hash, case_id, seed)
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """A short, stable hash of JSON-serialisable settings (key order does not matter)."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def atomic_save_image(image: "Image.Image", path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def row_key(row: dict[str, Any]) -> RowKey:
+    return (row["method"], row["settings_hash"], row["case_id"], int(row["seed"]))
+
+
+def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Rows of a samples.jsonl.
+
+    Each row is written as one ``line + "\n"``, so a kill can only leave bytes after the last
+    newline: those are dropped (and cut off the file when ``repair``); the row is made again.
+    Any complete line that is not a JSON object means the file was damaged otherwise: an error.
+    """
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    complete, newline, tail = data.rpartition(b"\n")
+    if not newline:
+        complete, tail = b"", data
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(complete.split(b"\n") if complete else [], start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise RelbenchError(f"{path}: line {number}: not a valid JSON row ({exc}); the file was edited or damaged") from None
+        if not isinstance(row, dict):
+            raise RelbenchError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if repair and tail:
+        atomic_write_bytes(path, data[: len(data) - len(tail)])
+    return rows
+
+
+@dataclass
+class RunStore:
+    root: Path
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def samples_jsonl(self) -> Path:
+        return self.root / "samples.jsonl"
+
+    def image_relpath(self, method: str, case_id: str, seed: int) -> str:
+        return f"images/{method}/{case_id}/{seed}.png"
+
+    def read_run(self) -> dict[str, Any] | None:
+        if not self.run_json.is_file():
+            return None
+        try:
+            value = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise RelbenchError(f"{self.run_json}: not valid JSON ({exc})") from None
+        if not isinstance(value, dict) or not all(key in value for key in CONFIG_KEYS):
+            raise RelbenchError(f"{self.run_json}: not a relbench run file (expected keys {', '.join(CONFIG_KEYS)})")
+        return value
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_rows(self.samples_jsonl)
+
+    def open_for_writing(self, config: dict[str, Any], environment: dict[str, Any]) -> "RunWriter":
+        """Lock the directory, refuse mismatched settings, repair a cut-short row, write run.json."""
+        from filelock import FileLock, Timeout
+
+        if self.root.exists() and not self.root.is_dir():
+            raise RelbenchError(f"{self.root}: --output exists and is not a directory")
+        if self.root.is_dir() and not self.run_json.exists() and any(self.root.iterdir()):
+            raise RelbenchError(f"{self.root}: --output is a non-empty directory that is not a relbench run; choose a new one")
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.root / ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RelbenchError(f"{self.root}: another relbench process is writing to this run directory") from None
+        try:
+            existing = self.read_run()
+            merged = merge_config(identity(existing), config, self.root) if existing else config
+            run: dict[str, Any] = {"schema": SCHEMA_VERSION}
+            run.update({k: v for k, v in (existing or {}).items() if k != "schema"})
+            run.setdefault("created", environment.get("time"))
+            for key, value in merged.items():
+                if key == "metrics":  # keep what a finished run recorded about each metric
+                    old = (existing or {}).get("metrics", {})
+                    value = {name: {**old.get(name, {}), **entry} for name, entry in value.items()}
+                run[key] = value
+            run["relbench_version"] = environment.get("relbench_version")
+            run["git_commit"] = environment.get("git_commit")
+            run["packages"] = environment.get("packages")
+            run["environment"] = {k: v for k, v in environment.items() if k not in ("packages", "relbench_version", "git_commit")}
+            atomic_write_json(self.run_json, run)
+            rows = read_rows(self.samples_jsonl, repair=True)
+        except BaseException:
+            lock.release()
+            raise
+        return RunWriter(self, lock, {row_key(r): r for r in rows})
+
+
+# Keys of run.json that identify what a run computes; resuming with any other value is refused.
+CONFIG_KEYS = ("benchmark", "profile", "seeds", "resolution", "cases", "metrics", "methods")
+
+
+def identity(run: dict[str, Any]) -> dict[str, Any]:
+    """The part of run.json that a resumed command must match (metrics: names and models only)."""
+    config = {key: run.get(key) for key in CONFIG_KEYS}
+    config["metrics"] = {name: {"model": entry.get("model")} for name, entry in (run.get("metrics") or {}).items()}
+    return config
+
+
+def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path) -> dict[str, Any]:
+    """The config of a resumed run; refuses any difference except added methods."""
+    for key in sorted(set(old) | set(new)):
+        if key == "methods":
+            continue
+        if old.get(key) != new.get(key):
+            raise RelbenchError(
+                f"{root}: this run was made with different settings ({key}: {_short(old.get(key))} != "
+                f"{_short(new.get(key))}); use a new --output directory"
+            )
+    methods = dict(old.get("methods", {}))
+    for name, entry in new.get("methods", {}).items():
+        if name in methods and methods[name]["settings_hash"] != entry["settings_hash"]:
+            raise RelbenchError(
+                f"{root}: method {name!r} was run here with other settings (hash {methods[name]['settings_hash']} "
+                f"!= {entry['settings_hash']}); use a new --output directory"
+            )
+        methods[name] = entry
+    return {**new, "methods": methods}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class RunWriter:
+    """Appends rows and saves images while holding the run directory's lock."""
+
+    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, dict[str, Any]]):
+        self.store = store
+        self._lock = lock
+        self.rows = rows
+        self._handle = open(store.samples_jsonl, "ab")
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        self._lock.release()
+
+    def has(self, key: RowKey) -> bool:
+        return key in self.rows
+
+    def image_path(self, method: str, case_id: str, seed: int) -> Path:
+        return self.store.root / self.store.image_relpath(method, case_id, seed)
+
+    def append(self, row: dict[str, Any]) -> None:
+        key = row_key(row)
+        if key in self.rows:
+            return  # exactly one row per key, whatever happened before
+        line = json.dumps(row, sort_keys=False, default=str).encode("utf-8") + b"\n"
+        self._handle.write(line)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.rows[key] = row
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows.values())
