@@ -66,7 +66,7 @@ def evaluate(
     method: Annotated[list[str], typer.Option("--method", "-m", help="Method name(s), comma-separated or repeated, or 'all'.")] = ["all"],
     benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Built-in benchmark name or path to a spec file.")] = "demo",
     profile: Annotated[str, typer.Option("--profile", "-p", help="'tiny' (random tiny models, offline) or 'full' (pretrained).")] = "tiny",
-    metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help="Metric name(s) or 'all' (default: every metric the profile can run).")] = None,
+    metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help="Metric name(s), 'all' (default: every metric the profile can run) or 'none'.")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; one image per (method, case, seed).")] = "0",
     resolution: Annotated[Optional[int], typer.Option("--resolution", help="Output width and height in pixels (default: 64 tiny, 1024 full).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N cases of the benchmark.")] = None,
@@ -196,6 +196,25 @@ def data_validate(
         raise typer.Exit(2)
     checked = "files not checked" if no_files else f"{n_images} images checked in {root}"
     typer.echo(f"{bench.label}: {len(bench.cases)} cases, {len(bench.relations)} relations, {len(bench.subjects)} subjects, {checked}")
+
+
+@data_app.command("download")
+def data_download(
+    data_root: DataRootOption = None,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Sources, comma-separated or repeated: dreambench, dreamrelation, relationbench (default: dreambench, dreamrelation).")] = None,
+    revision: Annotated[str, typer.Option("--revision", help="Hugging Face hub revision of the dataset repositories.")] = "main",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Fetch the real benchmark files into the data root; verified by checksum, resumable."""
+    from relbench.data_root import resolve_data_root
+    from relbench.download import download
+
+    root = resolve_data_root(data_root)
+    typer.echo(f"data root: {root}")
+    try:
+        download(_split(only) or None, root, hf_revision=revision, progress=not quiet, echo=typer.echo)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; run the same command again to resume the download") from None
 
 
 def main() -> None:

@@ -77,7 +77,7 @@ class SourceSummary:
 
     def line(self) -> str:
         return (
-            f"{self.name}: {self.files} files ({self.total_bytes / 1e6:.1f} MB) ok, "
+            f"{self.name}: {self.files} file{'' if self.files == 1 else 's'} ({self.total_bytes / 1e6:.1f} MB) ok, "
             f"{self.downloaded} downloaded, {self.present} already present"
         )
 
@@ -319,7 +319,7 @@ class _Fetcher:
 
     def _retrying(self, what: str, attempt: Callable[[], Any]) -> Any:
         reason = ""
-        for i in range(1):
+        for i in range(self.retries + 1):
             if i:
                 time.sleep(min(self.backoff * 2 ** (i - 1), _MAX_BACKOFF_S))
             try:

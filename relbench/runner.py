@@ -36,7 +36,7 @@ class EvaluateOptions:
     benchmark: str
     output: Path
     methods: list[str]  # names, or ["all"]: every registered method that runs in the profile
-    metrics: list[str] | None = None  # None or ["all"]: every metric the profile can run
+    metrics: list[str] | None = None  # None or ["all"]: every metric the profile can run; ["none"]: no scoring
     profile: str = "tiny"
     seeds: tuple[int, ...] = (0,)
     resolution: int | None = None
@@ -82,6 +82,8 @@ def select_metrics(names: Sequence[str] | None, profile: str) -> list[str]:
 
     if names is None or list(names) == ["all"]:
         return [e.name for e in METRICS.entries() if profile in e.meta.get("profiles", ())]
+    if list(names) == ["none"]:
+        return []
     chosen = []
     for name in names:
         entry = METRICS.entry(name)

@@ -318,14 +318,11 @@ def test_committed_dreambench_manifest_is_consistent() -> None:
     assert len({f["target"] for f in files}) == len(files)
 
 
-SHARED_DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambench"
-
-
 @pytest.mark.shared_data
-@pytest.mark.skipif(not SHARED_DREAMBENCH.is_dir(), reason="../shared/data is absent")
-def test_manifest_names_the_same_files_as_the_shared_copy() -> None:
+def test_manifest_names_the_same_files_as_the_shared_copy(shared_data: Path) -> None:
     # The shared copy is downscaled (other bytes), but its layout is the one the manifest produces.
-    shared = {str(p.relative_to(SHARED_DREAMBENCH)) for p in SHARED_DREAMBENCH.rglob("*") if p.is_file()}
+    folder = shared_data / "dreambench"
+    shared = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert {f["target"] for f in load_dreambench_manifest()["files"]} == shared
 
 

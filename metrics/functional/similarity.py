@@ -6,7 +6,8 @@ be normalised; every function L2-normalises along the last dimension first.
 Scale and range: a score is ``100 * cos(a, b)``, in [-100, 100]. It is NOT clamped at 0 (torchmetrics'
 ``clip_score`` clamps with ``max(100 * cos, 0)``): a negative cosine is rare for CLIP/DINO
 embeddings of real photos, and clamping would hide it and bias means of near-zero scores upward.
-Compute in float32 at least, whatever the embedding dtype, so that fp16 embeddings give the same
+Cosines are clamped to [-1, 1] only to remove float rounding (an image against itself gives
+1.0000001 in float32), so scores stay inside the declared range. Compute in float32 at least, whatever the embedding dtype, so that fp16 embeddings give the same
 score as their float32 copies would, up to the embedding rounding itself.
 """
 
@@ -34,14 +35,14 @@ def cosine_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise ``100 * cos(a_i, b_i)``: shapes (N, D) and (N, D) -> (N,); (D,) and (D,) -> ()."""
     if a.shape != b.shape:
         raise ValueError(f"cosine_scores: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    return SCALE * (_normalize(a) * _normalize(b)).sum(dim=-1)
+    return SCALE * (_normalize(a) * _normalize(b)).sum(dim=-1).clamp(-1.0, 1.0)
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """All pairs ``100 * cos(a_i, b_j)``: (N, D) and (M, D) -> (N, M)."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"cosine_matrix: expected (N, D) and (M, D), got {tuple(a.shape)} and {tuple(b.shape)}")
-    return SCALE * _normalize(a) @ _normalize(b).T
+    return SCALE * (_normalize(a) @ _normalize(b).T).clamp(-1.0, 1.0)
 
 
 def clip_t_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:

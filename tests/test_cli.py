@@ -1,0 +1,196 @@
+"""The command line end to end: the README's main job, resume after a kill, and user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from relbench.runstore import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def relbench(*args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, cwd=REPO,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"relbench {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_help_imports_no_torch() -> None:
+    code = (
+        "import sys, cli\n"
+        "try:\n    cli.app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'PIL', 'pandas') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from cli import methods_list, metrics_list\nmethods_list(); metrics_list()\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "sdxl" in result.stdout and "reference-collage" in result.stdout
+
+
+@pytest.mark.slow
+def test_readme_main_job_evaluate_then_report(tmp_path: Path) -> None:
+    out = tmp_path / "demo-run"
+    result = relbench("evaluate", "--method", "all", "--benchmark", "demo", "--profile", "tiny", "--output", str(out))
+    assert "8 rows (8 images generated" in result.stdout
+    rows = read_rows(out / "samples.jsonl")
+    assert sorted(Counter(r["method"] for r in rows).items()) == [("reference-collage", 4), ("sdxl", 4)]
+    run = json.loads((out / "run.json").read_text())
+    assert run["benchmark"]["name"] == "demo" and run["profile"] == "tiny"
+    assert run["packages"]["torch"] and set(run["methods"]) == {"reference-collage", "sdxl"}
+    for row in rows:
+        with Image.open(out / row["image"]) as image:
+            assert image.size == (64, 64)
+        assert row["method_settings"]["profile"] == "tiny"
+        for name, metric in row["metrics"].items():
+            assert isinstance(metric["value"], float) and metric["settings"]["model"], name
+        assert set(row["metrics"]) == set(run["metrics"])
+
+    again = relbench("evaluate", "--method", "all", "--benchmark", "demo", "--profile", "tiny", "--output", str(out))
+    assert "0 images generated, 0 reused, 8 already done" in again.stdout
+    assert len(read_rows(out / "samples.jsonl")) == 8
+
+    report = relbench("report", str(out))
+    index = out / "report" / "index.html"
+    assert f"report: {index}" in report.stdout
+    page = index.read_text()
+    assert "not meaningful" in page and "an astronaut hugging a cat" in page
+    with open(out / "leaderboard.csv", newline="") as handle:
+        board = list(csv.DictReader(handle))
+    assert sorted(r["method"] for r in board) == ["reference-collage", "sdxl"]
+    assert all(r["n_images"] == "4" for r in board)
+
+    merged = tmp_path / "board.csv"
+    relbench("leaderboard", str(out), "--output", str(merged))
+    assert merged.read_text() == (out / "leaderboard.csv").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_any_moment_resumes_to_exactly_one_row_per_item(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "cli", "evaluate", "-m", "reference-collage,sdxl", "-b", "demo", "--seeds", "0,1,2",
+            "--metrics", "none", "-o", str(out), "-q"]
+    expected = {(m, c, s) for m in ("reference-collage", "sdxl") for c in range(4) for s in range(3)}
+    # Kill at several moments: while loading, after the first rows, in the middle of sdxl's batches.
+    for rows_before_kill in (0, 1, 14, 17):
+        process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            have = len(read_rows(out / "samples.jsonl")) if (out / "samples.jsonl").exists() else 0
+            if have >= rows_before_kill:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    relbench(*args[3:])
+    rows = read_rows(out / "samples.jsonl")
+    keys = Counter((r["method"], r["case_id"], r["seed"]) for r in rows)
+    assert all(n == 1 for n in keys.values()), keys
+    assert len(keys) == len(expected) == 24
+    assert (out / "samples.jsonl").read_bytes().endswith(b"\n")
+    for row in rows:
+        with Image.open(out / row["image"]) as image:
+            image.load()  # every image complete
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_completed_identically_to_an_uninterrupted_one(tmp_path: Path) -> None:
+    import numpy as np
+
+    common = ["evaluate", "-m", "sdxl", "-b", "demo", "--metrics", "none", "-q"]
+    relbench(*common, "-o", str(tmp_path / "whole"))
+    partial = tmp_path / "partial"
+    relbench(*common, "--limit", "2", "-o", str(tmp_path / "first-two"))
+    # Same items, resumed in a different directory layout: compare the images pixel by pixel.
+    relbench(*common, "-o", str(partial))
+    for case in ("astronaut-hug-cat", "cat-on-top-of-coffee"):
+        a = np.asarray(Image.open(tmp_path / "whole" / "images" / "sdxl" / case / "0.png"), dtype=int)
+        b = np.asarray(Image.open(partial / "images" / "sdxl" / case / "0.png"), dtype=int)
+        assert np.abs(a - b).max() <= 2
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(relbench("evaluate", "-o", str(tmp_path / "r"), "-m", "sdxxl", check=False),
+                          "unknown method 'sdxxl'", "Did you mean 'sdxl'?", "Available: ")
+    assert_one_line_error(relbench("evaluate", "-o", str(tmp_path / "r"), "-b", "dmeo", check=False), "Did you mean 'demo'?")
+    assert_one_line_error(relbench("evaluate", "-o", str(tmp_path / "r"), "--seeds", "1,x", check=False), "--seeds")
+    assert_one_line_error(relbench("evaluate", "-o", str(tmp_path / "r"), "--set", "sdxl=3", check=False), "METHOD.SETTING=VALUE")
+    assert_one_line_error(relbench("evaluate", "-o", str(tmp_path / "r"), "--profile", "huge", check=False), "unknown profile 'huge'")
+    assert_one_line_error(relbench("evaluate", "-o", str(tmp_path / "r"), "--metrics", "clip_z", check=False), "unknown metric 'clip_z'")
+    assert_one_line_error(relbench("evaluate", "-o", str(tmp_path / "r"), "-b", "relationbench", "--data-root", str(tmp_path / "empty"),
+                                   check=False), "image not found", "relbench data download")
+    assert_one_line_error(relbench("report", str(tmp_path), check=False), str(tmp_path))
+    usage = relbench("evaluate", check=False)
+    assert usage.returncode == 2 and "Missing option" in usage.stderr and "Traceback" not in usage.stderr
+
+
+def test_data_validate_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
+    spec = {
+        "name": "mine", "version": "1",
+        "subjects": [{"id": "a", "class_noun": "dog", "category": "animal", "images": ["a.png"]},
+                     {"id": "b", "class_noun": "cat", "category": "animal", "images": ["b.png"]}],
+        "relations": [{"id": "hug", "phrase": "hugging", "kind": "interaction", "fits": [["animal"], ["animal"]]}],
+        "cases": [{"id": "c", "subjects": ["a", "b"], "relation": "hug", "prompt": "a dog hugging a cat",
+                   "boxes": [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]}],
+    }
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    result = relbench("data", "validate", "--spec", str(path), "--data-root", str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [f"{path}: subjects[b].images[0]: image not found: {tmp_path / 'b.png'} (data root {tmp_path})"]
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    ok = relbench("data", "validate", "--spec", str(path), "--data-root", str(tmp_path))
+    assert ok.stdout.strip() == f"mine v1: 1 cases, 1 relations, 2 subjects, 2 images checked in {tmp_path}"
+
+    spec["cases"][0]["boxes"] = [[0, 0, 2, 1]]
+    spec["relations"][0]["kind"] = "friendly"
+    path.write_text(yaml.safe_dump(spec))
+    bad = relbench("data", "validate", "--spec", str(path), check=False)
+    assert bad.returncode == 2
+    lines = bad.stdout.splitlines()
+    assert f"{path}: relations[hug].kind: expected one of interaction, spatial, action, got 'friendly'" in lines
+    assert any(line.startswith(f"{path}: cases[c].relation: unknown relation 'hug'") for line in lines)
+    assert f"{path}: cases[c].boxes: expected one box per subject (2), got [[0, 0, 2, 1]]" in lines
+    assert len(lines) == 3
+    assert_one_line_error(relbench("data", "validate", check=False), "exactly one of --benchmark NAME or --spec FILE")
+
+
+def test_data_list_and_validate_builtin_demo() -> None:
+    listing = relbench("data", "list").stdout
+    assert "demo" in listing and "relationbench" in listing
+    assert relbench("data", "validate", "--benchmark", "demo").stdout.startswith("demo v1: 4 cases, 4 relations, 4 subjects, 4 images checked")
+
+
+@pytest.mark.shared_data
+def test_data_validate_relationbench_on_the_shared_data(shared_data: Path) -> None:
+    result = relbench("data", "validate", "--benchmark", "relationbench", "--data-root", str(shared_data))
+    assert result.stdout.startswith("relationbench v1: 120 cases, 15 relations, 30 subjects, 188 images checked")

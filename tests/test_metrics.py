@@ -1,0 +1,546 @@
+"""CLIP-T, CLIP-I and DINO against closed forms and independent implementations.
+
+The references are other libraries run on the same weights: an open_clip model converted into
+transformers' ``CLIPModel`` (open_clip's own preprocessing, tokenizer and encoders give the
+expected numbers) and a timm ViT converted into ``ViTModel`` for DINO. Photos come from
+scikit-image; every model is tiny, random and seeded, so all of it runs offline in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network (see conftest)
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from relbench.errors import RelbenchError
+from relbench.metrics import METRICS
+from relbench.metrics.base import ScoringSample
+from relbench.metrics.clip import CLIPEmbedder, CLIPIScore, CLIPTScore
+from relbench.metrics.dino import DINOScore
+from relbench.metrics.functional.preprocess import ImagePreprocess, preprocess_from_processor
+from relbench.metrics.functional.similarity import (
+    clip_t_score,
+    cosine_matrix,
+    cosine_scores,
+    image_image_similarity,
+)
+from relbench.profiles import RunContext
+
+CPU = dict(device="cpu")
+
+
+# ------------------------------------------------------------------------------------------
+# Photos and samples
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, Image.Image]:
+    import skimage.data
+
+    return {name: Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in ("astronaut", "chelsea", "coffee")}
+
+
+def sample(case_id: str, image: Image.Image, prompt: str, subjects: dict[str, tuple[Image.Image, ...]]) -> ScoringSample:
+    return ScoringSample(
+        case_id=case_id,
+        image=image,
+        prompt=prompt,
+        relation_phrase="hugging",
+        subject_ids=tuple(subjects),
+        subject_nouns=tuple(subjects),
+        references=tuple(subjects.values()),
+    )
+
+
+@pytest.fixture(scope="module")
+def samples(photos) -> list[ScoringSample]:
+    a, c, k = photos["astronaut"], photos["chelsea"], photos["coffee"]
+    return [
+        sample("c1", a, "An astronaut is hugging a cat.", {"astronaut": (a,), "cat": (c, k)}),
+        sample("c2", k, "A cat is sitting next to a cup of coffee.", {"cat": (c,), "cup": (k, a)}),
+        sample("c3", c, "A cat is hugging an astronaut.", {"cat": (c, k), "astronaut": (a,)}),
+    ]
+
+
+def cos100(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(100.0 * a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ------------------------------------------------------------------------------------------
+# Functional core vs closed forms
+
+
+def test_cosine_scores_closed_forms():
+    a = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 2.0], [1.0, 0.0]])
+    b = torch.tensor([[0.0, 5.0], [0.5, 0.0], [1.0, 0.0], [math.cos(2 * math.pi / 3), math.sin(2 * math.pi / 3)]])
+    scores = cosine_scores(a, b)
+    # orthogonal -> 0, parallel (any length) -> 100, 45 degrees -> 100 / sqrt(2), 120 degrees -> -50 (not clamped at 0)
+    assert scores.tolist() == pytest.approx([0.0, 100.0, 100 / math.sqrt(2), -50.0], abs=1e-5)
+    assert clip_t_score(a, b).tolist() == pytest.approx(scores.tolist())
+    assert float(cosine_scores(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 2.0, 2.0]))) == pytest.approx(100.0)  # 1-D
+    # Float rounding never takes a self-similarity above the declared range.
+    x = torch.randn(256, 32, generator=torch.Generator().manual_seed(0))
+    assert cosine_scores(x, x).max() <= 100.0 and cosine_matrix(x, x).max() <= 100.0
+    assert torch.allclose(cosine_scores(x, x), torch.full((256,), 100.0), atol=1e-4)
+
+
+def test_cosine_matrix_and_fp16_and_zero_vector():
+    a = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    b = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 2.0], [-1.0, 0.0, 0.0]])
+    expected = [[100 / math.sqrt(2), 0.0, -100.0], [100 / math.sqrt(2), 0.0, 0.0]]
+    assert cosine_matrix(a, b).tolist() == [pytest.approx(row, abs=1e-5) for row in expected]
+    half = cosine_matrix(a.half(), b.half())
+    assert half.dtype == torch.float32 and half.tolist() == [pytest.approx(row, abs=1e-2) for row in expected]
+    assert float(cosine_scores(torch.zeros(3), torch.ones(3))) == 0.0  # zero vector: 0, not NaN
+    with pytest.raises(ValueError):
+        cosine_scores(torch.ones(2, 3), torch.ones(3, 3))
+
+
+def test_image_image_similarity_is_mean_of_cosines_over_references():
+    gen = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    refs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # Row 0: (100 + 0 - 100) / 3; row 1: (70.71 + 70.71 - 70.71) / 3. The cosine with the mean
+    # reference (0, 1/3) would give 0 and 70.71 instead.
+    assert image_image_similarity(gen, refs).tolist() == pytest.approx([0.0, 100 / math.sqrt(2) / 3], abs=1e-5)
+    assert float(image_image_similarity(gen[1], refs[:2])) == pytest.approx(100 / math.sqrt(2), abs=1e-5)
+    with pytest.raises(ValueError):
+        image_image_similarity(gen, torch.empty(0, 2))
+
+
+# ------------------------------------------------------------------------------------------
+# Preprocessing vs torchvision (the transforms open_clip and DreamBench use)
+
+
+@pytest.mark.parametrize(
+    "prep",
+    [
+        ImagePreprocess(shortest_edge=32, crop=(32, 32), resample=3, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28)),
+        ImagePreprocess(shortest_edge=37, crop=(30, 31), resample=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        ImagePreprocess(resize_to=(33, 40), resample=2, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    ],
+)
+def test_preprocess_matches_torchvision(photos, prep):
+    from torchvision import transforms as T
+
+    steps: list = []
+    interpolation = T.InterpolationMode.BICUBIC if prep.resample == 3 else T.InterpolationMode.BILINEAR
+    steps.append(T.Resize(prep.shortest_edge if prep.shortest_edge else prep.resize_to, interpolation=interpolation))
+    if prep.crop:
+        steps.append(T.CenterCrop(prep.crop))
+    steps += [T.ToTensor(), T.Normalize(prep.mean, prep.std)]
+    reference = T.Compose(steps)
+    images = [photos["chelsea"], photos["coffee"], photos["astronaut"]]  # landscape 451x300, 600x400, square
+    ours = prep(images)
+    expected = torch.stack([reference(image) for image in images])
+    assert ours.shape == expected.shape == (3, 3, *(prep.crop or prep.resize_to))
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_preprocess_reads_processor_configs():
+    from transformers import CLIPImageProcessor, ViTImageProcessor
+
+    clip = preprocess_from_processor(CLIPImageProcessor(), "clip")  # the openai/clip-vit-* defaults
+    assert (clip.shortest_edge, clip.crop, clip.resample) == (224, (224, 224), 3)
+    assert clip.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    vit = preprocess_from_processor(ViTImageProcessor(size={"height": 224, "width": 224}), "dino")
+    assert (vit.resize_to, vit.crop, vit.resample, vit.mean) == ((224, 224), None, 2, (0.5, 0.5, 0.5))
+    assert vit.describe()["resample"] == "bilinear"
+    with pytest.raises(RelbenchError, match="size"):
+        preprocess_from_processor(CLIPImageProcessor(size={"longest_edge": 224}), "clip model 'x'")
+
+
+# ------------------------------------------------------------------------------------------
+# Independent references: open_clip -> CLIPModel, timm -> ViTModel
+
+
+def _perturb(module: torch.nn.Module, seed: int) -> None:
+    """Random values in every parameter (layer norms included), so a wrong key mapping shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+@pytest.fixture(scope="module")
+def open_clip_pair():
+    """A tiny open_clip CLIP (GELU, 32 px) and the same weights in a transformers CLIPModel."""
+    from open_clip.model import CLIP
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from relbench.tiny import CLIP_VOCAB_SIZE, clip_tokenizer
+
+    width, layers, heads, embed = 32, 2, 4, 24
+    torch.manual_seed(0)
+    oc = CLIP(
+        embed_dim=embed,
+        vision_cfg=dict(image_size=32, layers=layers, width=width, patch_size=8, head_width=width // heads, mlp_ratio=4),
+        text_cfg=dict(context_length=77, vocab_size=CLIP_VOCAB_SIZE, width=width, heads=heads, layers=layers),
+        quick_gelu=False,
+    ).eval()
+    _perturb(oc, seed=1)
+
+    config = CLIPConfig(
+        text_config=dict(vocab_size=CLIP_VOCAB_SIZE, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                         num_attention_heads=heads, max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5,
+                         bos_token_id=CLIP_VOCAB_SIZE - 2, eos_token_id=CLIP_VOCAB_SIZE - 1, pad_token_id=CLIP_VOCAB_SIZE - 1),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                           num_attention_heads=heads, hidden_act="gelu", layer_norm_eps=1e-5),
+        projection_dim=embed,
+    )
+    hf = CLIPModel(config).eval()
+    hf.load_state_dict(_open_clip_to_transformers(oc.state_dict(), layers), strict=True)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return oc, (hf, processor, clip_tokenizer())
+
+
+def _open_clip_to_transformers(sd: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """Key mapping between the two CLIP implementations (OpenAI layout -> transformers)."""
+    out = {
+        "logit_scale": sd["logit_scale"],
+        "text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
+        "text_model.final_layer_norm.weight": sd["ln_final.weight"],
+        "text_model.final_layer_norm.bias": sd["ln_final.bias"],
+        "text_projection.weight": sd["text_projection"].T,  # open_clip computes x @ P, nn.Linear x @ W.T
+        "vision_model.embeddings.class_embedding": sd["visual.class_embedding"],
+        "vision_model.embeddings.position_embedding.weight": sd["visual.positional_embedding"],
+        "vision_model.embeddings.patch_embedding.weight": sd["visual.conv1.weight"],
+        "vision_model.pre_layrnorm.weight": sd["visual.ln_pre.weight"],
+        "vision_model.pre_layrnorm.bias": sd["visual.ln_pre.bias"],
+        "vision_model.post_layernorm.weight": sd["visual.ln_post.weight"],
+        "vision_model.post_layernorm.bias": sd["visual.ln_post.bias"],
+        "visual_projection.weight": sd["visual.proj"].T,
+    }
+    for src, dst in (("transformer", "text_model.encoder"), ("visual.transformer", "vision_model.encoder")):
+        for i in range(layers):
+            s, d = f"{src}.resblocks.{i}", f"{dst}.layers.{i}"
+            for part in ("weight", "bias"):
+                q, k, v = sd[f"{s}.attn.in_proj_{part}"].chunk(3)
+                out[f"{d}.self_attn.q_proj.{part}"], out[f"{d}.self_attn.k_proj.{part}"], out[f"{d}.self_attn.v_proj.{part}"] = q, k, v
+                out[f"{d}.self_attn.out_proj.{part}"] = sd[f"{s}.attn.out_proj.{part}"]
+                out[f"{d}.layer_norm1.{part}"] = sd[f"{s}.ln_1.{part}"]
+                out[f"{d}.layer_norm2.{part}"] = sd[f"{s}.ln_2.{part}"]
+                out[f"{d}.mlp.fc1.{part}"] = sd[f"{s}.mlp.c_fc.{part}"]
+                out[f"{d}.mlp.fc2.{part}"] = sd[f"{s}.mlp.c_proj.{part}"]
+    return out
+
+
+def _open_clip_embeddings(oc, images=(), texts=()):
+    import open_clip
+
+    preprocess = open_clip.image_transform(32, is_train=False)  # Resize(32, bicubic), CenterCrop, OpenAI mean/std
+    with torch.no_grad():
+        image_embeds = oc.encode_image(torch.stack([preprocess(i) for i in images])).numpy() if images else None
+        text_embeds = oc.encode_text(open_clip.tokenize(list(texts))).numpy() if texts else None
+    return image_embeds, text_embeds
+
+
+def test_clip_t_matches_open_clip(open_clip_pair, samples):
+    oc, built = open_clip_pair
+    metric = CLIPTScore(RunContext(profile="tiny", **CPU), model=built, batch_size=2)  # 3 images: 2 batches
+    values = [r.value for r in metric.score(samples)]
+    images, texts = _open_clip_embeddings(oc, [s.image for s in samples], [s.prompt for s in samples])
+    expected = [cos100(i, t) for i, t in zip(images, texts)]
+    assert values == pytest.approx(expected, abs=1e-3)
+    assert len(set(np.round(expected, 3))) == 3  # the references tell the three samples apart
+
+
+def test_clip_i_matches_open_clip(open_clip_pair, samples):
+    oc, built = open_clip_pair
+    results = CLIPIScore(RunContext(profile="tiny", **CPU), model=built).score(samples)
+    for s, result in zip(samples, results):
+        (gen,), _ = _open_clip_embeddings(oc, [s.image])
+        per_subject = {}
+        for subject_id, refs in zip(s.subject_ids, s.references):
+            ref_embeds, _ = _open_clip_embeddings(oc, refs)
+            per_subject[subject_id] = float(np.mean([cos100(gen, r) for r in ref_embeds]))
+        assert result.details == pytest.approx(per_subject, abs=1e-3)
+        assert result.value == pytest.approx(np.mean(list(per_subject.values())), abs=1e-3)
+    # The generated image is one of the astronaut's references (c1, c3): that subject scores 100.
+    assert results[0].details["astronaut"] == pytest.approx(100.0, abs=1e-4)
+    assert results[2].details["astronaut"] == pytest.approx(100.0, abs=1e-4)
+    assert results[0].details["cat"] < 99.0
+
+
+@pytest.fixture(scope="module")
+def timm_pair():
+    """A tiny timm ViT (DINO architecture, 32 px) and the same weights in a transformers ViTModel."""
+    from timm.models.vision_transformer import VisionTransformer
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    width, layers, heads = 32, 2, 4
+    torch.manual_seed(0)
+    tv = VisionTransformer(img_size=32, patch_size=8, embed_dim=width, depth=layers, num_heads=heads, mlp_ratio=4, num_classes=0).eval()
+    _perturb(tv, seed=2)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                       num_attention_heads=heads, layer_norm_eps=1e-6, hidden_act="gelu")  # timm's eps is 1e-6
+    hf = ViTModel(config, add_pooling_layer=False).eval()
+    hf.load_state_dict(_timm_vit_to_transformers(tv.state_dict(), layers), strict=True)
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, resample=2, image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
+    return tv, (hf, processor)
+
+
+def _timm_vit_to_transformers(sd: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    out = {
+        "embeddings.cls_token": sd["cls_token"],
+        "embeddings.position_embeddings": sd["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
+        "layernorm.weight": sd["norm.weight"],
+        "layernorm.bias": sd["norm.bias"],
+    }
+    for i in range(layers):
+        s, d = f"blocks.{i}", f"encoder.layer.{i}"
+        for part in ("weight", "bias"):
+            q, k, v = sd[f"{s}.attn.qkv.{part}"].chunk(3)
+            out[f"{d}.attention.attention.query.{part}"], out[f"{d}.attention.attention.key.{part}"], out[f"{d}.attention.attention.value.{part}"] = q, k, v
+            out[f"{d}.attention.output.dense.{part}"] = sd[f"{s}.attn.proj.{part}"]
+            out[f"{d}.layernorm_before.{part}"] = sd[f"{s}.norm1.{part}"]
+            out[f"{d}.layernorm_after.{part}"] = sd[f"{s}.norm2.{part}"]
+            out[f"{d}.intermediate.dense.{part}"] = sd[f"{s}.mlp.fc1.{part}"]
+            out[f"{d}.output.dense.{part}"] = sd[f"{s}.mlp.fc2.{part}"]
+    return out
+
+
+def _timm_features(tv, images, pooling: str) -> np.ndarray:
+    from torchvision import transforms as T
+
+    prep = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(),
+                      T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    with torch.no_grad():
+        tokens = tv.forward_features(torch.stack([prep(i) for i in images]))  # final norm applied
+    return (tokens[:, 0] if pooling == "cls" else tokens.mean(dim=1)).numpy()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_dino_matches_timm(timm_pair, samples, pooling):
+    tv, built = timm_pair
+    results = DINOScore(RunContext(profile="tiny", **CPU), model=built, pooling=pooling).score(samples)
+    for s, result in zip(samples, results):
+        gen = _timm_features(tv, [s.image], pooling)[0]
+        expected = {sid: float(np.mean([cos100(gen, r) for r in _timm_features(tv, refs, pooling)]))
+                    for sid, refs in zip(s.subject_ids, s.references)}
+        assert result.details == pytest.approx(expected, abs=1e-3)
+        assert result.value == pytest.approx(np.mean(list(expected.values())), abs=1e-3)
+    assert results[0].details["astronaut"] == pytest.approx(100.0, abs=1e-4)
+
+
+def test_dino_cls_and_mean_pooling_differ(timm_pair, samples):
+    _, built = timm_pair
+    context = RunContext(profile="tiny", **CPU)
+    cls = [r.details["cat"] for r in DINOScore(context, model=built, pooling="cls").score(samples)]
+    mean = [r.details["cat"] for r in DINOScore(context, model=built, pooling="mean").score(samples)]
+    assert max(abs(a - b) for a, b in zip(cls, mean)) > 0.5
+    with pytest.raises(RelbenchError, match="pooling"):
+        DINOScore(context, model=built, pooling="max")
+
+
+# ------------------------------------------------------------------------------------------
+# Tiny profile: identity, determinism, caching, settings
+
+
+def test_identical_image_scores_100_in_tiny_profile(photos):
+    context = RunContext(profile="tiny", **CPU)
+    a = photos["astronaut"]
+    one = [sample("c", a, "an astronaut", {"astronaut": (a.copy(),)})]
+    for metric in (CLIPIScore(context), DINOScore(context), DINOScore(context, pooling="mean")):
+        (result,) = metric.score(one)
+        assert result.value == pytest.approx(100.0, abs=1e-4)
+        assert -100.0 <= result.value <= 100.0
+
+
+def test_tiny_profile_is_deterministic_per_seed(samples):
+    def scores(seed: int) -> list[float]:
+        context = RunContext(profile="tiny", seed=seed, **CPU)
+        out = []
+        for metric in (CLIPTScore(context), CLIPIScore(context), DINOScore(context)):
+            out += [r.value for r in metric.score(samples)]
+        return out
+
+    first, again, other = scores(0), scores(0), scores(1)
+    assert first == again  # bit-identical: same seed, separately built models
+    assert max(abs(a - b) for a, b in zip(first, other)) > 1e-3
+
+
+class _ForwardCounter:
+    """Counts images through a module's forward."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.calls, self.images = 0, 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, kwargs_or_output, *rest) -> None:
+        self.calls += 1
+
+    def hook_images(self, module: torch.nn.Module) -> None:
+        module.register_forward_pre_hook(lambda m, args, kwargs: setattr(self, "images", self.images + kwargs["pixel_values"].shape[0]), with_kwargs=True)
+
+
+def test_references_embedded_once_and_results_unchanged(samples):
+    context = RunContext(profile="tiny", **CPU)
+    cached = CLIPIScore(context, batch_size=4)
+    counter = _ForwardCounter(cached.embedder.model.vision_model)
+    counter.hook_images(cached.embedder.model.vision_model)
+
+    first = cached.score(samples)
+    # 3 generated images + 5 distinct (subject, reference) pairs: astronaut/a, cat/c, cat/k, cup/k, cup/a.
+    assert counter.images == 3 + 5
+    assert counter.calls == 1 + 2  # batches of 4: one for the generated images, two for the references
+
+    second = cached.score(samples)
+    assert counter.images == 3 + 5 + 3  # only the generated images again
+
+    fresh = CLIPIScore(context, batch_size=1).score(samples)  # no cache, other batching
+    for a, b, c in zip(first, second, fresh):
+        assert a.value == b.value
+        assert a.value == pytest.approx(c.value, abs=1e-4)
+        assert a.details == pytest.approx(c.details, abs=1e-4)
+
+
+def test_prompts_embedded_once(samples):
+    metric = CLIPTScore(RunContext(profile="tiny", **CPU))
+    calls = []
+    metric.embedder.model.text_model.register_forward_hook(lambda m, args, out: calls.append(1))
+    first = [r.value for r in metric.score(samples + samples)]
+    assert len(calls) == 1 and first[:3] == first[3:]
+    metric.score(samples)
+    assert len(calls) == 1
+
+
+def test_settings_record_what_moves_the_number():
+    context = RunContext(profile="tiny", seed=7, **CPU)
+    clip_t = CLIPTScore(context).settings()
+    assert clip_t["model"] == "tiny:clip" and clip_t["seed"] == 7
+    assert clip_t["input_resolution"] == 32 and clip_t["dtype"] == "float32" and clip_t["scale"] == 100.0
+    assert clip_t["preprocessing"]["resize"] == {"shortest_edge": 32} and clip_t["preprocessing"]["center_crop"] == [32, 32]
+    assert clip_t["preprocessing"]["resample"] == "bicubic" and clip_t["text_max_tokens"] == 77
+    dino = DINOScore(context, pooling="mean").settings()
+    assert (dino["model"], dino["pooling"], dino["seed"], dino["input_resolution"]) == ("tiny:dino", "mean", 7, 32)
+    assert dino["preprocessing"]["resize"] == {"height": 32, "width": 32} and dino["preprocessing"]["center_crop"] is None
+    assert "revision" in dino and "revision" in clip_t
+
+
+def test_subject_without_references_is_a_user_error(photos):
+    a = photos["astronaut"]
+    with pytest.raises(RelbenchError, match="case c9: subject 'cat' has no reference images"):
+        CLIPIScore(RunContext(profile="tiny", **CPU)).score([sample("c9", a, "p", {"astronaut": (a,), "cat": ()})])
+
+
+def test_shared_embedder_loads_clip_once(samples):
+    context = RunContext(profile="tiny", **CPU)
+    clip_t = CLIPTScore(context)
+    clip_i = CLIPIScore(context, embedder=clip_t.embedder)
+    assert clip_i.embedder.model is clip_t.embedder.model
+    assert clip_i.score(samples)[0].details["astronaut"] == pytest.approx(100.0, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# Loading: local folders, the HF cache, and errors
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory) -> dict[str, Path]:
+    from relbench.tiny import clip_tokenizer, tiny_clip, tiny_dino
+
+    root = tmp_path_factory.mktemp("models")
+    clip_dir, dino_dir, bare_dir = root / "clip", root / "dino", root / "clip-no-tokenizer"
+    model, processor = tiny_clip(seed=3)
+    for folder in (clip_dir, bare_dir):
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    clip_tokenizer().save_pretrained(clip_dir)
+    model, processor = tiny_dino(seed=3)
+    model.save_pretrained(dino_dir)
+    processor.save_pretrained(dino_dir)
+    return {"clip": clip_dir, "dino": dino_dir, "bare": bare_dir}
+
+
+def test_local_folders_load_and_score_like_the_tiny_models(saved_models, samples):
+    full = RunContext(profile="full", model_overrides={"clip": str(saved_models["clip"]), "dino": str(saved_models["dino"])}, **CPU)
+    tiny = RunContext(profile="tiny", seed=3, **CPU)
+    for cls in (CLIPTScore, CLIPIScore, DINOScore):
+        loaded = cls(full)
+        assert [r.value for r in loaded.score(samples)] == pytest.approx([r.value for r in cls(tiny).score(samples)], abs=1e-5)
+        settings = loaded.settings()
+        assert settings["model"] == str(saved_models[cls.model_key]) and "seed" not in settings
+        assert settings["revision"] is None  # a plain folder: no commit to record
+
+
+def _fake_hub_cache(root: Path, repo: str, folder: Path, commit: str) -> None:
+    """The HF cache layout: models--org--name/{refs/main, snapshots/<commit>/...}."""
+    entry = root / f"models--{repo.replace('/', '--')}"
+    snapshot = entry / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit)
+
+
+def test_hub_id_from_offline_cache_records_the_commit(saved_models, samples, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    _fake_hub_cache(tmp_path, "relbench-test/tiny-clip", saved_models["clip"], commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    metric = CLIPTScore(RunContext(profile="full", model_overrides={"clip": "relbench-test/tiny-clip@main"}, **CPU))
+    settings = metric.settings()
+    assert (settings["model"], settings["requested_revision"], settings["revision"]) == ("relbench-test/tiny-clip", "main", commit)
+    assert len(metric.score(samples)) == 3
+
+
+def test_load_errors_are_one_line_relbench_errors(saved_models, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cases = [
+        ({"clip": str(tmp_path / "missing")}, CLIPTScore, "no such folder"),
+        ({"clip": "relbench-test/not-cached"}, CLIPTScore, "--model clip=/local/path"),
+        ({"dino": "relbench-test/not-cached"}, DINOScore, "--model dino=/local/path"),
+        ({"clip": str(saved_models["dino"])}, CLIPIScore, "weights missing for CLIPModel"),  # a ViT is not a CLIP
+        ({"clip": str(saved_models["bare"])}, CLIPTScore, "tokenizer has 2 tokens"),
+    ]
+    for overrides, cls, message in cases:
+        with pytest.raises(RelbenchError, match=message) as info:
+            cls(RunContext(profile="full", model_overrides=overrides, **CPU))
+        assert type(info.value) is RelbenchError and "\n" not in str(info.value)
+
+
+def test_default_full_models_are_the_documented_ones():
+    context = RunContext(profile="full")
+    assert context.model("clip").id == "openai/clip-vit-large-patch14"
+    assert context.model("dino").id == "facebook/dino-vits16"
+
+
+# ------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_registry_metadata_agrees_with_classes():
+    assert {"clip_t", "clip_i", "dino"} <= set(METRICS.names())
+    for name in ("clip_t", "clip_i", "dino"):
+        entry, cls = METRICS.entry(name), METRICS.get(name)
+        assert cls.name == name
+        assert entry.summary == cls.description
+        assert entry.meta["higher_is_better"] is cls.higher_is_better is True
+        assert tuple(entry.meta["range"]) == tuple(cls.value_range) == (-100.0, 100.0)
+        assert entry.meta["model"] == cls.model_key
+        assert tuple(entry.meta["profiles"]) == tuple(cls.profiles) == ("tiny", "full")
+
+
+def test_listing_metrics_imports_no_torch():
+    code = "import sys; from relbench.metrics import METRICS; METRICS.entries(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
