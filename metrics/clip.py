@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -166,7 +167,7 @@ class CLIPEmbedder:
         dtype: str = "float32",
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
-        self.context = context
+        # No reference to the context is kept: the shared-embedder cache must not keep it alive.
         self.dtype = dtype
         self.batch_size = batch_size
         self.device = context.torch_device()
@@ -256,6 +257,22 @@ class CLIPEmbedder:
         return settings
 
 
+# One loaded CLIP per run context and dtype, so that clip_t and clip_i built by the runner from the
+# same context (``METRICS.get(name)(context)``) load the model once. Entries go with the context.
+_SHARED_EMBEDDERS: dict[int, dict[str, CLIPEmbedder]] = {}
+
+
+def shared_clip_embedder(context: RunContext, dtype: str = "float32") -> CLIPEmbedder:
+    """The CLIP embedder of this context (built on first use, dropped when the context is)."""
+    per_context = _SHARED_EMBEDDERS.get(id(context))
+    if per_context is None:
+        per_context = _SHARED_EMBEDDERS[id(context)] = {}
+        weakref.finalize(context, _SHARED_EMBEDDERS.pop, id(context), None)
+    if dtype not in per_context:
+        per_context[dtype] = CLIPEmbedder(context, dtype=dtype)
+    return per_context[dtype]
+
+
 def _normalized(parts: list["torch.Tensor"], dim: int) -> "torch.Tensor":
     import torch
 
@@ -278,6 +295,11 @@ def _unpack_built(model: Any) -> tuple[Any, Any, Any]:
 
 # --------------------------------------------------------------------------------------------
 # Metrics
+
+
+def _embedder_for(context: RunContext, model: Any, dtype: str) -> CLIPEmbedder:
+    """A built model gets its own embedder; otherwise the context's shared one."""
+    return CLIPEmbedder(context, model, dtype=dtype) if model is not None else shared_clip_embedder(context, dtype)
 
 
 class ReferenceSimilarityMetric(Metric):
@@ -361,8 +383,7 @@ class CLIPIScore(ReferenceSimilarityMetric):
     ):
         super().__init__(context)
         self.batch_size = batch_size
-        # Pass the CLIPTScore's embedder to share one loaded model between the two metrics.
-        self.embedder = embedder or CLIPEmbedder(context, model, dtype=dtype, batch_size=batch_size)
+        self.embedder = embedder or _embedder_for(context, model, dtype)
 
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
         self.embedder.batch_size = self.batch_size
@@ -399,7 +420,7 @@ class CLIPTScore(Metric):
     ):
         super().__init__(context)
         self.batch_size = batch_size
-        self.embedder = embedder or CLIPEmbedder(context, model, dtype=dtype, batch_size=batch_size)
+        self.embedder = embedder or _embedder_for(context, model, dtype)
         self._text_cache: dict[str, "torch.Tensor"] = {}  # prompts repeat across seeds and methods
 
     def score(self, samples: Sequence[ScoringSample]) -> list[MetricResult]:
