@@ -168,6 +168,7 @@ class CLIPEmbedder:
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
         # No reference to the context is kept: the shared-embedder cache must not keep it alive.
+        torch_dtype_ = torch_dtype(dtype)  # refuse a bad dtype before loading anything
         self.dtype = dtype
         self.batch_size = batch_size
         self.device = context.torch_device()
@@ -208,7 +209,7 @@ class CLIPEmbedder:
                 "does the folder hold the tokenizer files (vocab.json + merges.txt or tokenizer.json)?"
             )
         self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
-        self.model.to(device=self.device, dtype=torch_dtype(dtype))
+        self.model.to(device=self.device, dtype=torch_dtype_)
 
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
         """(N, D) projected image embeddings, L2-normalised, float32 on the CPU."""

@@ -58,6 +58,7 @@ class DINOScore(ReferenceSimilarityMetric):
         if pooling not in POOLINGS:
             raise RelbenchError(f"dino.pooling: unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
         self.pooling = pooling
+        torch_dtype_ = torch_dtype(dtype)  # refuse a bad dtype before loading anything
         self.dtype = dtype
         self.batch_size = batch_size
         self.device = context.torch_device()
@@ -91,7 +92,7 @@ class DINOScore(ReferenceSimilarityMetric):
             self.requested_revision = ref.revision
         self.preprocess = preprocess_from_processor(processor, where)
         check_input_size(self.preprocess, int(self.model.config.image_size), where)
-        self.model.to(device=self.device, dtype=torch_dtype(dtype))
+        self.model.to(device=self.device, dtype=torch_dtype_)
 
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
         """(N, D) pooled last-layer features, L2-normalised, float32 on the CPU."""

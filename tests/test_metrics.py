@@ -441,6 +441,18 @@ def test_prompts_embedded_once(samples):
     assert len(calls) == 1
 
 
+def test_long_prompts_are_truncated_with_a_warning(photos, caplog):
+    metric = CLIPTScore(RunContext(profile="tiny", **CPU))
+    a = photos["astronaut"]
+    short = "an astronaut " * 37  # 74 words + start/end tokens: 76, fits
+    with caplog.at_level("WARNING", logger="relbench.metrics.clip"):
+        fits, long_ = metric.score([sample("s", a, short, {"x": (a,)}), sample("l", a, short + "in space " * 10, {"x": (a,)})])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "relbench.metrics.clip"]
+    assert len(warnings) == 1 and "prompt of 96 tokens truncated to 77" in warnings[0]
+    # Truncated to 77 tokens, the long prompt is the short one plus one word: close, not identical.
+    assert long_.value != fits.value and abs(long_.value - fits.value) < 5.0
+
+
 def test_settings_record_what_moves_the_number():
     context = RunContext(profile="tiny", seed=7, **CPU)
     clip_t = CLIPTScore(context).settings()

@@ -1,8 +1,9 @@
 """Image preprocessing for embedding metrics, done by relbench from the model's processor config.
 
-Why not call the transformers image processor object: its implementation changed under the same
+Why not call the transformers image processor object: its implementation changes under the same
 config (transformers 5 made ``CLIPImageProcessor`` a torchvision tensor pipeline; 4.x resized with
-PIL), and bicubic resizing differs between the two by a few grey levels, which moves CLIP scores.
+PIL), so the pixels, and the scores, would depend on the installed version. Measured with
+transformers 5.24 on the scikit-image photos at 224 px: at most 1 grey level apart, mean < 0.01.
 The original CLIP, DINO and DreamBench evaluation code resize PIL images, so relbench reads the
 numbers from the processor config (size, crop, filter, mean, std) and applies them with PIL here:
 the same pixels whatever transformers version is installed.
