@@ -219,6 +219,10 @@ def data_download(
 
 def main() -> None:
     """Console-script entry: user errors -> one line on stderr and exit 2 (130 when interrupted)."""
+    import warnings
+
+    # Warnings meant for users (a truncated row skipped, duplicates merged) as one plain line.
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         app()  # standalone mode: Typer reports usage errors itself (exit 2)
     except RelbenchError as exc:

@@ -77,20 +77,20 @@ def row_key(row: dict[str, Any]) -> RowKey:
     return (row["method"], row["settings_hash"], row["case_id"], int(row["seed"]))
 
 
-def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Rows of a samples.jsonl.
+def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], bytes]:
+    """``(line number, row)`` for each row of a samples.jsonl, and the bytes of a cut-short row.
 
     Each row is written as one ``line + "\n"``, so a kill can only leave bytes after the last
-    newline: those are dropped (and cut off the file when ``repair``); the row is made again.
-    Any complete line that is not a JSON object means the file was damaged otherwise: an error.
+    newline: those are returned apart (the row will be made again). Any complete line that is not
+    a JSON object means the file was damaged otherwise: an error naming the file and line.
     """
     if not path.is_file():
-        return []
+        return [], b""
     data = path.read_bytes()
     complete, newline, tail = data.rpartition(b"\n")
     if not newline:
         complete, tail = b"", data
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     for number, line in enumerate(complete.split(b"\n") if complete else [], start=1):
         if not line.strip():
             continue
@@ -100,10 +100,17 @@ def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
             raise RelbenchError(f"{path}: line {number}: not a valid JSON row ({exc}); the file was edited or damaged") from None
         if not isinstance(row, dict):
             raise RelbenchError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+        rows.append((number, row))
+    return rows, tail
+
+
+def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Rows of a samples.jsonl without a cut-short last row (cut off the file when ``repair``)."""
+    rows, tail = read_numbered_rows(path)
     if repair and tail:
+        data = path.read_bytes()
         atomic_write_bytes(path, data[: len(data) - len(tail)])
-    return rows
+    return [row for _, row in rows]
 
 
 @dataclass

@@ -9,8 +9,9 @@ name, in order of first appearance.
 Reading rules (the run store appends to ``samples.jsonl`` while it runs, and can be killed):
 
 * blank lines are skipped;
-* an unparseable *last* line is a write cut short by a killed run: it is ignored with a warning;
-  an unparseable line anywhere else is an error naming the file and line;
+* bytes after the last newline are a write cut short by a killed run: ignored with a warning;
+  an unparseable complete line is an error naming the file and line
+  (``relbench.runstore.read_numbered_rows``);
 * when the same (method, settings_hash, case_id, seed) appears more than once, the later line wins
   (it is the newer record, e.g. the image's scores written after the image itself).
 """
@@ -26,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from relbench.errors import RelbenchError
+from relbench.runstore import read_numbered_rows
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -87,22 +89,9 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 
 def read_sample_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each record of a samples file, per the rules above."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    records: list[tuple[int, dict[str, Any]]] = []
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if index == last:
-                warnings.warn(f"{path}:{index + 1}: ignoring a truncated last line (a run stopped mid-write)", stacklevel=2)
-                continue
-            raise RelbenchError(f"{path}:{index + 1}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise RelbenchError(f"{path}:{index + 1}: expected a JSON object per line")
-        records.append((index + 1, record))
+    records, tail = read_numbered_rows(path)
+    if tail.strip():
+        warnings.warn(f"{path}: line {len(records) + 1}+: ignoring a truncated last line (a run stopped mid-write)", stacklevel=2)
     return records
 
 
@@ -173,7 +162,7 @@ def load_samples(run_dir: Path, info: dict[str, Any]) -> pd.DataFrame:
     by_key: dict[tuple[Any, ...], dict[str, Any]] = {}  # insertion order = first appearance
     metric_names: list[str] = list(info.get("metrics", {}))
     for line_number, record in records:
-        row, values = _row(f"{path}:{line_number}", record, info)
+        row, values = _row(f"{path}: line {line_number}", record, info)
         for name in values:
             if name not in metric_names:
                 metric_names.append(name)

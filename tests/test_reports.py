@@ -88,7 +88,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def load(run: Path):
-    with pytest.warns(UserWarning, match=r"samples\.jsonl:5: ignoring a truncated last line"):
+    with pytest.warns(UserWarning, match=r"samples\.jsonl: line 5\+: ignoring a truncated last line"):
         return load_run(run)
 
 
@@ -303,17 +303,17 @@ def test_broken_middle_line_names_file_and_line(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", BASE_SAMPLES[:2])
     lines = (run / "samples.jsonl").read_text().splitlines()
     (run / "samples.jsonl").write_text("\n".join([lines[0], '{"method": "sdxl",', lines[1]]) + "\n")
-    with pytest.raises(RelbenchError, match=r"run/samples\.jsonl:2: not valid JSON"):
+    with pytest.raises(RelbenchError, match=r"run/samples\.jsonl: line 2: not a valid JSON row"):
         load_run(run)
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"seed": "0"}, r"samples\.jsonl:1: seed: expected an integer"),
-        ({"image": "../../etc/passwd"}, r"samples\.jsonl:1: image: expected a path inside the run directory"),
-        ({"metrics": {"clip_t": {"value": "high"}}}, r"samples\.jsonl:1: metrics\.clip_t\.value: expected a number"),
-        ({"method": ""}, r"samples\.jsonl:1: method: expected a non-empty string"),
+        ({"seed": "0"}, r"samples\.jsonl: line 1: seed: expected an integer"),
+        ({"image": "../../etc/passwd"}, r"samples\.jsonl: line 1: image: expected a path inside the run directory"),
+        ({"metrics": {"clip_t": {"value": "high"}}}, r"samples\.jsonl: line 1: metrics\.clip_t\.value: expected a number"),
+        ({"method": ""}, r"samples\.jsonl: line 1: method: expected a non-empty string"),
     ],
 )
 def test_malformed_sample_fields(tmp_path: Path, change: dict[str, Any], message: str) -> None:
