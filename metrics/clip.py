@@ -23,7 +23,7 @@ import hashlib
 import logging
 import weakref
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -213,15 +213,11 @@ class CLIPEmbedder:
 
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
         """(N, D) projected image embeddings, L2-normalised, float32 on the CPU."""
-        import torch
+        def forward(pixels: "torch.Tensor") -> "torch.Tensor":
+            return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
 
-        parts = []
-        with torch.inference_mode():
-            for batch in batched(images, self.batch_size):
-                pixels = self.preprocess(batch).to(device=self.device, dtype=self.model.dtype)
-                pooled = self.model.vision_model(pixel_values=pixels).pooler_output
-                parts.append(self.model.visual_projection(pooled).float().cpu())
-            return _normalized(parts, int(self.model.config.projection_dim))
+        return embed_image_batches(images, self.preprocess, forward, self.batch_size, self.device,
+                                   self.model.dtype, int(self.model.config.projection_dim))
 
     def embed_texts(self, texts: Sequence[str]) -> "torch.Tensor":
         """(N, D) projected text embeddings, L2-normalised, float32 on the CPU; texts longer than
@@ -272,6 +268,21 @@ def shared_clip_embedder(context: RunContext, dtype: str = "float32") -> CLIPEmb
     if dtype not in per_context:
         per_context[dtype] = CLIPEmbedder(context, dtype=dtype)
     return per_context[dtype]
+
+
+def embed_image_batches(
+    images: Sequence["Image.Image"], preprocess: ImagePreprocess, forward: Callable[["torch.Tensor"], "torch.Tensor"],
+    batch_size: int, device: "torch.device", dtype: "torch.dtype", dim: int,
+) -> "torch.Tensor":
+    """Preprocess and embed images in batches: (N, dim) L2-normalised float32 on the CPU."""
+    import torch
+
+    parts = []
+    with torch.inference_mode():
+        for batch in batched(images, batch_size):
+            pixels = preprocess(batch).to(device=device, dtype=dtype)
+            parts.append(forward(pixels).float().cpu())
+    return _normalized(parts, dim)
 
 
 def _normalized(parts: list["torch.Tensor"], dim: int) -> "torch.Tensor":
@@ -368,10 +379,8 @@ class ReferenceSimilarityMetric(Metric):
         return results
 
 
-class CLIPIScore(ReferenceSimilarityMetric):
-    name: ClassVar[str] = "clip_i"
-    model_key: ClassVar[str] = "clip"
-    description: ClassVar[str] = "CLIP image-image similarity to each subject's reference images (x100 cosine)"
+class _UsesCLIP(Metric):
+    """The CLIP embedder (the run context's shared one unless a built model is given)."""
 
     def __init__(
         self,
@@ -390,19 +399,24 @@ class CLIPIScore(ReferenceSimilarityMetric):
         self.embedder.batch_size = self.batch_size
         return self.embedder.embed_images(images)
 
+    def _clip_settings(self) -> dict[str, Any]:
+        return {"metric": self.name, "profile": self.context.profile, **self.embedder.settings(), "scale": SCALE, "clamp": None}
+
+
+class CLIPIScore(_UsesCLIP, ReferenceSimilarityMetric):
+    name: ClassVar[str] = "clip_i"
+    model_key: ClassVar[str] = "clip"
+    description: ClassVar[str] = "CLIP image-image similarity to each subject's reference images (x100 cosine)"
+
     def settings(self) -> dict[str, Any]:
         return {
-            "metric": self.name,
-            "profile": self.context.profile,
-            **self.embedder.settings(),
+            **self._clip_settings(),
             "pooling": "image_embeds (CLS -> post_layernorm -> visual_projection), L2-normalised",
-            "scale": SCALE,
-            "clamp": None,
             "aggregation": "per subject mean over references, then mean over subjects",
         }
 
 
-class CLIPTScore(Metric):
+class CLIPTScore(_UsesCLIP):
     name: ClassVar[str] = "clip_t"
     model_key: ClassVar[str] = "clip"
     higher_is_better: ClassVar[bool] = True
@@ -410,18 +424,8 @@ class CLIPTScore(Metric):
     description: ClassVar[str] = "CLIP image-text similarity between the image and its full prompt (x100 cosine)"
     batch_size: int = DEFAULT_BATCH_SIZE
 
-    def __init__(
-        self,
-        context: RunContext,
-        model: Any = None,
-        *,
-        embedder: CLIPEmbedder | None = None,
-        dtype: str = "float32",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ):
-        super().__init__(context)
-        self.batch_size = batch_size
-        self.embedder = embedder or _embedder_for(context, model, dtype)
+    def __init__(self, context: RunContext, model: Any = None, **kwargs: Any):
+        super().__init__(context, model, **kwargs)
         self._text_cache: dict[str, "torch.Tensor"] = {}  # prompts repeat across seeds and methods
 
     def score(self, samples: Sequence[ScoringSample]) -> list[MetricResult]:
@@ -429,8 +433,7 @@ class CLIPTScore(Metric):
 
         from relbench.metrics.functional.similarity import clip_t_score
 
-        self.embedder.batch_size = self.batch_size
-        images = self.embedder.embed_images([sample.image for sample in samples])
+        images = self.embed_images([sample.image for sample in samples])
         new_prompts = list(dict.fromkeys(s.prompt for s in samples if s.prompt not in self._text_cache))
         if new_prompts:
             self._text_cache.update(zip(new_prompts, self.embedder.embed_texts(new_prompts)))
@@ -441,12 +444,8 @@ class CLIPTScore(Metric):
 
     def settings(self) -> dict[str, Any]:
         return {
-            "metric": self.name,
-            "profile": self.context.profile,
-            **self.embedder.settings(),
+            **self._clip_settings(),
             "pooling": "image_embeds (CLS -> visual_projection) vs text_embeds (EOS -> text_projection), L2-normalised",
             "text": "full prompt",
             "text_max_tokens": self.embedder.max_text_tokens,
-            "scale": SCALE,
-            "clamp": None,
         }

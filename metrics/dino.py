@@ -21,7 +21,7 @@ from relbench.errors import RelbenchError
 from relbench.metrics.clip import (
     DEFAULT_BATCH_SIZE,
     ReferenceSimilarityMetric,
-    batched,
+    embed_image_batches,
     built_model_name,
     check_input_size,
     load_component,
@@ -96,18 +96,12 @@ class DINOScore(ReferenceSimilarityMetric):
 
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
         """(N, D) pooled last-layer features, L2-normalised, float32 on the CPU."""
-        import torch
+        def forward(pixels: "torch.Tensor") -> "torch.Tensor":
+            hidden = self.model(pixel_values=pixels).last_hidden_state  # (B, 1 + patches, D), layer-normed
+            return hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
 
-        parts = []
-        with torch.inference_mode():
-            for batch in batched(images, self.batch_size):
-                pixels = self.preprocess(batch).to(device=self.device, dtype=self.model.dtype)
-                hidden = self.model(pixel_values=pixels).last_hidden_state  # (B, 1 + patches, D), layer-normed
-                pooled = hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
-                parts.append(pooled.float().cpu())
-            if not parts:
-                return torch.empty(0, int(self.model.config.hidden_size))
-            return torch.nn.functional.normalize(torch.cat(parts), dim=-1)
+        return embed_image_batches(images, self.preprocess, forward, self.batch_size, self.device,
+                                   self.model.dtype, int(self.model.config.hidden_size))
 
     def settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
