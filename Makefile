@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# torch and torchvision first, together: a torch from elsewhere beside PyPI's torchvision fails to import.
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -c constraints.txt
+	# Optional pose backend for the tests' real-model check: mediapipe without jax/jaxlib/sounddevice
+	# (unused by its pose solution), then what it does import.
+	$(BIN)/python -m pip install --quiet --no-deps mediapipe==0.10.14
+	$(BIN)/python -m pip install --quiet opencv-contrib-python protobuf absl-py flatbuffers attrs -c constraints.txt
 	touch $@
 
 demo: setup
