@@ -69,7 +69,9 @@ def evaluate(
     metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help="Metric name(s), 'all' (default: every metric the profile can run) or 'none'.")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; one image per (method, case, seed).")] = "0",
     resolution: Annotated[Optional[int], typer.Option("--resolution", help="Output width and height in pixels (default: 64 tiny, 1024 full).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N cases of the benchmark.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N cases (after --relations).")] = None,
+    relations: Annotated[Optional[list[str]], typer.Option("--relations", help="Only the cases of these relation ids (comma-separated or repeated).")] = None,
+    stage: Annotated[str, typer.Option("--stage", help="'all' (generate and score), 'generate' (images only) or 'score' (score stored images, e.g. with a new metric; never regenerates).")] = "all",
     data_root: DataRootOption = None,
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")] = "auto",
     model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: sdxl, clip, dino).")] = None,
@@ -87,7 +89,8 @@ def evaluate(
     options = EvaluateOptions(
         benchmark=benchmark, output=output, methods=_split(method) or ["all"], metrics=_split(metrics) or None,
         profile=profile, seeds=seed_list, resolution=resolution, data_root=data_root, device=device,
-        model_overrides=parse_model_overrides(model), method_overrides=_parse_sets(set_), limit=limit, progress=not quiet,
+        model_overrides=parse_model_overrides(model), method_overrides=_parse_sets(set_), limit=limit,
+        relations=_split(relations) or None, stage=stage, progress=not quiet,
     )
     try:
         summary = run_evaluate(options)
@@ -95,7 +98,8 @@ def evaluate(
         raise Interrupted(f"interrupted; run the same command again to resume {output}") from None
     typer.echo(
         f"{summary.output}: {summary.rows} rows ({summary.generated} images generated, {summary.reused_images} reused, "
-        f"{summary.skipped} already done); methods: {', '.join(summary.methods)}; metrics: {', '.join(summary.metrics) or 'none'}"
+        f"{summary.skipped} already done, {summary.scored} stored images scored); methods: {', '.join(summary.methods) or '-'}; "
+        f"metrics: {', '.join(summary.metrics) or 'none'}"
     )
 
 

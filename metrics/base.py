@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL import Image
 
+    from relbench.benchmark import Benchmark
     from relbench.profiles import RunContext
 
 
@@ -29,6 +32,16 @@ class ScoringSample:
     subject_ids: tuple[str, ...]
     subject_nouns: tuple[str, ...]
     references: tuple[tuple["Image.Image", ...], ...]  # per subject, its reference images
+    # Where the case comes from, for metrics that need more than the images: the relation id and
+    # kind, the layout boxes (normalised xyxy, one per subject), the subjects' categories, and the
+    # benchmark itself (other relations as distractors, reference poses) with the data root that
+    # resolves its files. Optional so that a metric can be called on bare images.
+    relation_id: str | None = None
+    relation_kind: str | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    subject_categories: tuple[str, ...] = ()
+    benchmark: "Benchmark | None" = None
+    data_root: "Path | None" = None
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from relbench.runstore import RunStore, RunWriter, atomic_save_image, settings_h
 if TYPE_CHECKING:
     from PIL import Image
 
-    from relbench.method import GenerationRequest, Method, SubjectInput
-    from relbench.metrics.base import Metric
+    from relbench.method import GenerationRequest, Method
+    from relbench.metrics.base import Metric, ScoringSample
 
 # Output size per profile when --resolution is not given.
 DEFAULT_RESOLUTION = {"tiny": 64, "full": 1024}
@@ -44,7 +44,9 @@ class EvaluateOptions:
     device: str = "auto"
     model_overrides: dict[str, str] = field(default_factory=dict)
     method_overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # method -> key -> value
-    limit: int | None = None  # only the first N cases
+    limit: int | None = None  # only the first N cases (after the relation filter)
+    relations: list[str] | None = None  # only the cases of these relations
+    stage: str = "all"  # "generate": images only; "score": score stored images; "all": both
     progress: bool = True
 
 
@@ -56,6 +58,7 @@ class EvaluateSummary:
     generated: int = 0
     reused_images: int = 0
     skipped: int = 0  # rows that were already there
+    scored: int = 0  # stored rows scored by the scoring pass (new metrics, or --stage generate rows)
     rows: int = 0
 
 
@@ -144,11 +147,11 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
     from relbench.metrics import METRICS
     from relbench.provenance import environment
 
+    if options.stage not in STAGES:
+        raise RelbenchError(f"--stage: expected one of {', '.join(STAGES)}, got {options.stage!r}")
     context = RunContext(profile=options.profile, device=options.device, model_overrides=dict(options.model_overrides))
     benchmark = load_benchmark(options.benchmark)
-    cases = list(benchmark.cases[: options.limit] if options.limit else benchmark.cases)
-    if options.limit is not None and options.limit < 1:
-        raise RelbenchError(f"--limit: expected a positive number of cases, got {options.limit}")
+    cases = select_cases(benchmark, options.relations, options.limit)
     if not options.seeds:
         raise RelbenchError("--seeds: expected at least one seed")
     data_root = resolve_data_root(options.data_root)
@@ -174,37 +177,66 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
         "seeds": list(options.seeds),
         "resolution": [width, height],
         "cases": [case.id for case in cases],
-        "metrics": {
-            name: {"model": context.model(METRICS.entry(name).meta["model"]).describe() if METRICS.entry(name).meta.get("model") else None}
-            for name in metric_names
-        },
-        "methods": {
+        # Generating computes no metric; a later --stage score adds the ones it computes.
+        "metrics": {} if options.stage == "generate" else {name: {"model": _metric_model(context, name)} for name in metric_names},
+        # Scoring an existing run touches no method: its methods stay as run.json has them.
+        "methods": {} if options.stage == "score" else {
             name: {"settings_hash": settings_hash(requested), "settings": requested}
             for name, (_, requested) in method_settings.items()
         },
     }
     store = RunStore(Path(options.output))
-    summary = EvaluateSummary(Path(options.output), method_names, metric_names)
+    summary = EvaluateSummary(Path(options.output), method_names if options.stage != "score" else [],
+                              metric_names if options.stage != "generate" else [])
+    scorer = Scorer(context, metric_names, benchmark, data_root, options.progress)
     with store.open_for_writing(config, environment(str(context.torch_device()))) as writer:
-        pending = {
-            name: [(case, seed) for case in cases for seed in options.seeds
-                   if not writer.has((name, config["methods"][name]["settings_hash"], case.id, seed))]
-            for name in method_names
-        }
-        summary.skipped = sum(len(cases) * len(options.seeds) - len(p) for p in pending.values())
-        if any(pending.values()):
-            metrics = [METRICS.get(name)(context) for name in metric_names]
-            inputs = SubjectInputs(benchmark, data_root)
+        if options.stage != "score":
+            pending = {
+                name: [(case, seed) for case in cases for seed in options.seeds
+                       if not writer.has((name, config["methods"][name]["settings_hash"], case.id, seed))]
+                for name in method_names
+            }
+            summary.skipped = sum(len(cases) * len(options.seeds) - len(p) for p in pending.values())
             for name in method_names:
                 if pending[name]:
                     settings, _ = method_settings[name]
                     method = METHODS.get(name)(context, settings)
-                    _run_method(method, config["methods"][name]["settings_hash"], pending[name], benchmark, inputs,
-                                metrics, writer, width, height, summary, options.progress)
+                    _generate(method, config["methods"][name]["settings_hash"], pending[name], benchmark, scorer,
+                              writer, width, height, summary, options.progress, score=options.stage == "all")
                     del method  # free its models before the next method loads
+        if options.stage != "generate":
+            summary.scored = scorer.score_missing(writer, {case.id for case in cases})
+        writer.compact()
         summary.rows = len(writer.rows)
         _record_metric_settings(store, writer, metric_names)
     return summary
+
+
+STAGES = ("all", "generate", "score")
+
+
+def select_cases(benchmark: Benchmark, relations: Sequence[str] | None, limit: int | None) -> list[Case]:
+    """The benchmark's cases, restricted to some relations, then to the first ``limit``."""
+    cases = list(benchmark.cases)
+    if relations:
+        unknown = [r for r in relations if r not in benchmark.relations]
+        if unknown:
+            raise RelbenchError(f"--relations: unknown relation {unknown[0]!r} in {benchmark.label}; expected some of {', '.join(benchmark.relations)}")
+        cases = [case for case in cases if case.relation in relations]
+    if limit is not None:
+        if limit < 1:
+            raise RelbenchError(f"--limit: expected a positive number of cases, got {limit}")
+        cases = cases[:limit]
+    if not cases:
+        raise RelbenchError(f"{benchmark.label}: no case left to evaluate")
+    return cases
+
+
+def _metric_model(context: RunContext, name: str) -> dict[str, Any] | None:
+    from relbench.metrics import METRICS
+
+    key = METRICS.entry(name).meta.get("model")
+    return context.model(key).describe() if key else None
 
 
 class SubjectInputs:
@@ -235,25 +267,103 @@ class SubjectInputs:
         relation = self.benchmark.relations[case.relation]
         return GenerationRequest(case.id, case.prompt, relation.phrase, tuple(subjects), seed, width, height)
 
+    def scoring_sample(self, case: Case, image: "Image.Image") -> "ScoringSample":
+        from relbench.metrics.base import ScoringSample
 
-def _run_method(
-    method: "Method", shash: str, items: list[tuple[Case, int]], benchmark: Benchmark, inputs: SubjectInputs,
-    metrics: list["Metric"], writer: RunWriter, width: int, height: int, summary: EvaluateSummary, progress: bool,
+        relation = self.benchmark.relations[case.relation]
+        return ScoringSample(
+            case_id=case.id, image=image, prompt=case.prompt, relation_phrase=relation.phrase,
+            subject_ids=case.subjects, subject_nouns=tuple(self.benchmark.subjects[s].class_noun for s in case.subjects),
+            references=tuple(self.images(s)[0] for s in case.subjects),
+            relation_id=relation.id, relation_kind=relation.kind.value, boxes=case.boxes,
+            subject_categories=tuple(self.benchmark.subjects[s].category for s in case.subjects),
+            benchmark=self.benchmark, data_root=self.data_root,
+        )
+
+
+class Scorer:
+    """The run's metrics, built on first use, and the scoring of rows that lack some of them."""
+
+    def __init__(self, context: RunContext, metric_names: list[str], benchmark: Benchmark, data_root: Path, progress: bool):
+        self.context = context
+        self.metric_names = metric_names
+        self.benchmark = benchmark
+        self.inputs = SubjectInputs(benchmark, data_root)
+        self.progress = progress
+        self._metrics: list["Metric"] | None = None
+
+    @property
+    def metrics(self) -> list["Metric"]:
+        if self._metrics is None:
+            from relbench.metrics import METRICS
+
+            self._metrics = [METRICS.get(name)(self.context) for name in self.metric_names]
+        return self._metrics
+
+    def score(self, cases: Sequence[Case], images: Sequence["Image.Image"], only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Per image, ``{metric: {value, details, settings, higher_is_better}}``."""
+        samples = [self.inputs.scoring_sample(case, image) for case, image in zip(cases, images)]
+        out: list[dict[str, Any]] = [{} for _ in samples]
+        for metric in self.metrics:
+            if only is not None and metric.name not in only:
+                continue
+            settings = metric.settings()
+            for entry, result in zip(out, metric.score(samples)):
+                entry[metric.name] = {
+                    "value": result.value, "details": result.details, "settings": settings,
+                    "higher_is_better": metric.higher_is_better,
+                }
+        return out
+
+    def score_missing(self, writer: RunWriter, case_ids: set[str]) -> int:
+        """Score every row of the chosen cases that lacks a requested metric; rows are replaced."""
+        from PIL import Image
+        from tqdm import tqdm
+
+        todo = [row for row in writer.iter_rows()
+                if row["case_id"] in case_ids and any(m not in row.get("metrics", {}) for m in self.metric_names)]
+        if not todo or not self.metric_names:
+            return 0
+        bar = tqdm(total=len(todo), desc="score", unit="img", disable=not self.progress, dynamic_ncols=True)
+        try:
+            for start in range(0, len(todo), SCORE_BATCH):
+                batch = todo[start : start + SCORE_BATCH]
+                images = []
+                for row in batch:
+                    path = writer.store.root / row["image"]
+                    if not path.is_file():
+                        raise RelbenchError(f"{path}: image of row ({row['method']}, {row['case_id']}, seed {row['seed']}) is missing; run with --stage generate first")
+                    with Image.open(path) as stored:
+                        images.append(stored.convert("RGB"))
+                missing = sorted({m for row in batch for m in self.metric_names if m not in row.get("metrics", {})})
+                scores = self.score([self.benchmark.case(row["case_id"]) for row in batch], images, only=missing)
+                for row, new in zip(batch, scores):
+                    writer.replace({**row, "metrics": {**row.get("metrics", {}), **{k: v for k, v in new.items() if k not in row.get("metrics", {})}}})
+                bar.update(len(batch))
+        finally:
+            bar.close()
+        return len(todo)
+
+
+# Images scored per metric call when scoring stored images.
+SCORE_BATCH = 16
+
+
+def _generate(
+    method: "Method", shash: str, items: list[tuple[Case, int]], benchmark: Benchmark, scorer: Scorer,
+    writer: RunWriter, width: int, height: int, summary: EvaluateSummary, progress: bool, score: bool,
 ) -> None:
     from PIL import Image
     from tqdm import tqdm
 
-    from relbench.metrics.base import ScoringSample
-
     method_settings = method.settings()
-    metric_settings = {metric.name: metric.settings() for metric in metrics}
     bar = tqdm(total=len(items), desc=f"{method.name}", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, len(items), method.batch_size):
             batch = items[start : start + method.batch_size]
-            requests = [inputs.request(case, seed, width, height) for case, seed in batch]
+            requests = [scorer.inputs.request(case, seed, width, height) for case, seed in batch]
             paths = [writer.image_path(method.name, case.id, seed) for case, seed in batch]
-            # Images a killed run saved before scoring are reused, not generated again.
+            # Images a killed run saved before its row are reused, not generated again.
             todo = [i for i, path in enumerate(paths) if not path.is_file()]
             seconds_per_image = None
             images: list[Any] = [None] * len(batch)
@@ -266,24 +376,16 @@ def _run_method(
                 for i, image in zip(todo, generated):
                     if image.size != (width, height):
                         raise RelbenchError(f"method {method.name!r} returned a {image.size[0]}x{image.size[1]} image, expected {width}x{height}")
-                    atomic_save_image(image.convert("RGB"), paths[i])
                     images[i] = image.convert("RGB")
+                    atomic_save_image(images[i], paths[i])
                 summary.generated += len(todo)
             for i, path in enumerate(paths):
                 if images[i] is None:
                     with Image.open(path) as stored:
                         images[i] = stored.convert("RGB")
                     summary.reused_images += 1
-            samples = [
-                ScoringSample(
-                    case_id=req.case_id, image=img, prompt=req.prompt, relation_phrase=req.relation_phrase,
-                    subject_ids=tuple(s.id for s in req.subjects), subject_nouns=tuple(s.class_noun for s in req.subjects),
-                    references=tuple(s.images for s in req.subjects),
-                )
-                for req, img in zip(requests, images)
-            ]
-            scores = {metric.name: metric.score(samples) for metric in metrics}
-            for j, ((case, seed), req) in enumerate(zip(batch, requests)):
+            scores = scorer.score([case for case, _ in batch], images) if score else [{} for _ in batch]
+            for j, (case, seed) in enumerate(batch):
                 relation = benchmark.relations[case.relation]
                 writer.append({
                     "schema": 1,
@@ -303,10 +405,7 @@ def _run_method(
                     "height": height,
                     "image": writer.store.image_relpath(method.name, case.id, seed),
                     "generation_seconds": seconds_per_image if j in todo else None,
-                    "metrics": {
-                        name: {"value": result[j].value, "details": result[j].details, "settings": metric_settings[name]}
-                        for name, result in scores.items()
-                    },
+                    "metrics": scores[j],
                     "method_settings": method_settings,
                 })
             bar.update(len(batch))
@@ -317,6 +416,7 @@ def _run_method(
 def _record_metric_settings(store: RunStore, writer: RunWriter, metric_names: list[str]) -> None:
     """Copy each metric's resolved settings, direction and range into run.json for reports."""
     from relbench.metrics import METRICS
+    from relbench.provenance import now
     from relbench.runstore import atomic_write_json
 
     run = store.read_run() or {}
@@ -324,15 +424,15 @@ def _record_metric_settings(store: RunStore, writer: RunWriter, metric_names: li
     for row in writer.iter_rows():
         for name, value in row.get("metrics", {}).items():
             resolved.setdefault(name, value.get("settings"))
-    for name in metric_names:
+    for name, entry_info in run.get("metrics", {}).items():
+        if name not in METRICS:
+            continue
         entry = METRICS.entry(name)
-        run["metrics"][name].update({
+        entry_info.update({
             "higher_is_better": entry.meta.get("higher_is_better"),
             "range": list(entry.meta.get("range", ())),
             "summary": entry.summary,
-            "settings": resolved.get(name),
+            "settings": resolved.get(name, entry_info.get("settings")),
         })
-    from relbench.provenance import now
-
     run["updated"] = now()
     atomic_write_json(store.run_json, run)

@@ -15,10 +15,13 @@ Guarantees:
 * every file is written atomically (temporary file + ``os.replace``); ``samples.jsonl`` is only
   appended to, one flushed and fsync'ed line per row, and a line cut short by a kill is removed
   when the store is opened again;
-* a row is appended only after its image is on disk and scored, and only if no row has that key,
-  so a run killed at any moment and started again ends with exactly one row per key;
+* a row is appended only after its image is on disk, and only if no row has that key; new scores
+  for a stored image append a new version of its row (readers keep the last) and the file is
+  compacted to one line per key when the run ends, so a run killed at any moment and started again
+  ends with exactly one row per key;
 * an output directory made with other settings is refused, naming the setting that differs.
-  New methods may be added to an existing run; a method already there must keep its settings.
+  New methods and metrics may be added to an existing run; one already there must keep its
+  settings hash (methods) or model (metrics).
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ class RunStore:
         return value
 
     def rows(self) -> list[dict[str, Any]]:
-        return read_rows(self.samples_jsonl)
+        """One row per key: the last version of each (a replaced row's scores are newer)."""
+        return list({row_key(r): r for r in read_rows(self.samples_jsonl)}.values())
 
     def open_for_writing(self, config: dict[str, Any], environment: dict[str, Any]) -> "RunWriter":
         """Lock the directory, refuse mismatched settings, repair a cut-short row, write run.json."""
@@ -176,7 +180,7 @@ class RunStore:
         except BaseException:
             lock.release()
             raise
-        return RunWriter(self, lock, {row_key(r): r for r in rows})
+        return RunWriter(self, lock, {row_key(r): r for r in rows}, len(rows))
 
 
 # Keys of run.json that identify what a run computes; resuming with any other value is refused.
@@ -191,24 +195,37 @@ def identity(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path) -> dict[str, Any]:
-    """The config of a resumed run; refuses any difference except added methods."""
+    """The config of a resumed run.
+
+    Benchmark, profile, seeds, resolution and cases must match. Methods and metrics may be added
+    (a new method joins the run; a new metric scores the stored images), but one already in the
+    run must keep its settings hash (methods) or its model (metrics).
+    """
     for key in sorted(set(old) | set(new)):
-        if key == "methods":
+        if key in ("methods", "metrics"):
             continue
         if old.get(key) != new.get(key):
             raise RelbenchError(
                 f"{root}: this run was made with different settings ({key}: {_short(old.get(key))} != "
                 f"{_short(new.get(key))}); use a new --output directory"
             )
-    methods = dict(old.get("methods", {}))
-    for name, entry in new.get("methods", {}).items():
+    methods = dict(old.get("methods") or {})
+    for name, entry in (new.get("methods") or {}).items():
         if name in methods and methods[name]["settings_hash"] != entry["settings_hash"]:
             raise RelbenchError(
                 f"{root}: method {name!r} was run here with other settings (hash {methods[name]['settings_hash']} "
                 f"!= {entry['settings_hash']}); use a new --output directory"
             )
         methods[name] = entry
-    return {**new, "methods": methods}
+    metrics = dict(old.get("metrics") or {})
+    for name, entry in (new.get("metrics") or {}).items():
+        if name in metrics and metrics[name].get("model") != entry.get("model"):
+            raise RelbenchError(
+                f"{root}: metric {name!r} was computed here with another model ({_short(metrics[name].get('model'))} != "
+                f"{_short(entry.get('model'))}); use a new --output directory"
+            )
+        metrics[name] = entry
+    return {**new, "methods": methods, "metrics": metrics}
 
 
 def _short(value: Any) -> str:
@@ -217,12 +234,18 @@ def _short(value: Any) -> str:
 
 
 class RunWriter:
-    """Appends rows and saves images while holding the run directory's lock."""
+    """Appends rows and saves images while holding the run directory's lock.
 
-    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, dict[str, Any]]):
+    A row is replaced (new scores for a stored image) by appending the new version: readers keep
+    the last line of a key. ``compact`` rewrites the file with one line per key at the end of a
+    run, so a finished run has exactly one row per (method, settings hash, case, seed).
+    """
+
+    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, dict[str, Any]], lines: int):
         self.store = store
         self._lock = lock
         self.rows = rows
+        self._lines = lines  # rows in the file, replaced versions included
         self._handle = open(store.samples_jsonl, "ab")
 
     def __enter__(self) -> "RunWriter":
@@ -243,14 +266,31 @@ class RunWriter:
         return self.store.root / self.store.image_relpath(method, case_id, seed)
 
     def append(self, row: dict[str, Any]) -> None:
-        key = row_key(row)
-        if key in self.rows:
-            return  # exactly one row per key, whatever happened before
+        """Add a new row; a key that already has a row is left as it is."""
+        if row_key(row) not in self.rows:
+            self._write(row)
+
+    def replace(self, row: dict[str, Any]) -> None:
+        """Store a new version of a row (same key)."""
+        self._write(row)
+
+    def _write(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, sort_keys=False, default=str).encode("utf-8") + b"\n"
         self._handle.write(line)
         self._handle.flush()
         os.fsync(self._handle.fileno())
-        self.rows[key] = row
+        self.rows[row_key(row)] = row
+        self._lines += 1
+
+    def compact(self) -> None:
+        """Rewrite samples.jsonl with the last version of each row only (atomic)."""
+        if self._lines == len(self.rows):
+            return
+        data = b"".join(json.dumps(row, sort_keys=False, default=str).encode("utf-8") + b"\n" for row in self.rows.values())
+        self._handle.close()
+        atomic_write_bytes(self.store.samples_jsonl, data)
+        self._handle = open(self.store.samples_jsonl, "ab")
+        self._lines = len(self.rows)
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
-        return iter(self.rows.values())
+        return iter(list(self.rows.values()))

@@ -205,3 +205,40 @@ def test_data_list_and_validate_builtin_demo() -> None:
 def test_data_validate_relationbench_on_the_shared_data(shared_data: Path) -> None:
     result = relbench("data", "validate", "--benchmark", "relationbench", "--data-root", str(shared_data))
     assert result.stdout.startswith("relationbench v1: 120 cases, 15 relations, 30 subjects, 188 images checked")
+
+
+@pytest.mark.slow
+def test_generate_then_score_stages_never_regenerate(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ["-b", "demo", "-o", str(out), "-q"]
+    relbench("evaluate", "-m", "reference-collage", "--stage", "generate", *common)
+    rows = read_rows(out / "samples.jsonl")
+    assert len(rows) == 4 and all(r["metrics"] == {} for r in rows)
+    images = {r["image"]: (out / r["image"]).read_bytes() for r in rows}
+    mtimes = {r["image"]: (out / r["image"]).stat().st_mtime_ns for r in rows}
+
+    scored = relbench("evaluate", "--stage", "score", "--metrics", "clip_t", *common)
+    assert "0 images generated" in scored.stdout and "4 stored images scored" in scored.stdout
+    relbench("evaluate", "--stage", "score", "--metrics", "dino", *common)
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # compacted: one line per image
+    for row in map(json.loads, lines):
+        assert set(row["metrics"]) == {"clip_t", "dino"}
+        assert row["metrics"]["dino"]["higher_is_better"] is True
+        assert (out / row["image"]).read_bytes() == images[row["image"]]
+        assert (out / row["image"]).stat().st_mtime_ns == mtimes[row["image"]]
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["metrics"]) == {"clip_t", "dino"} and run["metrics"]["dino"]["settings"]["pooling"] == "cls"
+    again = relbench("evaluate", "--stage", "score", "--metrics", "clip_t,dino", *common)
+    assert "0 stored images scored" in again.stdout
+
+
+def test_relations_filter_and_limit(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = relbench("evaluate", "-m", "reference-collage", "-b", "demo", "--relations", "hug,carry", "--metrics", "none",
+                      "-o", str(out), "-q")
+    assert "2 rows" in result.stdout
+    assert sorted(r["relation"] for r in read_rows(out / "samples.jsonl")) == ["carry", "hug"]
+    assert_one_line_error(relbench("evaluate", "-b", "demo", "--relations", "kiss", "-o", str(tmp_path / "x"), check=False),
+                          "--relations: unknown relation 'kiss'")
+    assert_one_line_error(relbench("evaluate", "-b", "demo", "--stage", "paint", "-o", str(tmp_path / "x"), check=False), "--stage")

@@ -83,7 +83,8 @@ def test_a_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path: Path) 
     [
         ({"seeds": [0, 1]}, "seeds: [0] != [0, 1]"),
         ({"profile": "full"}, 'profile: "tiny" != "full"'),
-        ({"metrics": {}}, "metrics:"),
+        ({"metrics": {"clip_t": {"model": {"id": "openai/clip", "revision": None}}}}, "metric 'clip_t' was computed here with another model"),
+        ({"cases": ["a"]}, "cases:"),
         ({"resolution": [128, 128]}, "resolution"),
     ],
 )
@@ -94,6 +95,35 @@ def test_reusing_an_output_with_other_settings_is_refused(tmp_path: Path, change
     with pytest.raises(RelbenchError) as info:
         store.open_for_writing(config(**changes), ENV)
     assert message in str(info.value) and "use a new --output directory" in str(info.value)
+
+
+def test_metrics_may_be_added_and_keep_what_was_recorded(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    with store.open_for_writing(config(), ENV):
+        pass
+    run = json.loads(store.run_json.read_text())
+    run["metrics"]["clip_t"]["settings"] = {"pooling": "x"}  # as a finished run records it
+    store.run_json.write_text(json.dumps(run))
+    dino = {"dino": {"model": {"id": "tiny:dino", "revision": None}}}
+    with store.open_for_writing(config(metrics=dino), ENV):
+        pass
+    metrics = json.loads(store.run_json.read_text())["metrics"]
+    assert set(metrics) == {"clip_t", "dino"} and metrics["clip_t"]["settings"] == {"pooling": "x"}
+
+
+def test_replaced_rows_keep_the_last_version_and_compact_to_one_line(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    with store.open_for_writing(config(), ENV) as writer:
+        writer.append(row(case="a"))
+        writer.append(row(case="b"))
+        writer.replace({**row(case="a"), "metrics": {"clip_t": {"value": 2.0}}})
+    # killed before compaction: two lines for "a", readers keep the last
+    assert len(store.samples_jsonl.read_text().splitlines()) == 3
+    assert {r["case_id"]: r["metrics"]["clip_t"]["value"] for r in store.rows()} == {"a": 2.0, "b": 1.0}
+    with store.open_for_writing(config(), ENV) as writer:
+        writer.compact()
+    lines = [json.loads(line) for line in store.samples_jsonl.read_text().splitlines()]
+    assert [(r["case_id"], r["metrics"]["clip_t"]["value"]) for r in lines] == [("a", 2.0), ("b", 1.0)]
 
 
 def test_methods_may_be_added_but_not_changed(tmp_path: Path) -> None:
