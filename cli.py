@@ -76,6 +76,7 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")] = "auto",
     model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: sdxl, clip, dino).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE, e.g. sdxl.num_inference_steps=50.")] = None,
+    lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's relation LoRA: FILE (every relation) or RELATION=FILE, repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Generate and score images for every (method, case, seed); resumable."""
@@ -86,10 +87,13 @@ def evaluate(
         seed_list = tuple(int(s) for s in _split([seeds]))
     except ValueError:
         raise RelbenchError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    method_overrides = _parse_sets(set_)
+    if lora:
+        method_overrides.setdefault("dreamrelation", {})["loras"] = ",".join(lora)
     options = EvaluateOptions(
         benchmark=benchmark, output=output, methods=_split(method) or ["all"], metrics=_split(metrics) or None,
         profile=profile, seeds=seed_list, resolution=resolution, data_root=data_root, device=device,
-        model_overrides=parse_model_overrides(model), method_overrides=_parse_sets(set_), limit=limit,
+        model_overrides=parse_model_overrides(model), method_overrides=method_overrides, limit=limit,
         relations=_split(relations) or None, stage=stage, progress=not quiet,
     )
     try:
@@ -112,6 +116,38 @@ def _parse_sets(values: list[str] | None) -> dict[str, dict[str, str]]:
             raise RelbenchError(f"--set {value!r}: expected METHOD.SETTING=VALUE, e.g. sdxl.guidance_scale=7.5")
         out.setdefault(method_name.strip(), {})[key.strip()] = raw
     return out
+
+
+TRAINERS = {"dreamrelation": "relbench.methods.dreamrelation.train"}
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def train(
+    ctx: typer.Context,
+    method: Annotated[str, typer.Argument(help="Method to train: dreamrelation.")],
+) -> None:
+    """Train a method (its own options follow; `relbench train dreamrelation --help` lists them)."""
+    import importlib
+
+    from relbench.registry import Registry
+
+    if method in ("-h", "--help"):
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+    if method not in TRAINERS:
+        registry: Registry[str] = Registry("trainable method")
+        for name, module in TRAINERS.items():
+            registry.register(name, f"{module}:main")
+        raise RelbenchError(registry.unknown_message(method))
+    module = importlib.import_module(TRAINERS[method])
+    try:
+        path = module.main(list(ctx.args))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; resume with the same command and --resume-from-checkpoint latest") from None
+    typer.echo(f"LoRA: {path}")
 
 
 @app.command()

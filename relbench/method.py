@@ -44,6 +44,7 @@ class GenerationRequest:
     seed: int
     width: int
     height: int
+    relation_id: str | None = None  # the benchmark's relation id (methods with per-relation weights)
 
 
 class Method(ABC):
@@ -86,6 +87,16 @@ class Method(ABC):
                 )
             changes[key] = _coerce(raw, getattr(base, key), f"--set {cls.name}.{key}")
         return dataclasses.replace(base, **changes)
+
+    @classmethod
+    def settings_fingerprint(cls, settings: Any) -> dict[str, Any]:
+        """Extra identity of the settings that their values do not show (e.g. hashes of weight
+        files named by path); hashed into the run's settings hash. Cheap: no model loads."""
+        return {}
+
+    @classmethod
+    def check_cases(cls, settings: Any, benchmark: Any, cases: Sequence[Any]) -> None:
+        """Refuse, before any model loads, cases these settings cannot generate."""
 
     def settings(self) -> dict[str, Any]:
         """Every setting that moves a number, as JSON-serialisable values."""

@@ -135,6 +135,7 @@ def method_config(method_cls: type["Method"], context: RunContext, overrides: di
         "resolution": [width, height],
         "settings": dataclasses.asdict(settings),
         "models": {key: context.model(key).describe() for key in method_cls.model_keys},
+        **method_cls.settings_fingerprint(settings),
     }
     if context.is_tiny:
         requested["tiny_seed"] = context.seed
@@ -170,6 +171,8 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
     method_settings: dict[str, tuple[Any, dict[str, Any]]] = {}
     for name in method_names:
         method_settings[name] = method_config(METHODS.get(name), context, options.method_overrides.get(name, {}), width, height)
+        if options.stage != "score":
+            METHODS.get(name).check_cases(method_settings[name][0], benchmark, cases)
 
     config = {
         "benchmark": {"name": benchmark.name, "version": benchmark.version, "spec_sha256": spec_digest(benchmark)},
@@ -265,7 +268,7 @@ class SubjectInputs:
             images, masks = self.images(sid)
             subjects.append(SubjectInput(sid, self.benchmark.subjects[sid].class_noun, images, box, masks))
         relation = self.benchmark.relations[case.relation]
-        return GenerationRequest(case.id, case.prompt, relation.phrase, tuple(subjects), seed, width, height)
+        return GenerationRequest(case.id, case.prompt, relation.phrase, tuple(subjects), seed, width, height, relation.id)
 
     def scoring_sample(self, case: Case, image: "Image.Image") -> "ScoringSample":
         from relbench.metrics.base import ScoringSample

@@ -1,0 +1,113 @@
+"""DreamRelation's relation LoRA: rank-4 adapters on the UNet's cross-attention projections.
+
+Only ``attn2.to_q``, ``attn2.to_k``, ``attn2.to_v`` and ``attn2.to_out.0`` get a LoRA (rank 4,
+alpha 4, gaussian init), through peft as diffusers' training examples do. Saved as
+``pytorch_lora_weights.safetensors`` in diffusers' format (keys ``unet.<module>.lora.down.weight``
+/ ``lora.up.weight``), the format of the released DreamRelation LoRAs, so that
+``StableDiffusionXLPipeline.load_lora_weights`` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relbench.errors import RelbenchError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+TARGET_MODULES = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+ADAPTER_NAME = "relation"
+
+
+def add_relation_lora(unet: "UNet2DConditionModel", rank: int = 4, alpha: float = 4.0, seed: int | None = None) -> list["torch.nn.Parameter"]:
+    """Attach the trainable LoRA; returns its parameters (everything else stays frozen)."""
+    import torch
+    from peft import LoraConfig
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(TARGET_MODULES))
+    if seed is None:
+        unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+    params = [p for name, p in unet.named_parameters() if "lora_" in name]
+    for p in params:
+        p.requires_grad_(True)
+    if not params:
+        raise RelbenchError("no LoRA parameter was created: the UNet has no attn2.to_q/to_k/to_v/to_out.0 layers")
+    return params
+
+
+def lora_state_dict(unet: "UNet2DConditionModel") -> dict[str, "torch.Tensor"]:
+    """The LoRA weights in diffusers' saved format (``unet.``-prefixed, ``lora.down``/``lora.up``)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME))
+    return {f"unet.{key}": value.detach().contiguous() for key, value in layers.items()}
+
+
+def save_relation_lora(unet: "UNet2DConditionModel", directory: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``<directory>/pytorch_lora_weights.safetensors`` atomically; returns its path."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LORA_WEIGHT_NAME
+    state = {key: value.to("cpu") for key, value in lora_state_dict(unet).items()}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{LORA_WEIGHT_NAME}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt", **(metadata or {})})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_lora_file(source: str | Path) -> Path:
+    """A LoRA file, or a folder holding ``pytorch_lora_weights.safetensors``; clear error otherwise."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise RelbenchError(f"{path}: LoRA weights not found; expected a .safetensors file or a folder holding {LORA_WEIGHT_NAME}")
+    return path
+
+
+def read_lora_file(path: Path) -> dict[str, "torch.Tensor"]:
+    """Load a LoRA safetensors file, refusing truncated files and files that hold no UNet LoRA."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RelbenchError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())[:160]})") from exc
+    if not any(key.startswith("unet.") and ".lora" in key for key in state):
+        raise RelbenchError(f"{path}: holds no UNet LoRA weights (expected keys like unet.<module>.lora.down.weight)")
+    return state
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def lora_rank(state: dict[str, Any]) -> int | None:
+    for key, value in state.items():
+        if key.endswith("lora.down.weight"):
+            return int(value.shape[0])
+    return None

@@ -1,0 +1,115 @@
+"""Loading DreamRelation's models once: SDXL parts, the MS-Diffusion adapter, the subject encoder.
+
+``tiny`` builds every part from configs with seeded random weights (the tiny SDXL of
+``relbench.tiny``, ``MSAdapterConfig.tiny()``, the tiny subject encoder), so that training and
+inference in the tiny profile see the same frozen weights. ``full`` loads pretrained weights:
+SDXL by hub id or local folder (``--model sdxl=...``), the public ``ms_adapter.bin``
+(``--model ms_adapter=...``) and CLIP ViT-bigG/14 (``--model image_encoder=...``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from relbench.errors import RelbenchError
+from relbench.profiles import ModelRef, RunContext, resolved_revision, torch_dtype
+
+if TYPE_CHECKING:
+    from relbench.methods.ms_diffusion.adapter import MSAdapter
+    from relbench.methods.ms_diffusion.encoders import SubjectEncoder
+
+# The models DreamRelation (and MS-Diffusion) load; defaults in relbench.profiles.FULL_MODELS.
+MODEL_KEYS = ("sdxl", "ms_adapter", "image_encoder")
+
+
+@dataclass
+class DreamRelationModels:
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    text_encoder_2: Any
+    tokenizer: Any
+    tokenizer_2: Any
+    scheduler_config: dict[str, Any]
+    adapter: "MSAdapter"
+    encoder: "SubjectEncoder"
+    refs: dict[str, ModelRef]
+    revisions: dict[str, str | None]
+
+    def describe(self) -> dict[str, Any]:
+        return {key: {**ref.describe(), "resolved_revision": self.revisions.get(key)} for key, ref in self.refs.items()}
+
+
+def model_refs(context: RunContext) -> dict[str, ModelRef]:
+    """The weights each part comes from in this profile (overrides included)."""
+    return {key: context.model(key) for key in MODEL_KEYS}
+
+
+def load_models(context: RunContext, dtype: str = "float32", variant: str | None = None, vae_float32: bool = False) -> DreamRelationModels:
+    """Every frozen part, on the context's device in ``dtype`` (the LoRA is added by the caller).
+
+    ``vae_float32`` keeps the VAE in float32 (training encodes with it once; SDXL's VAE overflows
+    in float16). For generation the pipeline upcasts the VAE itself when it needs to.
+    """
+    from relbench.methods.ms_diffusion.adapter import MSAdapter
+    from relbench.methods.ms_diffusion.config import MSAdapterConfig
+    from relbench.methods.ms_diffusion.encoders import SubjectEncoder
+
+    refs = model_refs(context)
+    device = context.torch_device()
+    weight_dtype = torch_dtype(dtype)
+    revisions: dict[str, str | None] = {}
+    if refs["sdxl"].is_tiny:
+        from relbench.tiny import SDXL_SCHEDULER_CONFIG, tiny_sdxl_components
+
+        parts = tiny_sdxl_components(context.seed)
+        scheduler_config = dict(SDXL_SCHEDULER_CONFIG)
+    else:
+        parts, scheduler_config, revisions["sdxl"] = _load_sdxl_parts(refs["sdxl"], weight_dtype, variant)
+    config = MSAdapterConfig.tiny() if refs["ms_adapter"].is_tiny else MSAdapterConfig.sdxl()
+    if refs["ms_adapter"].is_tiny:
+        from relbench.tiny import seeded
+
+        with seeded(context.seed + 1):
+            adapter = MSAdapter(config, parts["unet"])
+    else:
+        adapter = MSAdapter.from_pretrained(refs["ms_adapter"].id, config, parts["unet"], revision=refs["ms_adapter"].revision)
+    encoder = SubjectEncoder.from_context(context, parts["text_encoder"], parts["tokenizer"], config)
+    revisions["image_encoder"] = getattr(encoder, "revision", None)
+    for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
+        parts[name].requires_grad_(False)
+        keep_float32 = name == "vae" and vae_float32
+        parts[name].to(device=device, dtype=torch_dtype("float32") if keep_float32 else weight_dtype)
+    adapter.requires_grad_(False)
+    adapter.to(device=device, dtype=weight_dtype)
+    adapter.install(parts["unet"])
+    encoder.to(device=device, dtype=weight_dtype)
+    return DreamRelationModels(
+        vae=parts["vae"], unet=parts["unet"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+        tokenizer=parts["tokenizer"], tokenizer_2=parts["tokenizer_2"], scheduler_config=scheduler_config,
+        adapter=adapter, encoder=encoder, refs=refs, revisions=revisions,
+    )
+
+
+def _load_sdxl_parts(ref: ModelRef, dtype: Any, variant: str | None) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    common = {"revision": ref.revision}
+    try:
+        parts = {
+            "tokenizer": CLIPTokenizer.from_pretrained(ref.id, subfolder="tokenizer", **common),
+            "tokenizer_2": CLIPTokenizer.from_pretrained(ref.id, subfolder="tokenizer_2", **common),
+            "text_encoder": CLIPTextModel.from_pretrained(ref.id, subfolder="text_encoder", dtype=dtype, variant=variant, **common),
+            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(ref.id, subfolder="text_encoder_2", dtype=dtype, variant=variant, **common),
+            "vae": AutoencoderKL.from_pretrained(ref.id, subfolder="vae", variant=variant, **common),
+            "unet": UNet2DConditionModel.from_pretrained(ref.id, subfolder="unet", dtype=dtype, variant=variant, **common),
+        }
+        scheduler = DDPMScheduler.from_pretrained(ref.id, subfolder="scheduler", **common)
+    except (OSError, ValueError) as exc:
+        raise RelbenchError(
+            f"cannot load SDXL from {ref.id!r} ({' '.join(str(exc).split())[:200]}); download it first or pass "
+            f"--model sdxl=/local/path (and no fp16 variant if the folder has none)"
+        ) from exc
+    return parts, dict(scheduler.config), resolved_revision(getattr(parts["unet"].config, "_name_or_path", None))

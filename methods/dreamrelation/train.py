@@ -1,0 +1,536 @@
+"""Train a DreamRelation relation LoRA: ``relbench train dreamrelation`` (or ``accelerate launch -m``).
+
+One self-contained entry in the style of diffusers' ``train_dreambooth_lora_sdxl.py``: arguments
+are parsed and validated before any model loads (``parse_args(argv)``), Accelerate handles devices,
+processes and mixed precision, checkpoints are written every ``--checkpointing-steps`` and
+``--resume-from-checkpoint latest`` continues exactly where the last one stopped.
+
+What one optimizer step does (losses in ``losses.py``, data in ``data.py``)::
+
+    latents  = VAE(motion image) (cached)         noise, t ~ U[0, 1000)      noisy = q(latents, t)
+    context  = [text (77) | dummy (4) | resampler(concept images, phrases, boxes) (16 per subject)]
+    eps      = UNet + relation LoRA (noisy, t, context, boxes)   text attention maps recorded
+    loss     = MSE(eps, noise) + 0.1 KML(x0(eps), concept latents, keypoints) [t <= 333, per sample]
+               + 0.001 L_attn(predicate maps, subject masks)
+
+Speed: every concept image goes through the VAE and the image encoder once, every prompt and
+phrase through the text encoders once, and every motion image through the VAE once per flip state
+(the latent distribution is cached and sampled each step): the reference code re-encodes them every
+step. Loss values are accumulated on the device and read back only when the progress bar is
+updated (``--log-every``), so the step loop has no host-device synchronisation.
+
+Randomness is a function of (seed, step, process): the batch, the noise and the timesteps of step
+``n`` are the same whether the run was resumed or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relbench.errors import RelbenchError
+
+CHECKPOINT_PREFIX = "checkpoint-"
+PROFILES = ("tiny", "full")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+AUGMENTATIONS = ("none", "flip")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="relbench train dreamrelation",
+        description="Train a DreamRelation relation LoRA on DreamRelation-format triplets.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--data-root", type=Path, required=True, help="folder holding <relation>/prompts.json, videos/, masks/ (e.g. <data root>/dreamrelation)")
+    data.add_argument("--relation", required=True, help="relation folder to train on, e.g. hug")
+    data.add_argument("--skeleton", default="ap10k", help="keypoint order of the data (ap10k or coco): used to swap left/right on flips")
+    data.add_argument("--augment", choices=AUGMENTATIONS, default="flip", help="random horizontal flip of motion images (keypoints and masks follow)")
+    out = p.add_argument_group("output")
+    out.add_argument("--output", "--output-dir", dest="output", type=Path, required=True, help="checkpoints and pytorch_lora_weights.safetensors go here")
+    out.add_argument("--checkpointing-steps", type=int, default=100, help="save a resumable checkpoint every N optimizer steps")
+    out.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep at most this many checkpoints")
+    out.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    models = p.add_argument_group("models")
+    models.add_argument("--profile", choices=PROFILES, default="full", help="'tiny': random tiny models from configs (CPU, offline)")
+    models.add_argument("--model", action="append", default=[], metavar="KEY=ID_OR_PATH", help="replace a pretrained model (sdxl, ms_adapter, image_encoder)")
+    models.add_argument("--variant", default=None, help="weight files variant of the SDXL folder, e.g. fp16")
+    models.add_argument("--scale", type=float, default=0.6, help="adapter image-attention scale")
+    lora = p.add_argument_group("LoRA and what trains")
+    lora.add_argument("--rank", type=int, default=4)
+    lora.add_argument("--lora-alpha", type=float, default=4.0)
+    lora.add_argument("--train-resampler", action="store_true", help="also train the grounding resampler (needed for local features)")
+    lora.add_argument("--local-features", action="store_true",
+                      help="dense local features per subject; needs a distilled dense image encoder (--model dense_encoder=...)")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--resolution", type=int, default=1024)
+    opt.add_argument("--train-batch-size", type=int, default=1)
+    opt.add_argument("--gradient-accumulation-steps", type=int, default=4)
+    opt.add_argument("--max-train-steps", type=int, default=500)
+    opt.add_argument("--learning-rate", type=float, default=1e-4)
+    opt.add_argument("--adam-beta1", type=float, default=0.9)
+    opt.add_argument("--adam-beta2", type=float, default=0.999)
+    opt.add_argument("--adam-weight-decay", type=float, default=1e-4)
+    opt.add_argument("--adam-epsilon", type=float, default=1e-8)
+    opt.add_argument("--max-grad-norm", type=float, default=1.0)
+    opt.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None, help="default: fp16 on GPU as the authors trained, 'no' on CPU")
+    opt.add_argument("--gradient-checkpointing", action="store_true")
+    opt.add_argument("--seed", type=int, default=0)
+    loss = p.add_argument_group("losses")
+    loss.add_argument("--kml-weight", type=float, default=0.1)
+    loss.add_argument("--kml-max-timestep", type=int, default=333)
+    loss.add_argument("--attn-weight", type=float, default=0.001)
+    loss.add_argument("--attn-max-queries", type=int, default=None, help="layers with at most this many positions give attention maps (default: (resolution/32)^2, i.e. 32x32 at 1024 px)")
+    misc = p.add_argument_group("misc")
+    misc.add_argument("--device", default="auto", help="used without accelerate launch: auto, cpu, cuda")
+    misc.add_argument("--log-every", type=int, default=10, help="update the progress bar's loss terms every N steps")
+    misc.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate every argument; a mistake is a RelbenchError before any model loads."""
+    args = build_parser().parse_args(argv)
+    positive = ("checkpointing_steps", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "rank", "log_every")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise RelbenchError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise RelbenchError(f"--checkpoints-total-limit: expected a positive integer, got {args.checkpoints_total_limit}")
+    if args.resolution < 16 or args.resolution % 16:
+        raise RelbenchError(f"--resolution: expected a multiple of 16, got {args.resolution}")
+    for name in ("learning_rate", "kml_weight", "attn_weight", "max_grad_norm", "lora_alpha", "scale"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            raise RelbenchError(f"--{name.replace('_', '-')}: expected a finite number >= 0, got {value}")
+    if not 0 <= args.kml_max_timestep < 1000:
+        raise RelbenchError(f"--kml-max-timestep: expected 0..999, got {args.kml_max_timestep}")
+    if args.local_features:
+        # The reference's local features come from a CLIPSelf-distilled dense encoder whose weights are
+        # not public in a loadable form here; without one the option stays off rather than pretending.
+        raise RelbenchError(
+            "--local-features: no distilled dense image encoder is available to relbench yet, so local features are off; "
+            "train without --local-features"
+        )
+    relation_dir = args.data_root / args.relation
+    if not (relation_dir / "prompts.json").is_file():
+        raise RelbenchError(f"{relation_dir}: not a DreamRelation relation folder (no prompts.json); check --data-root and --relation")
+    from relbench.methods.dreamrelation.data import get_skeleton, validate_relation_dir
+    from relbench.profiles import parse_model_overrides
+
+    get_skeleton(args.skeleton)
+    problems = validate_relation_dir(args.data_root, args.relation)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RelbenchError(f"{problems[0]}{more}")
+    args.model_overrides = parse_model_overrides(args.model)
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
+        if not Path(args.resume_from_checkpoint).is_dir():
+            raise RelbenchError(f"--resume-from-checkpoint: {args.resume_from_checkpoint}: no such checkpoint folder")
+    if args.output.exists() and not args.output.is_dir():
+        raise RelbenchError(f"--output: {args.output} exists and is not a directory")
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# Cached inputs
+
+
+@dataclass
+class CachedTriplets:
+    """Everything the frozen encoders produce for the training set, computed once.
+
+    Motion tensors have a leading flip axis F (1 without augmentation, 2 with flips): index 1 is
+    the mirrored image with its masks and keypoints mirrored too.
+    """
+
+    motion_mean: Any  # (T, F, 4, h, w) VAE latent distribution mean (unscaled)
+    motion_std: Any  # (T, F, 4, h, w)
+    masks: Any  # (T, F, N, 1, H, W) subject masks in entity order
+    boxes: Any  # (T, F, N, 4) normalised xyxy of each mask
+    rel_keypoints: Any  # (T, F, N, K, 2), instance i on entity i
+    rel_visibility: Any  # (T, F, N, K) bool
+    concept_latents: Any  # (T, N, 4, h, w) posterior mean, scaled: the KML target
+    concept_keypoints: Any  # (T, N, K, 2)
+    concept_visibility: Any  # (T, N, K) bool
+    image_embeds: Any  # (T, N, L, D) image encoder tokens of the concept images
+    phrase_embeds: Any  # (T, N, P) pooled phrase embeddings
+    prompt_embeds: Any  # (T, 77, C) both text encoders' penultimate states, concatenated
+    pooled_prompt_embeds: Any  # (T, C2)
+    predicate_mask: Any  # (T, 77) bool
+    prompts: list[str]
+
+    @property
+    def size(self) -> int:
+        return int(self.motion_mean.shape[0])
+
+    @property
+    def flips(self) -> int:
+        return int(self.motion_mean.shape[1])
+
+
+def build_cache(models: Any, data_root: Path, relation: str, resolution: int, augment: str, skeleton: str,
+                device: Any, dtype: Any) -> CachedTriplets:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from relbench.methods.dreamrelation.data import (
+        Placement, TripletTransform, associate_instances, get_skeleton, load_mask, read_relation_dir, to_pixel_values,
+    )
+    from relbench.methods.dreamrelation.losses import predicate_token_mask
+
+    triplets = read_relation_dir(data_root, relation)
+    counts = {(t.num_entities, t.num_keypoints) for t in triplets}
+    if len(counts) != 1:
+        raise RelbenchError(f"{data_root / relation}: triplets mix (entities, keypoints) counts {sorted(counts)}; train one kind at a time")
+    permutation = get_skeleton(skeleton).flip_permutation()
+    flips = (False, True) if augment == "flip" else (False,)
+    base = TripletTransform(resolution)
+    vae = models.vae
+    scaling = float(vae.config.scaling_factor)
+
+    def vae_dist(pixels: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        with torch.no_grad():
+            dist = vae.encode(pixels.to(device, vae.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
+
+    motion_mean, motion_std, masks, boxes, rel_kp, rel_vis = [], [], [], [], [], []
+    concept_latents, concept_kp, concept_vis, concept_images = [], [], [], []
+    for triplet in triplets:
+        raw_masks = [load_mask(p) for p in triplet.masks]
+        order = associate_instances(triplet.keypoints, raw_masks, triplet.visibility)
+        keypoints, visibility = triplet.keypoints[order], triplet.visibility[order]
+        per_flip = []
+        with Image.open(triplet.motion_image) as motion:
+            motion = motion.convert("RGB")
+            box = base.sample(motion.size, 0).box
+            for flip in flips:
+                place = Placement(box, flip, (resolution, resolution))
+                xy, shown = place.keypoints(keypoints, visibility, motion.size, permutation)
+                placed_masks = [place.mask(m) for m in raw_masks]
+                per_flip.append((to_pixel_values(place.image(motion)), placed_masks, xy, shown))
+        mean, std = vae_dist(torch.stack([item[0] for item in per_flip]))
+        motion_mean.append(mean)
+        motion_std.append(std)
+        masks.append(torch.stack([torch.stack([torch.from_numpy(m).float()[None] for m in item[1]]) for item in per_flip]))
+        boxes.append(torch.stack([torch.tensor([_mask_box(m) for m in item[1]]) for item in per_flip]))
+        rel_kp.append(torch.stack([item[2] for item in per_flip]))
+        rel_vis.append(torch.stack([item[3] for item in per_flip]))
+        pixels, kps, vis, images = [], [], [], []
+        for path, xy, shown in zip(triplet.concept_images, triplet.concept_keypoints, triplet.concept_visibility):
+            with Image.open(path) as concept:
+                concept = concept.convert("RGB")
+                place = Placement(base.sample(concept.size, 0).box, False, (resolution, resolution))
+                kp, sh = place.keypoints(xy, shown, concept.size, None)
+                pixels.append(to_pixel_values(place.image(concept)))
+                images.append(concept.copy())
+            kps.append(kp[0])
+            vis.append(sh[0])
+        concept_latents.append(vae_dist(torch.stack(pixels))[0] * scaling)
+        concept_kp.append(torch.stack(kps))
+        concept_vis.append(torch.stack(vis))
+        concept_images.append(images)
+
+    encoder = models.encoder
+    with torch.no_grad():
+        image_embeds = encoder.encode_images(concept_images).float()
+        phrase_embeds = encoder.encode_phrases([list(t.entities) for t in triplets]).float()
+        prompts = [t.prompt for t in triplets]
+        prompt_embeds, pooled = encode_prompts(models, prompts, device)
+    predicate = predicate_token_mask(models.tokenizer, prompts, [list(t.predicate) for t in triplets])
+    return CachedTriplets(
+        motion_mean=torch.stack(motion_mean).to(device), motion_std=torch.stack(motion_std).to(device),
+        masks=torch.stack(masks).to(device), boxes=torch.stack(boxes).float().to(device),
+        rel_keypoints=torch.stack(rel_kp).to(device), rel_visibility=torch.stack(rel_vis).to(device),
+        concept_latents=torch.stack(concept_latents).to(device), concept_keypoints=torch.stack(concept_kp).to(device),
+        concept_visibility=torch.stack(concept_vis).to(device), image_embeds=image_embeds.to(device, dtype),
+        phrase_embeds=phrase_embeds.to(device, dtype), prompt_embeds=prompt_embeds.to(device, dtype),
+        pooled_prompt_embeds=pooled.to(device, dtype), predicate_mask=predicate.to(device), prompts=prompts,
+    )
+
+
+def encode_prompts(models: Any, prompts: list[str], device: Any) -> tuple[Any, Any]:
+    """SDXL's prompt encoding ((B, 77, 2048) states, (B, 1280) pooled), as its pipeline does it."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(
+        vae=models.vae, text_encoder=models.text_encoder, text_encoder_2=models.text_encoder_2, tokenizer=models.tokenizer,
+        tokenizer_2=models.tokenizer_2, unet=models.unet, scheduler=EulerDiscreteScheduler.from_config(models.scheduler_config),
+        add_watermarker=False,
+    )
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    return embeds, pooled
+
+
+def _mask_box(mask: Any) -> tuple[float, float, float, float]:
+    """Normalised xyxy of a binary mask's foreground (the whole image when it is empty)."""
+    import numpy as np
+
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return (0.0, 0.0, 1.0, 1.0)
+    height, width = mask.shape
+    return (xs.min() / width, ys.min() / height, (xs.max() + 1) / width, (ys.max() + 1) / height)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def step_generator(seed: int, step: int, process: int, device: Any) -> Any:
+    """The random stream of one optimizer step: identical after a resume."""
+    import torch
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + step * 9_973 + process) % (2**63))
+    return generator
+
+
+def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets, weights: Any, store: Any, generator: Any,
+                  args: argparse.Namespace, alphas_cumprod: Any, time_ids: Any) -> tuple[Any, dict[str, Any]]:
+    """Loss of one micro-batch (with its autograd graph) and its detached terms.
+
+    ``unet`` and ``resampler`` are what to call (wrapped for data parallelism when prepared by
+    Accelerate); ``models`` holds the unwrapped modules.
+    """
+    import torch
+
+    from relbench.methods.dreamrelation.losses import (
+        diffusion_loss, keypoint_matching_loss, predict_x0, relation_attention_loss,
+    )
+
+    device = cache.motion_mean.device
+    batch = args.train_batch_size
+    index = torch.randint(0, cache.size, (batch,), generator=generator, device=device)
+    flip = torch.randint(0, cache.flips, (batch,), generator=generator, device=device)
+    mean, std = cache.motion_mean[index, flip], cache.motion_std[index, flip]
+    latents = (mean + std * torch.randn(mean.shape, generator=generator, device=device)) * float(models.vae.config.scaling_factor)
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    timesteps = torch.randint(0, len(alphas_cumprod), (batch,), generator=generator, device=device)
+    alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+
+    dtype = models.unet.dtype
+    boxes = cache.boxes[index, flip]  # (B, N, 4)
+    image_context = models.adapter.image_context(cache.image_embeds[index], cache.phrase_embeds[index], boxes.to(dtype),
+                                                 resampler=resampler)
+    context = torch.cat([cache.prompt_embeds[index], image_context.to(dtype)], dim=1)
+    store.clear()
+    eps = unet(
+        noisy.to(dtype), timesteps, encoder_hidden_states=context,
+        added_cond_kwargs={"text_embeds": cache.pooled_prompt_embeds[index], "time_ids": time_ids.expand(batch, -1)},
+        cross_attention_kwargs={"ms_boxes": boxes.to(dtype), "ms_scale": args.scale, "ms_store": store if weights.use_attn else None},
+    ).sample
+
+    terms: dict[str, Any] = {"diffusion": diffusion_loss(eps, noise)}
+    stats: dict[str, Any] = {}
+    if weights.use_kml:
+        x0 = predict_x0(noisy.float(), eps.float(), timesteps, alphas_cumprod)
+        terms["kml"], kml_stats = keypoint_matching_loss(
+            x0, cache.concept_latents[index], cache.rel_keypoints[index, flip], cache.concept_keypoints[index],
+            cache.rel_visibility[index, flip], cache.concept_visibility[index], timesteps, args.kml_max_timestep,
+        )
+        stats.update(kml_stats)
+    if weights.use_attn:
+        terms["attn"], attn_stats = relation_attention_loss(
+            store.maps, cache.predicate_mask[index], cache.masks[index, flip], tuple(latents.shape[-2:]),
+        )
+        stats.update(attn_stats)
+    store.clear()  # maps hold activations: never keep them past the step
+    return weights.combine(terms["diffusion"], terms.get("kml"), terms.get("attn"), stats)
+
+
+def find_latest_checkpoint(output: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in output.glob(f"{CHECKPOINT_PREFIX}*") if (m := re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)) and p.is_dir()]
+    return max(found)[1] if found else None
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Train; returns the path of the saved ``pytorch_lora_weights.safetensors``."""
+    args = parse_args(argv)
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from tqdm.auto import tqdm
+
+    from relbench.methods.dreamrelation.lora import add_relation_lora, lora_state_dict, save_relation_lora
+    from relbench.methods.dreamrelation.losses import DreamRelationLoss
+    from relbench.methods.dreamrelation.models import load_models
+    from relbench.methods.ms_diffusion.attention import AttentionStore
+    from relbench.profiles import RunContext
+
+    on_gpu = torch.cuda.is_available() and args.device != "cpu"
+    mixed = args.mixed_precision or ("fp16" if on_gpu else "no")
+    if mixed == "fp16" and not on_gpu:
+        raise RelbenchError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed,
+        cpu=not on_gpu, project_config=ProjectConfiguration(project_dir=str(args.output), automatic_checkpoint_naming=False),
+    )
+    weight_dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[mixed]
+    context = RunContext(profile=args.profile, device=str(accelerator.device), seed=0, model_overrides=args.model_overrides)
+    models = load_models(context, dtype=weight_dtype, variant=args.variant, vae_float32=True)
+    lora_params = add_relation_lora(models.unet, args.rank, args.lora_alpha, seed=args.seed)
+    trainable = list(lora_params)
+    if args.train_resampler:
+        models.adapter.image_proj.requires_grad_(True)
+        trainable += list(models.adapter.image_proj.parameters())
+    for param in trainable:  # trained weights stay float32 under mixed precision
+        param.data = param.data.float()
+    if args.gradient_checkpointing:
+        models.unet.enable_gradient_checkpointing()
+
+    device = accelerator.device
+    with accelerator.main_process_first():
+        cache = build_cache(models, args.data_root, args.relation, args.resolution, args.augment, args.skeleton, device,
+                            models.unet.dtype)
+    from diffusers import DDPMScheduler
+
+    alphas_cumprod = DDPMScheduler.from_config(models.scheduler_config).alphas_cumprod.to(device)
+    time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]], device=device, dtype=models.unet.dtype)
+    weights = DreamRelationLoss(kml_weight=args.kml_weight, attn_weight=args.attn_weight, kml_max_timestep=args.kml_max_timestep,
+                                use_kml=args.kml_weight > 0, use_attn=args.attn_weight > 0)
+    max_queries = args.attn_max_queries or (args.resolution // 32) ** 2
+    store = AttentionStore(max_queries=max_queries)
+
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    # Prepared modules are wrapped for data parallelism (gradients averaged over processes).
+    if args.train_resampler:
+        unet, resampler, optimizer = accelerator.prepare(models.unet, models.adapter.image_proj, optimizer)
+    else:
+        unet, optimizer = accelerator.prepare(models.unet, optimizer)
+        resampler = models.adapter.image_proj
+
+    # Checkpoints hold the LoRA (and resampler) weights only, plus optimizer and RNG state.
+    def save_hook(saved_models: list[Any], _weights: list[Any], folder: str) -> None:
+        if accelerator.is_main_process:
+            save_relation_lora(models.unet, Path(folder))
+            if args.train_resampler:
+                from safetensors.torch import save_file
+
+                save_file({k: v.detach().cpu().contiguous() for k, v in models.adapter.image_proj.state_dict().items()},
+                          str(Path(folder) / "image_proj.safetensors"))
+        _weights.clear()
+
+    def load_hook(loaded_models: list[Any], folder: str) -> None:
+        from safetensors.torch import load_file
+
+        from relbench.methods.dreamrelation.lora import LORA_WEIGHT_NAME, read_lora_file
+
+        loaded_models.clear()
+        _set_lora(models.unet, read_lora_file(Path(folder) / LORA_WEIGHT_NAME))
+        if args.train_resampler:
+            models.adapter.image_proj.load_state_dict(load_file(str(Path(folder) / "image_proj.safetensors")))
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+    first_step = 0
+    if args.resume_from_checkpoint:
+        folder = find_latest_checkpoint(args.output) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+        if folder is None:
+            accelerator.print(f"no checkpoint in {args.output}: starting from step 0")
+        else:
+            accelerator.load_state(str(folder))
+            first_step = int(json.loads((folder / "trainer_state.json").read_text())["global_step"])
+            accelerator.print(f"resumed from {folder} at step {first_step}")
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(range(first_step, args.max_train_steps), initial=first_step, total=args.max_train_steps,
+               desc=f"dreamrelation {args.relation}", disable=args.quiet or not accelerator.is_local_main_process, dynamic_ncols=True)
+    sums: dict[str, Any] = {}
+    logged = 0
+    unet.train()
+    for step in range(first_step, args.max_train_steps):
+        for micro in range(args.gradient_accumulation_steps):
+            generator = step_generator(args.seed, step * args.gradient_accumulation_steps + micro, accelerator.process_index, device)
+            with accelerator.accumulate(unet):
+                loss, logs = training_step(models, unet, resampler, cache, weights, store, generator, args, alphas_cumprod, time_ids)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key in ("loss", "diffusion", "kml", "attn"):
+                if key in logs:
+                    sums[key] = sums.get(key, 0) + logs[key]
+            logged += 1
+        global_step = step + 1
+        if global_step % args.log_every == 0 or global_step == args.max_train_steps:
+            # The only device -> host reads of the loop, once per --log-every steps.
+            bar.set_postfix({k: f"{float(v) / logged:.4g}" for k, v in sums.items()})
+            sums, logged = {}, 0
+        bar.update(1)
+        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            _save_checkpoint(accelerator, args, global_step)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    path = args.output / "pytorch_lora_weights.safetensors"
+    if accelerator.is_main_process:
+        metadata = {"relbench_relation": args.relation, "relbench_steps": str(args.max_train_steps), "relbench_profile": args.profile}
+        path = save_relation_lora(models.unet, args.output, metadata=metadata)
+        _write_training_config(args, models, path)
+    accelerator.end_training()
+    return path
+
+
+def _set_lora(unet: Any, state: dict[str, Any]) -> None:
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft import set_peft_model_state_dict
+
+    from relbench.methods.dreamrelation.lora import ADAPTER_NAME
+
+    unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+    result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name=ADAPTER_NAME)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise RelbenchError(f"checkpoint LoRA has keys this UNet lacks, e.g. {unexpected[0]}")
+
+
+def _save_checkpoint(accelerator: Any, args: argparse.Namespace, global_step: int) -> None:
+    folder = args.output / f"{CHECKPOINT_PREFIX}{global_step}"
+    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+        existing = sorted((int(p.name[len(CHECKPOINT_PREFIX):]), p) for p in args.output.glob(f"{CHECKPOINT_PREFIX}*")
+                          if p.name[len(CHECKPOINT_PREFIX):].isdigit())
+        for _, old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
+            shutil.rmtree(old)
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": global_step}))
+
+
+def _write_training_config(args: argparse.Namespace, models: Any, lora_path: Path) -> None:
+    from relbench.methods.dreamrelation.lora import file_sha256
+    from relbench.provenance import environment
+
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["models"] = models.describe()
+    config["lora_sha256"] = file_sha256(lora_path)
+    config["environment"] = environment(str(models.unet.device))
+    (args.output / "training_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Entry for ``python -m`` / ``accelerate launch -m``: user mistakes -> one line, exit 2."""
+    try:
+        path = main(argv)
+    except RelbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"LoRA: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
