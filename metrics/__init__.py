@@ -21,3 +21,8 @@ METRICS.register(
     summary="DINO ViT-S/16 image-image similarity to each subject's reference images (x100 cosine)",
     higher_is_better=True, range=(-100.0, 100.0), model="dino", profiles=("tiny", "full"),
 )
+METRICS.register(
+    "pose", "relbench.metrics.pose.metric:PoseScore",
+    summary="Pose agreement with the relation's reference poses (OKS x inter-subject placement, best reference)",
+    higher_is_better=True, range=(0.0, 1.0), model="pose", profiles=("tiny", "full"),
+)

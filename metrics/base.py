@@ -47,7 +47,8 @@ class ScoringSample:
 @dataclass(frozen=True)
 class MetricResult:
     value: float
-    details: dict[str, float] = field(default_factory=dict)  # e.g. per-subject similarity
+    # e.g. per-subject similarity; a NaN value (metric not applicable) carries a "reason" string
+    details: dict[str, float | str] = field(default_factory=dict)
 
 
 class Metric(ABC):

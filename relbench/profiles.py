@@ -43,6 +43,8 @@ FULL_MODELS: dict[str, tuple[str, str | None]] = {
     "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "main"),
     "clip": ("openai/clip-vit-large-patch14", "main"),
     "dino": ("facebook/dino-vits16", "main"),
+    # Pose estimation: ViTPose++ (dataset_index 0 COCO people, 3 AP-10K animals).
+    "pose": ("usyd-community/vitpose-plus-base", "main"),
     # MS-Diffusion's adapter (ms_adapter.bin) and its image encoder, for ms-diffusion / dreamrelation.
     "ms_adapter": ("doge1516/MS-Diffusion", "main"),
     "image_encoder": ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "main"),
