@@ -216,14 +216,19 @@ def data_validate(
     spec: Annotated[Optional[Path], typer.Option("--spec", help="Path to a spec file (.yaml/.json).")] = None,
     data_root: DataRootOption = None,
     no_files: Annotated[bool, typer.Option("--no-files", help="Check the spec only, not the files it names.")] = False,
+    triplets: Annotated[Optional[Path], typer.Option("--triplets", help="Check DreamRelation training triplets under this folder instead (<dir>/<relation>/prompts.json, videos/, masks/).")] = None,
+    relation: Annotated[Optional[list[str]], typer.Option("--relation", help="With --triplets: only these relation folders.")] = None,
 ) -> None:
     """Check a spec and every file it names; each problem as `<file>: <field>: <problem>`, exit 2."""
     from relbench.benchmarks import builtin_spec_path
     from relbench.data_root import resolve_data_root
     from relbench.spec import validate_spec
 
+    if triplets is not None:
+        _validate_triplets(triplets, relation)
+        return
     if (benchmark is None) == (spec is None):
-        raise RelbenchError("data validate: give exactly one of --benchmark NAME or --spec FILE")
+        raise RelbenchError("data validate: give exactly one of --benchmark NAME, --spec FILE or --triplets DIR")
     path = spec if spec is not None else builtin_spec_path(benchmark or "")
     root = resolve_data_root(data_root)
     bench, problems, n_images = validate_spec(path, root, files=not no_files)
@@ -236,6 +241,22 @@ def data_validate(
         raise typer.Exit(2)
     checked = "files not checked" if no_files else f"{n_images} images checked in {root}"
     typer.echo(f"{bench.label}: {len(bench.cases)} cases, {len(bench.relations)} relations, {len(bench.subjects)} subjects, {checked}")
+
+
+def _validate_triplets(root: Path, relations: list[str] | None) -> None:
+    from relbench.methods.dreamrelation.data import read_relation_dir, validate_relation_dir
+
+    names = _split(relations) or sorted(p.name for p in root.iterdir() if (p / "prompts.json").is_file()) if root.is_dir() else []
+    if not names:
+        raise RelbenchError(f"{root}: no relation folder with a prompts.json found")
+    problems = [problem for name in names for problem in validate_relation_dir(root, name)]
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        _echo_err(f"{root}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+        raise typer.Exit(2)
+    counts = {name: len(read_relation_dir(root, name)) for name in names}
+    typer.echo(f"{root}: " + ", ".join(f"{name}: {n} triplets" for name, n in counts.items()) + " checked")
 
 
 @data_app.command("download")

@@ -242,3 +242,17 @@ def test_relations_filter_and_limit(tmp_path: Path) -> None:
     assert_one_line_error(relbench("evaluate", "-b", "demo", "--relations", "kiss", "-o", str(tmp_path / "x"), check=False),
                           "--relations: unknown relation 'kiss'")
     assert_one_line_error(relbench("evaluate", "-b", "demo", "--stage", "paint", "-o", str(tmp_path / "x"), check=False), "--stage")
+
+
+@pytest.mark.shared_data
+def test_data_validate_triplets(shared_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ok = relbench("data", "validate", "--triplets", str(shared_data / "dreamrelation"))
+    assert ok.stdout.strip().endswith("hug: 5 triplets, shake: 5 triplets checked")
+    broken = tmp_path / "dr"
+    shutil.copytree(shared_data / "dreamrelation" / "hug", broken / "hug")
+    (broken / "hug" / "videos" / "3" / "concept1.png").unlink()
+    result = relbench("data", "validate", "--triplets", str(broken), check=False)
+    assert result.returncode == 2
+    assert any("concept1.png" in line for line in result.stdout.splitlines())
