@@ -193,7 +193,7 @@ def metrics_list() -> None:
     for entry in METRICS.entries():
         direction = "higher is better" if entry.meta.get("higher_is_better") else "lower is better"
         low, high = entry.meta.get("range", ("?", "?"))
-        typer.echo(f"{entry.name:<10} model={entry.meta.get('model', '-'):<6} range=[{low}, {high}] {direction:<16} {entry.summary}")
+        typer.echo(f"{entry.name:<14} model={entry.meta.get('model', '-'):<9} range=[{low}, {high}] {direction:<16} {entry.summary}")
 
 
 @data_app.command("list")

@@ -26,3 +26,38 @@ METRICS.register(
     summary="Pose agreement with the relation's reference poses (OKS x inter-subject placement, best reference)",
     higher_is_better=True, range=(0.0, 1.0), model="pose", profiles=("tiny", "full"),
 )
+METRICS.register(
+    "clip_r", "relbench.metrics.clip_r:CLIPRScore",
+    summary="CLIP image-text similarity between the image and the relation phrase alone (x100 cosine)",
+    higher_is_better=True, range=(-100.0, 100.0), model="clip", profiles=("tiny", "full"),
+)
+METRICS.register(
+    "identity_clip", "relbench.metrics.identity.metric:IdentityCLIPScore",
+    summary="CLIP similarity of each detected subject's crop to its own references (x100 cosine; missing = 0)",
+    higher_is_better=True, range=(-100.0, 100.0), model="detector", profiles=("tiny", "full"),
+)
+METRICS.register(
+    "identity_dino", "relbench.metrics.identity.metric:IdentityDINOScore",
+    summary="DINO similarity of each detected subject's crop to its own references (x100 cosine; missing = 0)",
+    higher_is_better=True, range=(-100.0, 100.0), model="detector", profiles=("tiny", "full"),
+)
+METRICS.register(
+    "presence", "relbench.metrics.identity.metric:PresenceScore",
+    summary="Fraction of the case's subjects an open-vocabulary detector finds by their class noun",
+    higher_is_better=True, range=(0.0, 1.0), model="detector", profiles=("tiny", "full"),
+)
+METRICS.register(
+    "confusion", "relbench.metrics.identity.metric:ConfusionScore",
+    summary="How much more each subject's crop resembles another subject's references than its own (x100 cosine points)",
+    higher_is_better=False, range=(0.0, 200.0), model="detector", profiles=("tiny", "full"),
+)
+METRICS.register(
+    "swap", "relbench.metrics.identity.metric:SwapScore",
+    summary="1 when subjects' crops resemble each other's references in a cycle (swapped identities), else 0",
+    higher_is_better=False, range=(0.0, 1.0), model="detector", profiles=("tiny", "full"),
+)
+METRICS.register(
+    "blend", "relbench.metrics.identity.metric:BlendScore",
+    summary="1 when one subject's references explain two or more subjects' crops (blended identities), else 0",
+    higher_is_better=False, range=(0.0, 1.0), model="detector", profiles=("tiny", "full"),
+)

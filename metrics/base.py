@@ -48,7 +48,7 @@ class ScoringSample:
 class MetricResult:
     value: float
     # e.g. per-subject similarity; a NaN value (metric not applicable) carries a "reason" string
-    details: dict[str, float | str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable
 
 
 class Metric(ABC):

@@ -261,8 +261,8 @@ class APIJudge(Judge):
                 response = requests.post(url, data=json.dumps(body), headers=self._headers(), timeout=self.timeout)
             except requests.Timeout:
                 problem = f"timed out after {self.timeout:g} s"
-            except requests.ConnectionError as exc:
-                problem = f"connection failed: {type(exc).__name__}"
+            except requests.RequestException as exc:  # refused or dropped connections, cut-off bodies
+                problem = f"request failed: {type(exc).__name__}"
             else:
                 status = response.status_code
                 if status == 200:
