@@ -61,3 +61,18 @@ METRICS.register(
     summary="1 when one subject's references explain two or more subjects' crops (blended identities), else 0",
     higher_is_better=False, range=(0.0, 1.0), model="detector", profiles=("tiny", "full"),
 )
+METRICS.register(
+    "relation_vqa", "relbench.metrics.relation_judge.metric:RelationVQAScore",
+    summary="VLM judge: 100 x normalised P(yes) that the image shows the relation (VQAScore)",
+    higher_is_better=True, range=(0.0, 100.0), model="judge", profiles=("tiny", "full"),
+)
+METRICS.register(
+    "relation_acc", "relbench.metrics.relation_judge.metric:RelationAccuracy",
+    summary="VLM judge: 100 if both subjects are present and the relation is shown (gated yes/no), else 0",
+    higher_is_better=True, range=(0.0, 100.0), model="judge", profiles=("tiny", "full"),
+)
+METRICS.register(
+    "relation_mc", "relbench.metrics.relation_judge.metric:RelationMultipleChoice",
+    summary="VLM judge: 100 if the true relation is chosen among distractors in every rotation (CircularEval), else 0",
+    higher_is_better=True, range=(0.0, 100.0), model="judge", profiles=("tiny", "full"),
+)

@@ -43,6 +43,8 @@ FULL_MODELS: dict[str, tuple[str, str | None]] = {
     "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "main"),
     "clip": ("openai/clip-vit-large-patch14", "main"),
     "dino": ("facebook/dino-vits16", "main"),
+    # VLM relation judge (VQAScore-style P(yes), gated questions, CircularEval).
+    "judge": ("Qwen/Qwen2.5-VL-7B-Instruct", "main"),
     # Open-vocabulary detector that finds each subject by its class noun (identity metrics).
     "detector": ("google/owlv2-base-patch16-ensemble", "main"),
     # Pose estimation: ViTPose++ (dataset_index 0 COCO people, 3 AP-10K animals).

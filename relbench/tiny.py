@@ -42,13 +42,17 @@ def _byte_alphabet() -> list[str]:
 
 def clip_bpe_files(cache_dir: Path | None = None) -> tuple[Path, Path]:
     """Write (once) and return ``vocab.json`` and ``merges.txt`` derived from open_clip's BPE file."""
-    import open_clip
-
-    source = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relbench" / "tokenizers" / "clip-bpe-16e6"
     vocab_path, merges_path = cache_dir / "vocab.json", cache_dir / "merges.txt"
     if vocab_path.is_file() and merges_path.is_file():
         return vocab_path, merges_path
+    # Found through the import system without importing open_clip (which takes seconds).
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("open-clip-torch is not installed: it ships the CLIP BPE vocabulary the tiny profile needs")
+    source = Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
 
     lines = gzip.decompress(source.read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 1 + N_MERGES]]

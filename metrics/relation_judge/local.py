@@ -6,8 +6,9 @@ generated position; the softmax over the full vocabulary is summed over the toke
 the answer (``relbench.metrics.functional.judge``):
 
 * yes: ``"Yes"``, ``"yes"``, ``" Yes"``, ``" yes"``; no: the same spellings of "no". Only the
-  spellings the tokenizer encodes as ONE token count (for Qwen2.5: ids 9454, 9693, 7414, 9834 /
-  2753, 2152, 2308, 902); the ids found are recorded in ``settings()["answer_tokens"]``.
+  spellings the tokenizer encodes as ONE token count (chat templates start the answer right
+  after "assistant\n", so "Yes" is the usual first token; the spaced forms cover tokenizers that
+  mark word starts); the ids found are recorded in ``settings()["answer_tokens"]``.
 * multiple choice: per option letter, ``"A"`` and ``" A"`` (single-token spellings); the chosen
   option is the letter with the largest mass (the judge cannot answer outside the letters).
 
