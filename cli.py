@@ -152,14 +152,36 @@ def train(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `relbench evaluate`.")],
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (merged like `relbench leaderboard`).")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for index.html and leaderboard.csv (default: the first run's report/).")] = None,
+    formats: Annotated[Optional[str], typer.Option("--format", help="Also write the tables next to the page: csv, parquet or csv,parquet.")] = None,
 ) -> None:
-    """Write <run-dir>/leaderboard.csv and <run-dir>/report/index.html."""
-    from relbench.reports.html import write_report
+    """Write the HTML report and leaderboard CSV of one or more runs."""
+    from relbench.reports.html import build_report
 
-    index = write_report(run_dir)
-    typer.echo(f"leaderboard: {run_dir / 'leaderboard.csv'}")
-    typer.echo(f"report: {index}")
+    files = build_report(run_dirs, output, formats)
+    typer.echo(f"leaderboard: {files.leaderboard}")
+    typer.echo(f"report: {files.page}")
+    for path in files.exports:
+        typer.echo(f"table: {path}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    a: Annotated[str, typer.Option("--a", "-a", help="METHOD or METHOD@HASH (a hash prefix is enough).")],
+    b: Annotated[str, typer.Option("--b", "-b", help="METHOD or METHOD@HASH.")],
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the per-metric table as CSV.")] = None,
+) -> None:
+    """Compare two method configurations case by case (paired bootstrap CI, sign test)."""
+    from relbench.reports.compare import compare_runs, format_comparison, write_comparison_csv
+
+    result = compare_runs(run_dirs, a, b, _split([metrics]) if metrics else None)
+    typer.echo(format_comparison(result))
+    if output:
+        write_comparison_csv(result, output)
+        typer.echo(f"comparison: {output}")
 
 
 @app.command()

@@ -23,3 +23,19 @@ METHODS.register(
     profiles=("tiny", "full"),
     trains=False,
 )
+METHODS.register(
+    "ms-diffusion",
+    "relbench.methods.ms_diffusion.method:MSDiffusion",
+    summary="MS-Diffusion: zero-shot SDXL + grounding adapter with layout boxes and phrases (DreamRelation without its LoRA).",
+    profiles=("tiny", "full"),
+    trains=False,
+)
+METHODS.register(
+    "dreamrelation",
+    "relbench.methods.dreamrelation.method:DreamRelation",
+    summary="DreamRelation: SDXL + MS-Diffusion adapter + a relation LoRA per relation (--lora; layout boxes).",
+    profiles=("tiny", "full"),
+    trains=True,
+    # Needs these settings (--lora): `--method all` includes it only when they are given.
+    requires=("loras",),
+)

@@ -62,11 +62,17 @@ class EvaluateSummary:
     rows: int = 0
 
 
-def select_methods(names: Sequence[str], profile: str) -> list[str]:
+def select_methods(names: Sequence[str], profile: str, overrides: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """``all``: every registered method that runs in the profile and whose required settings
+    (registry ``requires``, e.g. dreamrelation's LoRAs) are given."""
     from relbench.methods import METHODS
 
+    overrides = overrides or {}
     if list(names) == ["all"]:
-        chosen = [e.name for e in METHODS.entries() if profile in e.meta.get("profiles", ())]
+        chosen = [
+            e.name for e in METHODS.entries()
+            if profile in e.meta.get("profiles", ()) and all(k in overrides.get(e.name, {}) for k in e.meta.get("requires", ()))
+        ]
         if not chosen:
             raise RelbenchError(f"no registered method runs in the {profile!r} profile")
         return chosen
@@ -158,7 +164,7 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
     data_root = resolve_data_root(options.data_root)
     check_case_files(benchmark, cases, data_root)
 
-    method_names = select_methods(options.methods, options.profile)
+    method_names = select_methods(options.methods, options.profile, options.method_overrides)
     metric_names = select_metrics(options.metrics, options.profile)
     for name in options.method_overrides:
         if name not in method_names:

@@ -1,14 +1,39 @@
-"""A self-contained HTML report of one run: ``<run_dir>/report/index.html``.
+"""A self-contained HTML report of one or more runs (``relbench report RUN_DIR...``).
 
-The page has inline CSS and no scripts or network resources; it links the run's own images by
-relative path (``../images/...``), so the run directory can be copied or served as it is. Every
-string that comes from run files (prompts, names, ids, settings) goes through ``html.escape``.
+The page (``index.html``) has inline CSS, inline SVG plots and one small inline script (the
+failure filters); it fetches nothing from the network and links the runs' own images by relative
+path, so a run directory can be copied or served as it is. A Content-Security-Policy in the page
+enforces this: only that one script (by its hash) may run, and images load only from local files
+or the page's own origin. Every string that comes from run files (prompts, names, ids, settings, relation
+names) goes through ``html.escape``; plot labels are escaped by matplotlib's SVG writer.
+
+Where things go (``build_report``):
+
+* one run, no ``output``: ``<run>/report/index.html`` and ``<run>/leaderboard.csv``;
+* several runs (merged like ``relbench leaderboard``) and no ``output``: the page in the first
+  run's ``report/``, the merged leaderboard beside it (``report/leaderboard.csv``), so the first
+  run's own ``leaderboard.csv`` is not overwritten with other runs' rows;
+* ``output`` given: ``<output>/index.html`` and ``<output>/leaderboard.csv``.
+
+``formats`` (``csv``, ``parquet``) also writes the report's tables next to the page:
+``samples``, ``leaderboard``, ``per_relation``, ``per_category`` (``.csv`` / ``.parquet``).
+
+Sections: leaderboard (mean, 95% CI, direction arrow, best per column; a warning when two
+configurations' CIs overlap on the headline metric, see ``stats``), plots, the paper-comparable
+table, per-relation and per-category breakdowns, the runs' settings, and a grid of every case with
+every method side by side (scores, judge verdicts and failure flags under each image; checkboxes
+show only the cases with a failure, see ``tables.FLAG_RULES``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -16,17 +41,49 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from relbench.reports.leaderboard import LEADERBOARD_COLUMNS, leaderboard, save_csv
-from relbench.reports.tables import load_run, metric_columns
+from relbench.errors import RelbenchError
+from relbench.reports import plots
+from relbench.reports.leaderboard import RunSet, leaderboard, load_runs, save_csv
+from relbench.reports.stats import (
+    BOOTSTRAP_METHOD, CONFIDENCE, GROUP_COLUMNS, N_RESAMPLES, SEED, breakdown, headline_metric, metric_summary,
+    overlapping_pairs,
+)
+from relbench.reports.tables import (
+    FAILURE_FLAGS, FLAG_RULES, VERDICT_KEY, detail_number, failure_flags, judge_metrics,
+    metric_columns,
+)
 
 REPORT_DIR = "report"
+PAGE = "index.html"
 LEADERBOARD_CSV = "leaderboard.csv"
 THUMBNAIL_WIDTH = 160  # px; the full-size image is one click away
+FORMATS = ("csv", "parquet")
+MAX_LISTED_PAIRS = 10  # overlapping pairs named in the warning; the rest are counted
 
 TINY_BANNER = (
     "Tiny profile: every score on this page comes from small models with random weights. "
     "The numbers only show that the pipeline runs; they are not meaningful and must not be compared or published."
 )
+NOT_COMPARABLE = "settings may differ; not directly comparable"
+
+# The paper's numbers, copied from the DreamRelation project page table (multi-object columns), as
+# recorded in the project notes (shared/notes/dreamrelation.md, "Reported results"). Scores x100.
+PAPER_SOURCE = "DreamRelation (CVPR 2025, arXiv 2410.23280), project page table, multi-object columns"
+PAPER_COLUMNS: tuple[tuple[str, str], ...] = (("CLIP-T", "clip_t"), ("CLIP-R", "clip_r"), ("CLIP-I", "clip_i"), ("DINO", "dino"))
+PAPER_RESULTS: tuple[tuple[str, float, float, float, float], ...] = (
+    ("DreamBooth (SDXL)", 24.3, 16.2, 67.8, 57.2),
+    ("Custom Diffusion", 20.1, 15.4, 64.7, 55.3),
+    ("Cones-V2", 21.3, 15.2, 64.3, 54.2),
+    ("AnyDoor", 21.6, 14.9, 69.7, 59.8),
+    ("SSR-Encoder", 24.2, 14.6, 72.1, 56.2),
+    ("MS-Diffusion", 26.9, 18.9, 73.8, 58.8),
+    ("DreamRelation", 28.9, 20.4, 75.4, 62.1),
+)
+
+# Metrics the identity-vs-relation scatter plots, in order of preference (the first present wins);
+# a relation judge metric (tables.judge_metrics) comes before the named relation metrics.
+IDENTITY_METRICS: tuple[str, ...] = ("identity", "dino", "clip_i")
+RELATION_METRICS: tuple[str, ...] = ("relation_judge", "clip_r")
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
@@ -34,18 +91,62 @@ h1 { margin-bottom: 0.2rem; }
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; vertical-align: top; text-align: left; }
 th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { font-weight: bold; background: #e3f5e1; }
+.ci { color: #555; font-weight: normal; font-size: 0.85em; }
 code, .mono { font-family: ui-monospace, monospace; font-size: 0.9em; }
 .banner { border: 3px solid #c00; background: #fff0f0; color: #900; padding: 0.8rem 1rem;
           font-size: 1.15rem; font-weight: bold; margin: 1rem 0; }
+.warning { border: 2px solid #b80; background: #fff8e0; color: #640; padding: 0.6rem 1rem; margin: 1rem 0; }
 .settings { margin: 0; padding: 0; list-style: none; }
 .muted { color: #777; font-size: 0.85em; }
+tr.paper td { color: #555; }
 figure { display: inline-block; margin: 0 0.4rem 0.4rem 0; width: %dpx; }
 figure img { display: block; border: 1px solid #ddd; }
 figcaption { font-size: 0.8em; }
+.flag { color: #b00; font-weight: bold; }
 .missing { width: %dpx; height: %dpx; border: 1px dashed #c00; color: #c00; font-size: 0.8em; }
-""" % (THUMBNAIL_WIDTH, THUMBNAIL_WIDTH, THUMBNAIL_WIDTH)
+#filters { margin: 0.5rem 0 1rem; }
+svg.plot { max-width: 100%%; height: auto; display: block; margin: 0.5rem 0 1rem; }
+""" % (THUMBNAIL_WIDTH, THUMBNAIL_WIDTH, THUMBNAIL_WIDTH) + plots.SVG_CSS
+
+# The failure filter. Cases are <tr class="case" data-flags="flag ...">; the page's URL may preselect
+# flags with "#only=flag,flag" (a link to the failures; also how the browser test drives it).
+SCRIPT = """
+(function () {
+  var boxes = Array.prototype.slice.call(document.querySelectorAll('#filters input[type=checkbox]'));
+  var rows = Array.prototype.slice.call(document.querySelectorAll('tr.case'));
+  var status = document.getElementById('filter-status');
+  function apply() {
+    var on = boxes.filter(function (b) { return b.checked; }).map(function (b) { return b.value; });
+    var shown = 0;
+    rows.forEach(function (row) {
+      var flags = (row.getAttribute('data-flags') || '').split(' ');
+      var show = on.length === 0 || on.some(function (f) { return flags.indexOf(f) >= 0; });
+      row.hidden = !show;
+      if (show) { shown += 1; }
+    });
+    status.textContent = 'showing ' + shown + ' of ' + rows.length + ' cases';
+    document.body.setAttribute('data-filter', on.join(' '));
+  }
+  var wanted = /only=([a-z_,]+)/.exec(window.location.hash);
+  if (wanted) {
+    wanted[1].split(',').forEach(function (flag) {
+      boxes.forEach(function (b) { if (b.value === flag && !b.disabled) { b.checked = true; } });
+    });
+  }
+  boxes.forEach(function (b) { b.addEventListener('change', apply); });
+  apply();
+  document.body.setAttribute('data-ready', 'yes');
+}());
+"""
+SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
+CSP = (
+    "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
+    f"script-src '{SCRIPT_HASH}'; base-uri 'none'; form-action 'none'"
+)
+
+Key = tuple[Any, ...]  # a configuration: the values of GROUP_COLUMNS (NaN as None)
 
 
 def _e(value: Any) -> str:
@@ -56,23 +157,250 @@ def _e(value: Any) -> str:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _fmt(value: Any) -> str:
     return "&ndash;" if _is_missing(value) else f"{float(value):.4g}"
 
 
-def _direction(info: dict[str, Any], metric: str) -> bool | None:
-    """True when higher is better, False when lower is, None when run.json does not say."""
-    value = info.get("metrics", {}).get(metric, {}).get("higher_is_better")
-    return value if isinstance(value, bool) else None
+def _raised(value: Any) -> bool:
+    """A flag value from a nullable boolean column: True only when raised (NA is not)."""
+    return not _is_missing(value) and bool(value)
+
+
+def _key(record: dict[str, Any]) -> Key:
+    return tuple(None if _is_missing(record[c]) else record[c] for c in GROUP_COLUMNS)
 
 
 def _arrow(direction: bool | None) -> str:
     if direction is None:
         return ""
     return ' <span title="higher is better">&uarr;</span>' if direction else ' <span title="lower is better">&darr;</span>'
+
+
+def parse_formats(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"csv,parquet"`` (or a list) -> the export formats; RelbenchError for anything else."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    formats = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
+    for item in formats:
+        if item not in FORMATS:
+            raise RelbenchError(f"--format: expected csv, parquet or csv,parquet; got {item!r}")
+    return formats
+
+
+@dataclass
+class ReportData:
+    """Everything the page shows, computed once."""
+
+    run_set: RunSet
+    summary: pd.DataFrame  # stats.metric_summary
+    table: pd.DataFrame  # the leaderboard
+    per_relation: pd.DataFrame
+    per_category: pd.DataFrame
+    flags: pd.DataFrame  # tables.failure_flags, aligned with the samples
+    metrics: list[str]
+    directions: dict[str, bool | None]
+    headline: str | None
+    labels: dict[Key, str] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        return self.run_set.samples
+
+
+def config_labels(table: pd.DataFrame) -> dict[Key, str]:
+    """Display name per configuration: the method, its hash when the method has several settings,
+    and benchmark and profile when the table mixes several."""
+    records = table.to_dict("records")
+    hashes: dict[str, set[str]] = {}
+    for record in records:
+        hashes.setdefault(record["method"], set()).add(record["settings_hash"])
+    contexts = {(r["benchmark"], r["benchmark_version"], r["profile"]) for r in records}
+    labels: dict[Key, str] = {}
+    for record in records:
+        label = str(record["method"])
+        if len(hashes[record["method"]]) > 1:
+            label += f"@{str(record['settings_hash'])[:8]}"
+        if len(contexts) > 1:
+            label += f" ({record['benchmark']} v{record['benchmark_version']}, {record['profile']})"
+        labels[_key(record)] = label
+    return labels
+
+
+def _with_labels(frame: pd.DataFrame, labels: dict[Key, str]) -> pd.DataFrame:
+    return frame.assign(label=[labels.get(_key(r), str(r["method"])) for r in frame.to_dict("records")])
+
+
+def collect(run_dirs: Sequence[str | Path]) -> ReportData:
+    """Read and merge the runs and compute every table the page and the exports show."""
+    run_set = load_runs(run_dirs)
+    samples = run_set.samples
+    metrics = metric_columns(samples)
+    summary = metric_summary(samples, metrics)
+    table = leaderboard(samples, run_set.runs, summary)
+    return ReportData(
+        run_set=run_set,
+        summary=summary,
+        table=table,
+        per_relation=breakdown(samples, "relation", metrics),
+        per_category=breakdown(samples, "category", metrics),
+        flags=failure_flags(samples),
+        metrics=metrics,
+        directions=run_set.directions(),
+        headline=headline_metric(samples),
+        labels=config_labels(table),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+def _best_rows(values: pd.Series, direction: bool | None) -> set[int]:
+    """Row positions holding the best value (all of them on a tie)."""
+    values = values.astype("float64")
+    if direction is None or values.notna().sum() == 0:
+        return set()
+    best = values.max() if direction else values.min()
+    return {i for i, value in enumerate(values) if value == best}
+
+
+def _ci_text(low: Any, high: Any) -> str:
+    if _is_missing(low) or _is_missing(high):
+        return ""
+    return f' <span class="ci">[{_fmt(low)}, {_fmt(high)}]</span>'
+
+
+def _overlap_warning(data: ReportData) -> str:
+    if data.headline is None:
+        return ""
+    summary = _with_labels(data.summary, data.labels)
+    pairs = overlapping_pairs(summary, data.headline)
+    if not pairs:
+        return ""
+    names = "; ".join(f"{_e(a['label'])} and {_e(b['label'])}" for a, b in pairs[:MAX_LISTED_PAIRS])
+    if len(pairs) > MAX_LISTED_PAIRS:
+        names += f"; and {len(pairs) - MAX_LISTED_PAIRS} more pairs"
+    return (
+        f'<div class="warning" role="alert" id="ci-overlap"><strong>Confidence intervals overlap</strong> on the headline '
+        f"metric <code>{_e(data.headline)}</code>: {names}. The order of these rows may be noise; evaluate more cases "
+        "(or seeds) before calling one better.</div>"
+    )
+
+
+def _leaderboard_section(data: ReportData, leaderboard_link: str) -> str:
+    table, metrics = data.table, data.metrics
+    best = {metric: _best_rows(table[metric], data.directions.get(metric)) for metric in metrics}
+    nan_counts = {(_key(r), r["metric"]): r["n_nan"] for r in data.summary.to_dict("records")}
+    head = "".join(f"<th>{_e(metric)}{_arrow(data.directions.get(metric))}</th>" for metric in metrics)
+    parts = [
+        '<h2 id="leaderboard">Leaderboard</h2>',
+        f'<p class="muted">Mean over cases (seeds averaged within a case first) and its bootstrap {CONFIDENCE:.0%} '
+        f"confidence interval over cases [low, high] ({BOOTSTRAP_METHOD} method, {N_RESAMPLES} resamples, seed {SEED}); "
+        "best mean per column in bold; &uarr; higher is better, &darr; lower is better; "
+        "&ldquo;n/a&rdquo;: images the metric scored without a value (skipped). "
+        f'Also as <a href="{_e(leaderboard_link)}">{LEADERBOARD_CSV}</a>.</p>',
+        f'<table class="leaderboard"><tr><th>method</th><th>settings hash</th><th>images</th><th>scored</th>'
+        f"<th>cases</th>{head}</tr>",
+    ]
+    for position, record in enumerate(table.to_dict("records")):
+        cells = []
+        for metric in metrics:
+            n_nan = nan_counts.get((_key(record), metric), 0)
+            note = f' <span class="muted">({n_nan} n/a)</span>' if n_nan else ""
+            cls = "num best" if position in best[metric] else "num"
+            cells.append(
+                f'<td class="{cls}"><span class="mean">{_fmt(record[metric])}</span>'
+                f"{_ci_text(record[f'{metric}_ci_low'], record[f'{metric}_ci_high'])}{note}</td>"
+            )
+        parts.append(
+            f"<tr><td>{_e(data.labels.get(_key(record), record['method']))}</td><td><code>{_e(record['settings_hash'])}</code></td>"
+            f'<td class="num">{int(record["n_images"])}</td><td class="num">{int(record["n_scored"])}</td>'
+            f'<td class="num">{int(record["n_cases"])}</td>{"".join(cells)}</tr>'
+        )
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _plots_section(data: ReportData) -> str:
+    if not data.metrics or data.summary.empty:
+        return ""
+    summary = _with_labels(data.summary, data.labels)
+    parts = ['<h2 id="plots">Plots</h2>']
+    bars = plots.metric_bars(summary, data.directions)
+    parts.append(bars if bars else '<p class="muted">No metric has a value yet: no bar chart.</p>')
+    heat = plots.relation_heatmap(_with_labels(data.per_relation, data.labels), data.headline)
+    parts.append(heat if heat else '<p class="muted">No per-relation values of the headline metric: no heat map.</p>')
+    with_values = set(data.summary.loc[data.summary["mean"].notna(), "metric"])
+    identity = plots.first_present(IDENTITY_METRICS, [m for m in data.metrics if m in with_values])
+    relation = plots.first_present([*judge_metrics(data.samples), *RELATION_METRICS], [m for m in data.metrics if m in with_values])
+    scatter = plots.identity_relation_scatter(summary, identity, relation)
+    if scatter:
+        parts.append(scatter)
+    else:
+        parts.append(
+            '<p class="muted">No identity-against-relation scatter: it needs an identity metric '
+            f"({', '.join(IDENTITY_METRICS)}) and a relation metric (a relation judge, or {', '.join(RELATION_METRICS)}) "
+            "with values.</p>"
+        )
+    return "\n".join(parts)
+
+
+def _paper_scale(entry: dict[str, Any]) -> float:
+    """x100 for a metric stored as a plain cosine (range within [-1, 1]); relbench's CLIP/DINO are x100 already."""
+    bounds = entry.get("range") or []
+    numbers = [abs(float(b)) for b in bounds if isinstance(b, (int, float)) and not isinstance(b, bool)]
+    return 100.0 if numbers and max(numbers) <= 1.0 else 1.0
+
+
+def _paper_section(data: ReportData) -> str:
+    info = data.run_set.metric_info()
+    head = "".join(f"<th>{name}</th>" for name, _ in PAPER_COLUMNS)
+    parts = [
+        '<h2 id="paper">Compared with the paper\'s numbers</h2>',
+        f'<p class="warning"><strong>{NOT_COMPARABLE.capitalize()}.</strong> The paper does not publish its CLIP '
+        "variant, pooling, prompts or image counts; these runs' settings are listed below. Scores x100.</p>",
+        f'<table class="paper"><tr><th>source</th><th>method</th>{head}</tr>',
+    ]
+    for name, *values in PAPER_RESULTS:
+        cells = "".join(f'<td class="num">{value:.1f}</td>' for value in values)
+        parts.append(f'<tr class="paper"><td>paper</td><td>{_e(name)}</td>{cells}</tr>')
+    for record in data.table.to_dict("records"):
+        cells = []
+        for _, metric in PAPER_COLUMNS:
+            value = record.get(metric)
+            scaled = None if _is_missing(value) else float(value) * _paper_scale(info.get(metric, {}))
+            cells.append(f'<td class="num">{"&ndash;" if scaled is None else f"{scaled:.1f}"}</td>')
+        label = data.labels.get(_key(record), record["method"])
+        parts.append(f'<tr><td>this report</td><td>{_e(label)} <span class="muted">({_e(record["profile"])})</span></td>{"".join(cells)}</tr>')
+    parts.append(f'</table><p class="muted">Source: {_e(PAPER_SOURCE)}.</p>')
+    return "\n".join(parts)
+
+
+def _breakdown_section(data: ReportData, frame: pd.DataFrame, by: str, title: str, anchor: str) -> str:
+    if frame.empty:
+        return ""
+    key_columns = ["relation", "relation_kind"] if by == "relation" else ["category"]
+    head_keys = "".join(f"<th>{_e(column.replace('_', ' '))}</th>" for column in key_columns)
+    head = "".join(f"<th>{_e(metric)}{_arrow(data.directions.get(metric))}</th>" for metric in data.metrics)
+    parts = [
+        f'<h2 id="{anchor}">{title}</h2>',
+        '<p class="muted">Mean over cases (seeds averaged first) per method; a case with subjects of several '
+        "categories counts in each.</p>" if by == "category" else '<p class="muted">Mean over cases (seeds averaged first) per method.</p>',
+        f'<table class="breakdown {anchor}"><tr>{head_keys}<th>method</th><th>cases</th>{head}</tr>',
+    ]
+    for record in frame.to_dict("records"):
+        keys = "".join(f"<td>{'&ndash;' if _is_missing(record[c]) else _e(record[c])}</td>" for c in key_columns)
+        values = "".join(f'<td class="num">{_fmt(record[m])}</td>' for m in data.metrics)
+        parts.append(
+            f"<tr>{keys}<td>{_e(data.labels.get(_key(record), record['method']))}</td>"
+            f'<td class="num">{int(record["n_cases"])}</td>{values}</tr>'
+        )
+    parts.append("</table>")
+    return "\n".join(parts)
 
 
 def _settings_list(settings: dict[str, Any]) -> str:
@@ -86,7 +414,7 @@ def _is_model_key(key: str) -> bool:
     return "model" in key or "revision" in key
 
 
-def _summary(info: dict[str, Any]) -> str:
+def _run_table(run_dir: Path, info: dict[str, Any], heading: bool) -> str:
     benchmark = info.get("benchmark", {})
     n_cases = benchmark.get("n_cases", len(info.get("cases") or []))
     # The spec's path when recorded, else the digest of its contents.
@@ -100,32 +428,44 @@ def _summary(info: dict[str, Any]) -> str:
         ("Created", _e(info.get("created"))),
         ("relbench", f"{_e(info.get('relbench_version'))}, commit <code>{_e(info.get('git_commit') or 'unknown')}</code>"),
     ]
-    parts = ["<h2>Run</h2><table>"]
+    parts = [f"<h3><code>{_e(run_dir.name)}</code></h3>" if heading else "", "<table>"]
     parts += [f"<tr><th>{label}</th><td>{value}</td></tr>" for label, value in rows]
     parts.append("</table>")
+    return "".join(parts)
+
+
+def _settings_section(data: ReportData) -> str:
+    runs = data.run_set.runs
+    parts = ['<h2 id="runs">Run' + ("s" if len(runs) > 1 else "") + "</h2>"]
+    parts += [_run_table(run_dir, info, len(runs) > 1) for run_dir, info in runs]
 
     parts.append("<h2>Methods</h2><table><tr><th>method</th><th>settings hash</th><th>settings</th></tr>")
-    for name, entry in info.get("methods", {}).items():
-        entry = entry if isinstance(entry, dict) else {}
-        settings = entry.get("settings") or {}
-        parts.append(
-            f"<tr><td>{_e(name)}</td><td><code>{_e(entry.get('settings_hash'))}</code></td>"
-            f"<td>{_settings_list(settings if isinstance(settings, dict) else {'settings': settings})}</td></tr>"
-        )
+    seen: set[tuple[str, Any]] = set()
+    for _, info in runs:
+        for name, entry in info.get("methods", {}).items():
+            entry = entry if isinstance(entry, dict) else {}
+            if (name, entry.get("settings_hash")) in seen:
+                continue
+            seen.add((name, entry.get("settings_hash")))
+            settings = entry.get("settings") or {}
+            parts.append(
+                f"<tr><td>{_e(name)}</td><td><code>{_e(entry.get('settings_hash'))}</code></td>"
+                f"<td>{_settings_list(settings if isinstance(settings, dict) else {'settings': settings})}</td></tr>"
+            )
     parts.append("</table>")
 
     parts.append(
         "<h2>Metrics</h2><table><tr><th>metric</th><th>better</th><th>range</th>"
         "<th>models</th><th>other settings</th></tr>"
     )
-    for name, entry in info.get("metrics", {}).items():
+    for name, entry in data.run_set.metric_info().items():
         settings = entry.get("settings") or {}
         settings = settings if isinstance(settings, dict) else {"settings": settings}
         # The model the run resolved (hub id or path, revision), then what the metric itself reported.
         models = {"model": entry["model"]} if entry.get("model") else {}
         models.update({k: v for k, v in settings.items() if _is_model_key(k)})
         others = {k: v for k, v in settings.items() if not _is_model_key(k)}
-        direction = _direction(info, name)
+        direction = data.directions.get(name)
         better = "higher" if direction else "lower" if direction is False else "?"
         value_range = " to ".join(_e(bound) for bound in entry.get("range") or [])
         parts.append(
@@ -136,103 +476,203 @@ def _summary(info: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _best_rows(table: pd.DataFrame, metric: str, direction: bool | None) -> set[int]:
-    """Row positions holding the best mean of ``metric`` (all of them on a tie)."""
-    values = table[metric].astype("float64")
-    if direction is None or values.notna().sum() == 0:
-        return set()
-    best = values.max() if direction else values.min()
-    return {i for i, value in enumerate(values) if value == best}
+def _image_url(page_dir: Path, run_dir: str, image: str) -> str:
+    relative = os.path.relpath(Path(run_dir).resolve() / image, page_dir.resolve())
+    return quote(Path(relative).as_posix(), safe="/")
 
 
-def _leaderboard_table(info: dict[str, Any], table: pd.DataFrame) -> str:
-    metrics = [column for column in table.columns if column not in LEADERBOARD_COLUMNS]
-    best = {metric: _best_rows(table, metric, _direction(info, metric)) for metric in metrics}
-    head = "".join(f"<th>{_e(metric)}{_arrow(_direction(info, metric))}</th>" for metric in metrics)
-    parts = [
-        f'<h2>Leaderboard</h2><p class="muted">Means over scored images; best value per column in bold. '
-        f'Also as <a href="../{LEADERBOARD_CSV}">{LEADERBOARD_CSV}</a>.</p>',
-        f'<table class="leaderboard"><tr><th>method</th><th>settings hash</th><th>images</th><th>scored</th>{head}</tr>',
-    ]
-    for position, record in enumerate(table.to_dict("records")):
-        cells = "".join(
-            f'<td class="num{" best" if position in best[metric] else ""}">{_fmt(record[metric])}</td>'
-            for metric in metrics
-        )
-        parts.append(
-            f"<tr><td>{_e(record['method'])}</td><td><code>{_e(record['settings_hash'])}</code></td>"
-            f'<td class="num">{int(record["n_images"])}</td><td class="num">{int(record["n_scored"])}</td>{cells}</tr>'
-        )
-    parts.append("</table>")
-    return "\n".join(parts)
+def _verdicts(details: dict[str, Any]) -> list[str]:
+    """'judge (metric): relation shown / not shown' for each metric that gave a verdict."""
+    lines = []
+    for name, metric_details in details.items():
+        value = detail_number(metric_details.get(VERDICT_KEY)) if isinstance(metric_details, dict) else None
+        if value is not None:
+            verdict = "relation shown" if value >= 0.5 else '<span class="flag">relation not shown</span>'
+            lines.append(f"judge ({_e(name)}): {verdict}")
+    return lines
 
 
-def _image_cell(run_dir: Path, sample: dict[str, Any], metrics: list[str]) -> str:
+def _image_cell(page_dir: Path, sample: dict[str, Any], flags: dict[str, Any], metrics: list[str]) -> str:
     image = sample["image"]
-    url = _e("../" + quote(image, safe="/"))
+    url = _e(_image_url(page_dir, sample["run_dir"], image))
     alt = _e(f"{sample['method']} {sample['case_id']} seed {sample['seed']}")
-    if (run_dir / image).is_file():
+    if (Path(sample["run_dir"]) / image).is_file():
         picture = f'<a href="{url}"><img src="{url}" width="{THUMBNAIL_WIDTH}" alt="{alt}" loading="lazy"></a>'
     else:
         picture = f'<div class="missing">image missing: <code>{_e(image)}</code></div>'
     scores = [f"{_e(metric)} {_fmt(sample[metric])}" for metric in metrics if not _is_missing(sample[metric])]
-    caption = "<br>".join(scores) if scores else '<span class="muted">not scored</span>'
-    return f"<figure>{picture}<figcaption>seed {_e(sample['seed'])}<br>{caption}</figcaption></figure>"
-
-
-def _case_grid(run_dir: Path, samples: pd.DataFrame, table: pd.DataFrame) -> str:
-    metrics = metric_columns(samples)
-    configs = list(zip(table["method"], table["settings_hash"]))
-    head = "".join(f"<th>{_e(method)}<br><code class=\"muted\">{_e(hash_)}</code></th>" for method, hash_ in configs)
-    parts = ["<h2>Cases</h2>", f'<table class="cases"><tr><th>case</th>{head}</tr>']
-    records = samples.sort_values("seed", kind="stable").to_dict("records")
-    for case_id in dict.fromkeys(samples["case_id"]):
-        case_samples = [r for r in records if r["case_id"] == case_id]
-        first = case_samples[0]
-        subjects = ", ".join(_e(subject) for subject in first["subjects"])
-        kind = f" ({_e(first['relation_kind'])})" if first["relation_kind"] else ""
-        cells = []
-        for method, hash_ in configs:
-            mine = [r for r in case_samples if r["method"] == method and r["settings_hash"] == hash_]
-            cells.append("<td>" + ("".join(_image_cell(run_dir, r, metrics) for r in mine) or "&ndash;") + "</td>")
-        parts.append(
-            f"<tr><th><code>{_e(case_id)}</code><br>{_e(first['prompt'] or '')}<br>"
-            f'<span class="muted">relation: {_e(first["relation"] or "")}{kind}<br>subjects: {subjects}</span></th>'
-            f"{''.join(cells)}</tr>"
-        )
-    parts.append("</table>")
-    return "\n".join(parts)
-
-
-def render_report(run_dir: Path, info: dict[str, Any], samples: pd.DataFrame, table: pd.DataFrame) -> str:
-    """The report page as a string (``table`` is ``leaderboard(samples)``)."""
-    benchmark = info.get("benchmark", {})
-    tiny = info.get("profile") == "tiny" or bool((samples["profile"] == "tiny").any())
-    title = f"relbench report: {benchmark.get('name')} v{benchmark.get('version')} ({info.get('profile')})"
-    body = [
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="muted">Run directory: <code>{_e(run_dir.name)}</code></p>',
-        f'<div class="banner" role="alert">{_e(TINY_BANNER)}</div>' if tiny else "",
-        _leaderboard_table(info, table),
-        _summary(info),
-        _case_grid(run_dir, samples, table),
-    ]
+    lines = scores or ['<span class="muted">not scored</span>']
+    details = sample.get("metric_details")
+    lines += _verdicts(details if isinstance(details, dict) else {})
+    raised = [flag for flag in FAILURE_FLAGS if _raised(flags.get(flag))]
+    lines += [f'<span class="flag">&#9888; {_e(FAILURE_FLAGS[flag])}</span>' for flag in raised if flag != "relation_not_shown"]
     return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(part for part in body if part)
-        + "\n</body>\n</html>\n"
+        f'<figure data-flags="{" ".join(raised)}">{picture}<figcaption>seed {_e(sample["seed"])}<br>'
+        f'{"<br>".join(lines)}</figcaption></figure>'
     )
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``<run_dir>/leaderboard.csv`` and ``<run_dir>/report/index.html``; return the page's path."""
-    run_dir = Path(run_dir)
-    info, samples = load_run(run_dir)
-    table = leaderboard(samples)
-    save_csv(table, run_dir / LEADERBOARD_CSV)
-    report_dir = run_dir / REPORT_DIR
-    report_dir.mkdir(exist_ok=True)
-    page = report_dir / "index.html"
-    page.write_text(render_report(run_dir, info, samples, table), encoding="utf-8")
-    return page
+def _filters(data: ReportData, case_flags: dict[Key, set[str]]) -> str:
+    measured = {flag: bool(data.flags[flag].notna().any()) for flag in FAILURE_FLAGS} if len(data.flags) else dict.fromkeys(FAILURE_FLAGS, False)
+    boxes = []
+    for flag, text in FAILURE_FLAGS.items():
+        count = sum(flag in flags for flags in case_flags.values())
+        if measured[flag]:
+            boxes.append(f'<label><input type="checkbox" value="{flag}"> {_e(text)} ({count} cases)</label>')
+        else:
+            boxes.append(f'<label class="muted"><input type="checkbox" value="{flag}" disabled> {_e(text)} (not measured)</label>')
+    note = ""
+    if not any(measured.values()):
+        keys = ", ".join(dict.fromkeys(rule.key for rule in FLAG_RULES))
+        note = (f'<p class="muted">No metric in these runs reports subject presence, confusion or a relation verdict '
+                f"(detail keys {keys}); there is nothing to filter.</p>")
+    return (
+        '<fieldset id="filters"><legend>Show only cases where</legend>'
+        + " ".join(boxes)
+        + ' <span id="filter-status" class="muted"></span></fieldset>'
+        + note
+    )
+
+
+def _cases_section(data: ReportData, page_dir: Path) -> str:
+    samples = data.samples
+    configs = [_key(r) for r in data.table.to_dict("records")]
+    head = "".join(
+        f"<th>{_e(data.labels.get(key, key[0]))}<br><code class=\"muted\">{_e(key[1])}</code></th>" for key in configs
+    )
+    records = samples.assign(_position=range(len(samples))).sort_values("seed", kind="stable").to_dict("records")
+    flag_records = data.flags.to_dict("records")
+    by_case: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for record in records:
+        by_case.setdefault((record["benchmark"], record["benchmark_version"], record["case_id"]), []).append(record)
+    several_benchmarks = len({case[:2] for case in by_case}) > 1
+    rows = []
+    case_flags: dict[Key, set[str]] = {}
+    for case, case_samples in by_case.items():
+        first = case_samples[0]
+        flags = {flag for r in case_samples for flag in FAILURE_FLAGS if _raised(flag_records[r["_position"]][flag])}
+        case_flags[case] = flags
+        subjects = ", ".join(_e(subject) for subject in first["subjects"])
+        kind = f" ({_e(first['relation_kind'])})" if first["relation_kind"] else ""
+        where = f"{_e(case[0])} v{_e(case[1])}<br>" if several_benchmarks else ""
+        cells = []
+        for key in configs:
+            mine = [r for r in case_samples if _key(r) == key]
+            figures = "".join(_image_cell(page_dir, r, flag_records[r["_position"]], data.metrics) for r in mine)
+            cells.append("<td>" + (figures or "&ndash;") + "</td>")
+        rows.append(
+            f'<tr class="case" data-flags="{" ".join(sorted(flags))}"><th><code>{_e(first["case_id"])}</code><br>{where}'
+            f"{_e(first['prompt'] or '')}<br>"
+            f'<span class="muted">relation: {_e(first["relation"] or "")}{kind}<br>subjects: {subjects}</span></th>'
+            f"{''.join(cells)}</tr>"
+        )
+    return "\n".join([
+        '<h2 id="cases">Cases</h2>',
+        _filters(data, case_flags),
+        f'<table class="cases"><tr><th>case</th>{head}</tr>',
+        *rows,
+        "</table>",
+    ])
+
+
+def render_report(data: ReportData, page_dir: Path, leaderboard_link: str) -> str:
+    """The report page as a string; image and CSV links are relative to ``page_dir``."""
+    runs = data.run_set.runs
+    samples = data.samples
+    benchmarks = ", ".join(dict.fromkeys(f"{info.get('benchmark', {}).get('name')} v{info.get('benchmark', {}).get('version')}" for _, info in runs))
+    profiles = ", ".join(dict.fromkeys(str(info.get("profile")) for _, info in runs))
+    tiny = any(info.get("profile") == "tiny" for _, info in runs) or bool((samples["profile"] == "tiny").any())
+    title = f"relbench report: {benchmarks} ({profiles})"
+    directories = ", ".join(f"<code>{_e(run_dir.name)}</code>" for run_dir, _ in runs)
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="muted">Run director{"ies" if len(runs) > 1 else "y"}: {directories}</p>',
+        f'<div class="banner" role="alert">{_e(TINY_BANNER)}</div>' if tiny else "",
+        _overlap_warning(data),
+        _leaderboard_section(data, leaderboard_link),
+        _plots_section(data),
+        _paper_section(data),
+        _breakdown_section(data, data.per_relation, "relation", "Per relation", "relations"),
+        _breakdown_section(data, data.per_category, "category", "Per subject category", "categories"),
+        _settings_section(data),
+        _cases_section(data, page_dir),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(part for part in body if part)
+        + f"\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def samples_for_export(samples: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
+    """The samples table with list/dict columns as JSON text and one ``flag_<name>`` column per flag."""
+    table = samples.copy()
+    for column in ("subjects", "subject_categories", "metric_details"):
+        table[column] = [json.dumps(list(v) if isinstance(v, tuple) else v, sort_keys=True, default=str) for v in table[column]]
+    for flag in FAILURE_FLAGS:
+        table[f"flag_{flag}"] = flags[flag].array  # nullable booleans: NA where no metric measured it
+    return table
+
+
+def export_tables(directory: Path, tables: dict[str, pd.DataFrame], formats: Sequence[str]) -> list[Path]:
+    """Write each table as ``<directory>/<name>.csv`` and/or ``.parquet``; returns the paths."""
+    written: list[Path] = []
+    for fmt in formats:
+        if fmt == "parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise RelbenchError("--format parquet: needs pyarrow (pip install 'relbench[parquet]')") from None
+        for name, table in tables.items():
+            path = directory / f"{name}.{fmt}"
+            if fmt == "csv":
+                save_csv(table, path)
+            else:
+                table.to_parquet(path, index=False)
+            written.append(path)
+    return written
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    page: Path
+    leaderboard: Path
+    exports: tuple[Path, ...] = ()
+
+
+def build_report(
+    run_dirs: str | Path | Sequence[str | Path], output: str | Path | None = None, formats: str | Sequence[str] | None = ()
+) -> ReportFiles:
+    """Write the report of one or more runs (locations in the module docstring)."""
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
+    formats = parse_formats(formats)
+    data = collect(dirs)
+    page_dir = Path(output) if output is not None else dirs[0] / REPORT_DIR
+    if page_dir.exists() and not page_dir.is_dir():
+        raise RelbenchError(f"{page_dir}: --output exists and is not a directory")
+    page_dir.mkdir(parents=True, exist_ok=True)
+    board = dirs[0] / LEADERBOARD_CSV if output is None and len(dirs) == 1 else page_dir / LEADERBOARD_CSV
+    save_csv(data.table, board)
+    page = page_dir / PAGE
+    link = quote(Path(os.path.relpath(board.resolve(), page_dir.resolve())).as_posix(), safe="/")
+    page.write_text(render_report(data, page_dir, link), encoding="utf-8")
+    exports = export_tables(page_dir, {
+        "samples": samples_for_export(data.samples, data.flags),
+        "leaderboard": data.table,
+        "per_relation": data.per_relation,
+        "per_category": data.per_category,
+    }, formats)
+    return ReportFiles(page, board, tuple(exports))
+
+
+def write_report(
+    run_dirs: str | Path | Sequence[str | Path], output: str | Path | None = None, formats: str | Sequence[str] | None = ()
+) -> Path:
+    """``build_report``, returning the page's path."""
+    return build_report(run_dirs, output, formats).page

@@ -1,24 +1,31 @@
-"""The leaderboard: one row per method configuration with the mean of every metric.
+"""The leaderboard: one row per method configuration with every metric's mean and 95% CI.
 
-CSV schema (``leaderboard.csv``), columns in this order:
+CSV schema (``leaderboard.csv``), STABLE: columns in this order, one row per (method, settings
+hash, benchmark, benchmark version, profile), rows sorted by those columns.
 
 ==================  ==========================================================================
 method              method name as registered (``sdxl``, ``reference-collage``, ...)
+settings            the method's settings as recorded in run.json (``methods.<name>.settings``),
+                    compact JSON with sorted keys; empty when no run.json given records them
 settings_hash       hash of the method's settings; two hashes of one method are two rows
 benchmark           benchmark name
 benchmark_version   benchmark version
 profile             ``tiny`` (random tiny models, scores not meaningful) or ``full``
 n_images            images generated (one per case and seed)
 n_scored            images with at least one metric value
-<metric> ...        one column per metric: the mean of its values over the images that have one
-                    (10 significant digits), in the order the first run lists its metrics, then
-                    metrics only later runs have; empty when no image of the row has a value
+n_cases             distinct cases with an image
+<metric>            per metric, in the order the first run lists its metrics, then metrics only
+<metric>_ci_low     later runs have: the mean over cases of the per-case mean over seeds (NaN
+<metric>_ci_high    values skipped), and its bootstrap 95% CI over cases (percentile method,
+                    9999 resamples, seed 0; see ``relbench.reports.stats``); empty when no case
+                    has a value, CI empty with fewer than 2 cases
+relbench_version    relbench version(s) of the run(s) the row's images come from (run.json),
+git_commit          likewise the git commit(s); several distinct values are joined with ";"
 ==================  ==========================================================================
 
-Rows are grouped by (method, settings_hash, benchmark, benchmark_version, profile), so means over
-different benchmarks or profiles never mix, and sorted by those columns.
+Numbers are written with 10 significant digits (0.3, not 0.30000000000000004).
 
-Merging runs (``write_leaderboard_csv``): an image with the same (method, settings_hash, benchmark,
+Merging runs (``load_runs``): an image with the same (method, settings_hash, benchmark,
 benchmark_version, case_id, seed) in several runs counts once, with a warning; the copy with the
 most metric values is kept (the first run given wins ties). Runs whose ``run.json`` give one metric
 another model or other settings are refused: their means are not comparable.
@@ -27,42 +34,98 @@ another model or other settings are refused: their means are not comparable.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from relbench.errors import RelbenchError
+from relbench.reports.stats import GROUP_COLUMNS, metric_summary
 from relbench.reports.tables import RUN_FILE, SAMPLE_COLUMNS, load_run, metric_columns
 
-GROUP_COLUMNS: tuple[str, ...] = ("method", "settings_hash", "benchmark", "benchmark_version", "profile")
-COUNT_COLUMNS: tuple[str, ...] = ("n_images", "n_scored")
-LEADERBOARD_COLUMNS: tuple[str, ...] = (*GROUP_COLUMNS, *COUNT_COLUMNS)  # then one column per metric
+COUNT_COLUMNS: tuple[str, ...] = ("n_images", "n_scored", "n_cases")
+LEADING_COLUMNS: tuple[str, ...] = (
+    "method", "settings", "settings_hash", "benchmark", "benchmark_version", "profile", *COUNT_COLUMNS,
+)
+TRAILING_COLUMNS: tuple[str, ...] = ("relbench_version", "git_commit")
+CI_SUFFIXES: tuple[str, str] = ("_ci_low", "_ci_high")
 
 # Identity of one generated image across runs.
 MERGE_KEY: tuple[str, ...] = ("method", "settings_hash", "benchmark", "benchmark_version", "case_id", "seed")
 
+Run = tuple[Path, dict[str, Any]]  # (run directory, its run.json)
 
-def leaderboard(samples: pd.DataFrame) -> pd.DataFrame:
-    """One row per method configuration: counts and the mean of every metric (schema above)."""
+
+def leaderboard_columns(metrics: Sequence[str]) -> list[str]:
+    """The CSV header for these metrics (schema above)."""
+    per_metric = [f"{metric}{suffix}" for metric in metrics for suffix in ("", *CI_SUFFIXES)]
+    return [*LEADING_COLUMNS, *per_metric, *TRAILING_COLUMNS]
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def method_settings(runs: Sequence[Run], method: str, settings_hash: str) -> Any | None:
+    """``methods.<method>.settings`` of the first run that ran ``method`` with this hash, else None."""
+    for _, info in runs:
+        entry = info.get("methods", {}).get(method)
+        if isinstance(entry, dict) and entry.get("settings_hash") == settings_hash and "settings" in entry:
+            return entry["settings"]
+    return None
+
+
+def _provenance(runs: Sequence[Run], run_dirs: set[str], field: str) -> str:
+    values = [info.get(field) for path, info in runs if str(path) in run_dirs]
+    return ";".join(dict.fromkeys(str(v) for v in values if v not in (None, "")))
+
+
+def _key(values: Sequence[Any]) -> tuple[Any, ...]:
+    # Group keys may hold NaN (old files without a benchmark or profile); NaN != NaN, so map it.
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
+
+
+def leaderboard(samples: pd.DataFrame, runs: Sequence[Run] = (), summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The leaderboard table (schema above) of a samples table.
+
+    ``runs`` (directory and run.json of each run the samples come from) give the settings and
+    provenance columns; ``summary`` is ``stats.metric_summary(samples)`` when already computed.
+    """
     metrics = metric_columns(samples)
-    columns = [*LEADERBOARD_COLUMNS, *metrics]
+    columns = leaderboard_columns(metrics)
     if samples.empty:
         return pd.DataFrame(columns=columns)
-    scored = samples[metrics].notna().any(axis=1) if metrics else pd.Series(False, index=samples.index)
-    keyed = samples.assign(_scored=scored)
+    summary = metric_summary(samples, metrics) if summary is None else summary
+    stats = {(_key([r[c] for c in GROUP_COLUMNS]), r["metric"]): r for r in summary.to_dict("records")}
+    rows: list[dict[str, Any]] = []
     # dropna=False keeps rows whose benchmark or profile is missing from old files.
-    groups = keyed.groupby(list(GROUP_COLUMNS), sort=True, dropna=False)
-    table = groups.agg(
-        n_images=("case_id", "size"),
-        n_scored=("_scored", "sum"),
-        **{name: (name, "mean") for name in metrics},
-    ).reset_index()
-    table["n_images"] = table["n_images"].astype("int64")
-    table["n_scored"] = table["n_scored"].astype("int64")
-    return table[columns]
+    for key, group in samples.groupby(list(GROUP_COLUMNS), dropna=False, sort=True):
+        row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key))
+        settings = method_settings(runs, row["method"], row["settings_hash"])
+        row["settings"] = "" if settings is None else compact_json(settings)
+        row["n_images"] = len(group)
+        row["n_scored"] = int(group[metrics].notna().any(axis=1).sum()) if metrics else 0
+        row["n_cases"] = int(group["case_id"].nunique())
+        for metric in metrics:
+            entry = stats.get((_key(key), metric), {})
+            row[metric] = entry.get("mean", math.nan)
+            row[f"{metric}_ci_low"] = entry.get("ci_low", math.nan)
+            row[f"{metric}_ci_high"] = entry.get("ci_high", math.nan)
+        run_dirs = set(group["run_dir"].dropna().astype(str))
+        row["relbench_version"] = _provenance(runs, run_dirs, "relbench_version")
+        row["git_commit"] = _provenance(runs, run_dirs, "git_commit")
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=columns)
+    for column in COUNT_COLUMNS:
+        table[column] = table[column].astype("int64")
+    for metric in metrics:
+        for suffix in ("", *CI_SUFFIXES):
+            table[f"{metric}{suffix}"] = table[f"{metric}{suffix}"].astype("float64")
+    return table
 
 
 def _check_metric_settings(runs: Sequence[tuple[Path, dict[str, Any]]]) -> None:
@@ -85,11 +148,36 @@ def _check_metric_settings(runs: Sequence[tuple[Path, dict[str, Any]]]) -> None:
                     )
 
 
-def merge_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """The samples of several runs in one table, each image counted once (see the module docstring)."""
+@dataclass
+class RunSet:
+    """Several runs read together: each run's directory and run.json, and their merged samples."""
+
+    runs: list[Run]
+    samples: pd.DataFrame
+
+    def metric_info(self) -> dict[str, dict[str, Any]]:
+        """Per metric, the run.json entry of the first run that has it, gaps filled by later runs."""
+        merged: dict[str, dict[str, Any]] = {}
+        for _, info in self.runs:
+            for name, entry in info.get("metrics", {}).items():
+                target = merged.setdefault(name, {})
+                for field, value in entry.items():
+                    if target.get(field) is None:
+                        target[field] = value
+        return merged
+
+    def directions(self) -> dict[str, bool | None]:
+        """Per metric: True when higher is better, False when lower is, None when no run says."""
+        info = self.metric_info()
+        names = dict.fromkeys([*info, *metric_columns(self.samples)])
+        return {name: v if isinstance(v := info.get(name, {}).get("higher_is_better"), bool) else None for name in names}
+
+
+def load_runs(run_dirs: Sequence[str | Path]) -> RunSet:
+    """Read runs and merge their samples, each image counted once (see the module docstring)."""
     if not run_dirs:
         raise RelbenchError("no run directories given; expected at least one")
-    runs: list[tuple[Path, dict[str, Any]]] = []
+    runs: list[Run] = []
     frames: list[pd.DataFrame] = []
     for run_dir in run_dirs:
         info, samples = load_run(run_dir)
@@ -98,7 +186,7 @@ def merge_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     _check_metric_settings(runs)
     nonempty = [frame for frame in frames if not frame.empty]
     if not nonempty:
-        return frames[0]
+        return RunSet(runs, frames[0])
     merged = pd.concat(nonempty, ignore_index=True, sort=False)
     metrics = list(dict.fromkeys(m for frame in frames for m in metric_columns(frame)))
     merged = merged[[*SAMPLE_COLUMNS, *metrics]]
@@ -113,18 +201,24 @@ def merge_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
             "each is counted once",
             stacklevel=2,
         )
-    return deduped.reset_index(drop=True)
+    return RunSet(runs, deduped.reset_index(drop=True))
+
+
+def merge_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    """The samples of several runs in one table, each image counted once (see the module docstring)."""
+    return load_runs(run_dirs).samples
 
 
 def write_leaderboard_csv(run_dirs: Sequence[str | Path], output: str | Path) -> pd.DataFrame:
     """Write the leaderboard of one or more runs to ``output`` (CSV, schema above); returns it."""
-    table = leaderboard(merge_runs(run_dirs))
+    run_set = load_runs(run_dirs)
+    table = leaderboard(run_set.samples, run_set.runs)
     save_csv(table, output)
     return table
 
 
 def save_csv(table: pd.DataFrame, output: str | Path) -> Path:
-    """Write a leaderboard table as CSV; means with 10 significant digits (0.3, not 0.30000000000000004)."""
+    """Write a table as CSV; numbers with 10 significant digits (0.3, not 0.30000000000000004)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(output, index=False, float_format="%.10g")

@@ -13,7 +13,16 @@ Reading rules (the run store appends to ``samples.jsonl`` while it runs, and can
   an unparseable complete line is an error naming the file and line
   (``relbench.runstore.read_numbered_rows``);
 * when the same (method, settings_hash, case_id, seed) appears more than once, the later line wins
-  (it is the newer record, e.g. the image's scores written after the image itself).
+  (it is the newer record, e.g. the image's scores written after the image itself);
+* a metric's direction comes from ``run.json`` (``metrics.<name>.higher_is_better``); rows may
+  carry it too (``metrics.<name>.higher_is_better``) and fill it in where ``run.json`` does not say.
+
+Two columns keep what the flat values lose: ``metric_details`` (per row, ``{metric: details}``
+for every metric the row was scored with, so a metric that ran and gave no value (NaN or null) can
+be told apart from one that never ran) and ``run_dir`` (the run directory the row was read from).
+
+Failure flags (``failure_flags``) are derived from metric details, data-driven: any metric whose
+details carry one of the keys of ``FLAG_RULES`` reports on that failure; see ``FLAG_RULES``.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -51,6 +62,8 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
     "height",
     "image",  # path relative to the run directory, "/"-separated
     "generation_seconds",
+    "metric_details",  # {metric: details dict} for each metric the row was scored with
+    "run_dir",  # the run directory the row was read from (as given)
 )
 
 # Identity of one generated image inside a run.
@@ -113,8 +126,10 @@ def _number(where: str, field: str, value: Any) -> float:
     return float(value)
 
 
-def _row(where: str, record: dict[str, Any], info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-    """The fixed columns and the metric values of one samples.jsonl record."""
+def _row(
+    where: str, record: dict[str, Any], info: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, float], dict[str, bool]]:
+    """The fixed columns, the metric values and the metric directions of one samples.jsonl record."""
     if record.get("schema", SCHEMA) != SCHEMA:
         raise RelbenchError(f"{where}: schema: expected {SCHEMA}, got {record.get('schema')!r}")
     for field in ("method", "settings_hash", "case_id"):
@@ -146,27 +161,47 @@ def _row(where: str, record: dict[str, Any], info: dict[str, Any]) -> tuple[dict
     if not isinstance(metrics, dict):
         raise RelbenchError(f"{where}: metrics: expected a JSON object")
     values: dict[str, float] = {}
+    details: dict[str, dict[str, Any]] = {}
+    directions: dict[str, bool] = {}
     for name, result in metrics.items():
         if name in SAMPLE_COLUMNS:
             raise RelbenchError(f"{where}: metrics.{name}: a metric may not be named like a sample column")
         if not isinstance(result, dict) or "value" not in result:
             raise RelbenchError(f"{where}: metrics.{name}: expected an object with a 'value'")
         values[name] = _number(where, f"metrics.{name}.value", result["value"])
-    return row, values
+        # Details are free-form per metric; anything but an object is kept as no details.
+        details[name] = result["details"] if isinstance(result.get("details"), dict) else {}
+        if isinstance(result.get("higher_is_better"), bool):
+            directions[name] = result["higher_is_better"]
+    row["metric_details"] = details
+    return row, values, directions
 
 
 def load_samples(run_dir: Path, info: dict[str, Any]) -> pd.DataFrame:
-    """The samples table of a run whose ``run.json`` is ``info`` (empty when nothing was written yet)."""
+    """The samples table of a run whose ``run.json`` is ``info`` (empty when nothing was written yet).
+
+    Directions that only the rows state are written into ``info["metrics"]`` (see the module
+    docstring), so that ``info`` says the direction of every metric the table has.
+    """
     path = Path(run_dir) / SAMPLES_FILE
     records = read_sample_lines(path) if path.is_file() else []
     by_key: dict[tuple[Any, ...], dict[str, Any]] = {}  # insertion order = first appearance
     metric_names: list[str] = list(info.get("metrics", {}))
+    row_directions: dict[str, bool] = {}
     for line_number, record in records:
-        row, values = _row(f"{path}: line {line_number}", record, info)
+        row, values, directions = _row(f"{path}: line {line_number}", record, info)
+        row["run_dir"] = str(run_dir)
         for name in values:
             if name not in metric_names:
                 metric_names.append(name)
+        for name, direction in directions.items():
+            row_directions.setdefault(name, direction)
         by_key[tuple(row[k] for k in SAMPLE_KEY)] = {**row, **values}
+    metrics_info = info.setdefault("metrics", {})
+    for name, direction in row_directions.items():
+        entry = metrics_info.setdefault(name, {})
+        if not isinstance(entry.get("higher_is_better"), bool):
+            entry["higher_is_better"] = direction
     frame = pd.DataFrame(list(by_key.values()), columns=[*SAMPLE_COLUMNS, *metric_names])
     for name in metric_names:
         frame[name] = frame[name].astype("float64")
@@ -179,3 +214,87 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     return info, load_samples(run_dir, info)
+
+
+# --------------------------------------------------------------------------------------------
+# Failure flags from metric details
+
+
+@dataclass(frozen=True)
+class FlagRule:
+    """A metric whose details carry ``key`` reports on ``flag``; ``fails(value)`` raises the flag."""
+
+    flag: str
+    key: str
+    fails: Callable[[float], bool]
+    meaning: str
+
+
+# The three failure modes the DreamRelation paper names, as the report's filter shows them.
+FAILURE_FLAGS: dict[str, str] = {
+    "subject_missing": "a subject is missing",
+    "subjects_confused": "subjects are confused",
+    "relation_not_shown": "the relation is not shown",
+}
+
+# The detail keys the report understands (the contract with metrics; keys are looked up in the
+# details of every metric of a row). Values may be numbers, booleans or "yes"/"no" strings; a
+# value that is none of these is ignored. A row with none of these keys has no flags (NA), so
+# runs without presence, confusion or judge metrics simply have nothing to filter.
+VERDICT_KEY = "relation_shown"
+FLAG_RULES: tuple[FlagRule, ...] = (
+    FlagRule("subject_missing", "n_missing", lambda v: v > 0, "number of the case's subjects not found in the image"),
+    FlagRule("subject_missing", "presence_fraction", lambda v: v < 1, "fraction of the case's subjects found (1 = all)"),
+    FlagRule("subjects_confused", "swapped", lambda v: v > 0, "1 when two subjects' identities are swapped"),
+    FlagRule("subjects_confused", "blended", lambda v: v > 0, "1 when one subject's crop resembles several subjects"),
+    FlagRule("subjects_confused", "confused", lambda v: v > 0, "1 when the metric found any confusion"),
+    FlagRule("relation_not_shown", VERDICT_KEY, lambda v: v < 0.5, "the relation judge's verdict: 1 shown, 0 not shown"),
+)
+
+_TRUE_WORDS = {"yes": 1.0, "true": 1.0, "no": 0.0, "false": 0.0}
+
+
+def detail_number(value: Any) -> float | None:
+    """A detail value as a number: numbers, booleans and yes/no words; None for anything else."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, (int, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, str):
+        return _TRUE_WORDS.get(value.strip().lower())
+    return None
+
+
+def row_flags(details: dict[str, dict[str, Any]]) -> dict[str, bool | None]:
+    """Per failure flag of one row: True raised, False checked and fine, None not measured."""
+    flags: dict[str, bool | None] = dict.fromkeys(FAILURE_FLAGS)
+    for metric_details in details.values():
+        for rule in FLAG_RULES:
+            value = detail_number(metric_details.get(rule.key)) if isinstance(metric_details, dict) else None
+            if value is not None:
+                flags[rule.flag] = bool(flags[rule.flag]) or rule.fails(value)
+    return flags
+
+
+def failure_flags(samples: pd.DataFrame) -> pd.DataFrame:
+    """One nullable boolean column per failure flag (``FAILURE_FLAGS``), aligned with ``samples``."""
+    details = samples["metric_details"] if "metric_details" in samples.columns else pd.Series([{}] * len(samples), index=samples.index)
+    rows = [row_flags(d if isinstance(d, dict) else {}) for d in details]
+    frame = pd.DataFrame(rows, index=samples.index, columns=list(FAILURE_FLAGS))
+    return frame.astype("boolean")
+
+
+def judge_metrics(samples: pd.DataFrame) -> list[str]:
+    """Metrics whose details carry the relation judge's verdict (``VERDICT_KEY``), in table order."""
+    if "metric_details" not in samples.columns:
+        return []
+    found = {name for d in samples["metric_details"] if isinstance(d, dict)
+             for name, metric_details in d.items() if isinstance(metric_details, dict) and VERDICT_KEY in metric_details}
+    return [name for name in metric_columns(samples) if name in found]
+
+
+def scored_mask(samples: pd.DataFrame, metric: str) -> pd.Series:
+    """Rows scored by ``metric`` (a value or NaN/null); rows without details: those with a value."""
+    if "metric_details" not in samples.columns:
+        return samples[metric].notna()
+    return samples["metric_details"].map(lambda d: isinstance(d, dict) and metric in d).astype(bool) | samples[metric].notna()

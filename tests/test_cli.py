@@ -57,25 +57,33 @@ def test_help_imports_no_torch() -> None:
 
 @pytest.mark.slow
 def test_readme_main_job_evaluate_then_report(tmp_path: Path) -> None:
+    from relbench.methods import METHODS
+    from relbench.metrics import METRICS
+
+    # `all`: every method that runs in the tiny profile without required settings (dreamrelation needs --lora).
+    methods = sorted(e.name for e in METHODS.entries() if "tiny" in e.meta["profiles"] and not e.meta.get("requires"))
+    assert {"reference-collage", "sdxl", "ms-diffusion"} <= set(methods) and "dreamrelation" not in methods
     out = tmp_path / "demo-run"
     result = relbench("evaluate", "--method", "all", "--benchmark", "demo", "--profile", "tiny", "--output", str(out))
-    assert "8 rows (8 images generated" in result.stdout
+    n = 4 * len(methods)
+    assert f"{n} rows ({n} images generated" in result.stdout
     rows = read_rows(out / "samples.jsonl")
-    assert sorted(Counter(r["method"] for r in rows).items()) == [("reference-collage", 4), ("sdxl", 4)]
+    assert sorted(Counter(r["method"] for r in rows).items()) == [(m, 4) for m in methods]
     run = json.loads((out / "run.json").read_text())
     assert run["benchmark"]["name"] == "demo" and run["profile"] == "tiny"
-    assert run["packages"]["torch"] and set(run["methods"]) == {"reference-collage", "sdxl"}
+    assert run["packages"]["torch"] and sorted(run["methods"]) == methods
+    assert sorted(run["metrics"]) == METRICS.names()
     for row in rows:
         with Image.open(out / row["image"]) as image:
             assert image.size == (64, 64)
         assert row["method_settings"]["profile"] == "tiny"
         for name, metric in row["metrics"].items():
-            assert isinstance(metric["value"], float) and metric["settings"]["model"], name
+            assert isinstance(metric["value"], float) and metric["settings"], name
         assert set(row["metrics"]) == set(run["metrics"])
 
     again = relbench("evaluate", "--method", "all", "--benchmark", "demo", "--profile", "tiny", "--output", str(out))
-    assert "0 images generated, 0 reused, 8 already done" in again.stdout
-    assert len(read_rows(out / "samples.jsonl")) == 8
+    assert f"0 images generated, 0 reused, {n} already done" in again.stdout
+    assert len(read_rows(out / "samples.jsonl")) == n
 
     report = relbench("report", str(out))
     index = out / "report" / "index.html"
@@ -84,7 +92,7 @@ def test_readme_main_job_evaluate_then_report(tmp_path: Path) -> None:
     assert "not meaningful" in page and "an astronaut hugging a cat" in page
     with open(out / "leaderboard.csv", newline="") as handle:
         board = list(csv.DictReader(handle))
-    assert sorted(r["method"] for r in board) == ["reference-collage", "sdxl"]
+    assert sorted(r["method"] for r in board) == methods
     assert all(r["n_images"] == "4" for r in board)
 
     merged = tmp_path / "board.csv"
@@ -192,7 +200,7 @@ def test_data_validate_reports_every_problem_and_exits_2(tmp_path: Path) -> None
     assert any(line.startswith(f"{path}: cases[c].relation: unknown relation 'hug'") for line in lines)
     assert f"{path}: cases[c].boxes: expected one box per subject (2), got [[0, 0, 2, 1]]" in lines
     assert len(lines) == 3
-    assert_one_line_error(relbench("data", "validate", check=False), "exactly one of --benchmark NAME or --spec FILE")
+    assert_one_line_error(relbench("data", "validate", check=False), "exactly one of --benchmark NAME, --spec FILE or --triplets DIR")
 
 
 def test_data_list_and_validate_builtin_demo() -> None:

@@ -1,8 +1,10 @@
-"""Reports: run directory -> samples table -> leaderboard CSV and the HTML page."""
+"""Reports: run directory -> samples table -> statistics, leaderboard CSV, comparison and the HTML page."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import json
 import math
 import re
@@ -10,13 +12,21 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from relbench.errors import RelbenchError
-from relbench.reports.html import TINY_BANNER, write_report
-from relbench.reports.leaderboard import leaderboard, merge_runs, write_leaderboard_csv
-from relbench.reports.tables import SAMPLE_COLUMNS, load_run
+from relbench.reports.compare import compare_runs, comparison_table, format_comparison
+from relbench.reports.html import (
+    PAPER_RESULTS, SCRIPT, TINY_BANNER, build_report, collect, parse_formats, samples_for_export, write_report,
+)
+from relbench.reports.leaderboard import leaderboard, load_runs, merge_runs, write_leaderboard_csv
+from relbench.reports.stats import (
+    bootstrap_ci, breakdown, case_means, compare, headline_metric, metric_summary, resolve_config,
+)
+from relbench.reports.tables import SAMPLE_COLUMNS, failure_flags, judge_metrics, load_run
 
 # As relbench.runner records them in run.json: the resolved model, the metric's own settings.
 METRICS = {
@@ -27,21 +37,26 @@ METRICS = {
     "pose_error": {"model": None, "settings": {"detector_id": "tiny:pose"}, "higher_is_better": False, "range": [0, 1]},
 }
 CASES = {
-    "astronaut-hug-cat": ("hug", "interaction", ["astronaut", "cat"], "an astronaut hugging a cat"),
-    "cat-on-rocket": ("on-top-of", "spatial", ["cat", "rocket"], "a cat on top of a rocket"),
+    "astronaut-hug-cat": ("hug", "interaction", ["astronaut", "cat"], "an astronaut hugging a cat", ["person", "animal"]),
+    "cat-on-rocket": ("on-top-of", "spatial", ["cat", "rocket"], "a cat on top of a rocket", ["animal", "object"]),
 }
 HASHES = {"sdxl": "aaaa1111", "reference-collage": "bbbb2222"}
+BOOT = {"n_resamples": 999}  # fewer resamples where a test only needs the numbers to agree
 
 
-def sample(method: str, case_id: str, seed: int, **metrics: float) -> dict[str, Any]:
-    relation, kind, subjects, prompt = CASES[case_id]
+def sample(method: str, case_id: str, seed: int, details: dict[str, dict[str, Any]] | None = None, **metrics: float) -> dict[str, Any]:
+    relation, kind, subjects, prompt, categories = CASES[case_id]
+    details = details or {}
     return {
-        "schema": 1, "method": method, "settings_hash": HASHES[method], "benchmark": "demo",
+        "schema": 1, "method": method, "settings_hash": HASHES.get(method, "cccc3333"), "benchmark": "demo",
         "benchmark_version": "1", "profile": "tiny", "case_id": case_id, "relation": relation,
-        "relation_kind": kind, "subjects": subjects, "subject_categories": ["person", "animal"],
+        "relation_kind": kind, "subjects": subjects, "subject_categories": categories,
         "prompt": prompt, "seed": seed, "width": 8, "height": 8,
         "image": f"images/{method}/{case_id}/{seed}.png", "generation_seconds": 0.5,
-        "metrics": {name: {"value": value, "details": {}, "settings": METRICS[name]["settings"]} for name, value in metrics.items()},
+        "metrics": {
+            name: {"value": value, "details": details.get(name, {}), "settings": METRICS.get(name, {}).get("settings")}
+            for name, value in metrics.items()
+        },
         "method_settings": {},
     }
 
@@ -52,14 +67,16 @@ def make_run(
     profile: str = "tiny",
     tail: str = "",
     metrics: dict[str, Any] | None = None,
+    git_commit: str | None = None,
 ) -> Path:
     """A run directory as the run store writes it; ``tail`` is appended raw (a truncated line)."""
     run_dir.mkdir(parents=True)
+    methods = dict.fromkeys([*HASHES, *(s["method"] for s in samples)])
     info = {
-        "schema": 1, "relbench_version": "0.1.0", "git_commit": None, "created": "2025-01-01T00:00:00",
+        "schema": 1, "relbench_version": "0.1.0", "git_commit": git_commit, "created": "2025-01-01T00:00:00",
         "benchmark": {"name": "demo", "version": "1", "spec_sha256": "5eed"},
         "profile": profile, "seeds": [0], "resolution": [8, 8], "cases": list(CASES),
-        "methods": {name: {"settings_hash": h, "settings": {"steps": 2}} for name, h in HASHES.items()},
+        "methods": {name: {"settings_hash": HASHES.get(name, "cccc3333"), "settings": {"steps": 2}} for name in methods},
         "metrics": METRICS if metrics is None else metrics,
         "packages": {},
     }
@@ -92,6 +109,14 @@ def load(run: Path):
         return load_run(run)
 
 
+def frame(rows: list[dict[str, Any]], tmp_path: Path, name: str = "run", metrics: dict[str, Any] | None = None) -> pd.DataFrame:
+    return load_run(make_run(tmp_path / name, rows, metrics=metrics))[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading runs
+
+
 def test_load_run_flattens_metrics_and_skips_truncated_last_line(run_dir: Path) -> None:
     info, samples = load(run_dir)
     assert info["profile"] == "tiny"
@@ -101,10 +126,12 @@ def test_load_run_flattens_metrics_and_skips_truncated_last_line(run_dir: Path) 
     assert (first["method"], first["case_id"], first["seed"]) == ("sdxl", "astronaut-hug-cat", 0)
     assert first["subjects"] == ("astronaut", "cat")
     assert first["image"] == "images/sdxl/astronaut-hug-cat/0.png"
+    assert first["run_dir"] == str(run_dir)
+    assert first["metric_details"] == {"clip_t": {}, "clip_i": {}, "pose_error": {}}
     assert samples["clip_t"].tolist()[:3] == [20.0, 30.0, 10.0]
     assert samples["clip_i"].tolist()[:3] == [60.0, 50.0, 80.0]
     unscored = samples.iloc[3]
-    assert unscored["method"] == "reference-collage"
+    assert unscored["method"] == "reference-collage" and unscored["metric_details"] == {}
     assert all(math.isnan(unscored[m]) for m in ("clip_t", "clip_i", "pose_error"))
 
 
@@ -116,57 +143,285 @@ def test_a_later_line_for_the_same_image_replaces_the_earlier(tmp_path: Path) ->
     assert row["clip_t"].tolist() == [12.0]
 
 
-def test_leaderboard_means_by_hand(run_dir: Path) -> None:
-    _, samples = load(run_dir)
-    table = leaderboard(samples)
-    assert table["method"].tolist() == ["reference-collage", "sdxl"]  # sorted
-    collage, sdxl = table.to_dict("records")
-    assert (sdxl["settings_hash"], sdxl["benchmark"], sdxl["benchmark_version"], sdxl["profile"]) == (
-        "aaaa1111", "demo", "1", "tiny",
-    )
-    assert (sdxl["n_images"], sdxl["n_scored"]) == (2, 2)
-    assert sdxl["clip_t"] == pytest.approx((20 + 30) / 2)
-    assert sdxl["clip_i"] == pytest.approx((60 + 50) / 2)
-    assert sdxl["pose_error"] == pytest.approx((0.2 + 0.4) / 2)
-    # The unscored image counts as generated but does not pull the means down.
-    assert (collage["n_images"], collage["n_scored"]) == (2, 1)
-    assert collage["clip_t"] == pytest.approx(10.0)
-    assert collage["clip_i"] == pytest.approx(80.0)
+def test_row_directions_fill_what_run_json_does_not_say(tmp_path: Path) -> None:
+    row = sample("sdxl", "cat-on-rocket", 0, clip_t=1.0, judge=1.0)
+    row["metrics"]["judge"]["higher_is_better"] = True
+    row["metrics"]["clip_t"]["higher_is_better"] = False  # run.json says True: run.json wins
+    info, _ = load_run(make_run(tmp_path / "run", [row]))
+    assert info["metrics"]["judge"]["higher_is_better"] is True
+    assert info["metrics"]["clip_t"]["higher_is_better"] is True
 
 
-def test_leaderboard_csv_columns_and_order(run_dir: Path, tmp_path: Path) -> None:
+def test_failure_flags_come_from_documented_detail_keys(tmp_path: Path) -> None:
+    rows = [
+        sample("sdxl", "astronaut-hug-cat", 0, details={"presence": {"n_missing": 1}, "judge": {"relation_shown": "no"}},
+               presence=0.5, judge=0.1),
+        sample("sdxl", "cat-on-rocket", 0, details={"presence": {"n_missing": 0, "swapped": 1}, "judge": {"relation_shown": True}},
+               presence=1.0, judge=0.9),
+        sample("reference-collage", "astronaut-hug-cat", 0, details={"presence": {"presence_fraction": 0.5, "blended": 0}},
+               presence=0.5),
+        sample("reference-collage", "cat-on-rocket", 0, details={"clip_t": {"cat": 3.0}}, clip_t=1.0),
+    ]
+    samples = frame(rows, tmp_path)
+    flags = failure_flags(samples)
+    assert list(flags.columns) == ["subject_missing", "subjects_confused", "relation_not_shown"]
+    assert flags.astype(object).where(flags.notna(), None).values.tolist() == [
+        [True, None, True],
+        [False, True, False],
+        [True, False, None],
+        [None, None, None],  # no metric reports on any flag: nothing is known
+    ]
+    assert judge_metrics(samples) == ["judge"]
+    assert headline_metric(samples) == "judge"
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+def test_bootstrap_ci_matches_a_direct_numpy_percentile_bootstrap() -> None:
+    values = np.array([3.0, 7.5, 1.0, 9.0, 4.0, 6.5, 2.0])
+    low, high = bootstrap_ci(values, seed=123, n_resamples=999)
+    rng = np.random.default_rng(123)
+    means = values[rng.integers(0, values.size, (999, values.size))].mean(axis=1)
+    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+    assert low < values.mean() < high
+    # Same seed, same interval; another seed, another one.
+    assert bootstrap_ci(values, seed=123, n_resamples=999) == (low, high)
+    assert bootstrap_ci(values, seed=124, n_resamples=999) != (low, high)
+
+
+def test_bootstrap_ci_closed_form_cases() -> None:
+    assert bootstrap_ci([4.25] * 6) == (4.25, 4.25)
+    assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
+    assert all(math.isnan(v) for v in bootstrap_ci([]))
+    # NaN values are skipped: the interval is that of the other values.
+    assert bootstrap_ci([1.0, np.nan, 2.0, 4.0], **BOOT) == bootstrap_ci([1.0, 2.0, 4.0], **BOOT)
+
+
+def test_seeds_are_averaged_within_a_case_before_the_bootstrap(tmp_path: Path) -> None:
+    rows = [
+        sample("sdxl", "astronaut-hug-cat", 0, clip_t=1.0),
+        sample("sdxl", "astronaut-hug-cat", 1, clip_t=3.0),
+        sample("sdxl", "astronaut-hug-cat", 2, clip_t=5.0),
+        sample("sdxl", "cat-on-rocket", 0, clip_t=10.0),
+    ]
+    samples = frame(rows, tmp_path)
+    per_case = case_means(samples, "clip_t")
+    assert per_case[["case_id", "value", "n_seeds"]].values.tolist() == [["astronaut-hug-cat", 3.0, 3], ["cat-on-rocket", 10.0, 1]]
+    row = metric_summary(samples, ["clip_t"], **BOOT).iloc[0]
+    assert row["mean"] == pytest.approx(6.5)  # (3 + 10) / 2, not (1 + 3 + 5 + 10) / 4
+    assert (row["ci_low"], row["ci_high"]) == bootstrap_ci([3.0, 10.0], **BOOT)
+    assert (row["n_cases"], row["n_values"], row["n_nan"]) == (2, 4, 0)
+
+
+def test_nan_values_are_skipped_and_counted(tmp_path: Path) -> None:
+    rows = [
+        sample("sdxl", "astronaut-hug-cat", 0, clip_t=2.0, pose_error=0.25),
+        sample("sdxl", "cat-on-rocket", 0, clip_t=4.0, pose_error=None),  # no reference pose: ran, no value
+        sample("sdxl", "cat-on-rocket", 1, clip_t=6.0),  # not scored with pose_error at all
+    ]
+    summary = metric_summary(frame(rows, tmp_path), **BOOT).set_index("metric")
+    assert summary.loc["pose_error", ["mean", "n_cases", "n_values", "n_nan"]].tolist() == [0.25, 1, 1, 1]
+    assert math.isnan(summary.loc["pose_error", "ci_low"])  # one case: no interval
+    assert summary.loc["clip_t", ["mean", "n_cases", "n_values", "n_nan"]].tolist() == [3.5, 2, 3, 0]
+    assert summary.loc["clip_i", ["n_cases", "n_values", "n_nan"]].tolist() == [0, 0, 0]
+
+
+def test_breakdowns_per_relation_and_per_category(tmp_path: Path) -> None:
+    rows = [
+        sample("sdxl", "astronaut-hug-cat", 0, clip_t=10.0),
+        sample("sdxl", "astronaut-hug-cat", 1, clip_t=20.0),
+        sample("sdxl", "cat-on-rocket", 0, clip_t=40.0),
+        sample("reference-collage", "astronaut-hug-cat", 0, clip_t=1.0),
+    ]
+    samples = frame(rows, tmp_path)
+    relation = breakdown(samples, "relation", ["clip_t"])
+    assert list(relation.columns) == [
+        "method", "settings_hash", "benchmark", "benchmark_version", "profile", "relation", "relation_kind", "n_cases", "clip_t",
+    ]
+    assert relation[["method", "relation", "relation_kind", "n_cases", "clip_t"]].values.tolist() == [
+        ["reference-collage", "hug", "interaction", 1, 1.0],
+        ["sdxl", "hug", "interaction", 1, 15.0],
+        ["sdxl", "on-top-of", "spatial", 1, 40.0],
+    ]
+    category = breakdown(samples, "category", ["clip_t"])
+    # astronaut-hug-cat is person + animal, cat-on-rocket animal + object: a case counts in each.
+    assert category[["method", "category", "n_cases", "clip_t"]].values.tolist() == [
+        ["reference-collage", "animal", 1, 1.0],
+        ["reference-collage", "person", 1, 1.0],
+        ["sdxl", "animal", 2, 27.5],
+        ["sdxl", "object", 1, 40.0],
+        ["sdxl", "person", 1, 15.0],
+    ]
+
+
+def test_sign_test_on_a_hand_built_example(tmp_path: Path) -> None:
+    # Seven cases: a is higher in five, lower in one, tied in one.
+    cases = [f"c{i}" for i in range(7)]
+    a_values = [5.0, 6.0, 7.0, 8.0, 9.0, 1.0, 3.0]
+    b_values = [4.0, 5.0, 6.0, 7.0, 8.0, 2.0, 3.0]
+    rows = []
+    for case, va, vb in zip(cases, a_values, b_values):
+        for method, value in (("sdxl", va), ("reference-collage", vb)):
+            rows.append({"method": method, "settings_hash": HASHES[method], "benchmark": "demo", "benchmark_version": "1",
+                         "profile": "tiny", "case_id": case, "seed": 0, "clip_t": value})
+    samples = pd.DataFrame(rows)
+    result = compare(samples, "sdxl", "reference-collage", directions={"clip_t": True}, **BOOT)
+    row = result.table.iloc[0]
+    assert (row["n_cases"], row["n_a_higher"], row["n_b_higher"], row["n_ties"]) == (7, 5, 1, 1)
+    # Two-sided binomial, n = 6 (the tie dropped), k = 5: P(X <= 1) + P(X >= 5) = (1 + 6 + 6 + 1) / 64.
+    assert row["sign_test_p"] == pytest.approx(14 / 64)
+    diffs = np.subtract(a_values, b_values)
+    assert row["mean_diff"] == pytest.approx(diffs.mean())
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == bootstrap_ci(diffs, **BOOT)
+    assert row["better"] == "a"
+
+
+def _two_method_samples(tmp_path: Path, offset: float) -> pd.DataFrame:
+    """Six cases; b = a - offset on clip_t (a little noise), b better on pose_error; b lacks one case."""
+    rows = []
+    noise = [0.3, -0.2, 0.1, 0.0, -0.1, 0.2]
+    for i, n in enumerate(noise):
+        case = f"case-{i}"
+        rows.append({"method": "sdxl", "settings_hash": HASHES["sdxl"], "case_id": case, "clip_t": 20.0 + 3 * i, "pose_error": 0.5})
+        if i < 5:
+            rows.append({"method": "reference-collage", "settings_hash": HASHES["reference-collage"], "case_id": case,
+                         "clip_t": 20.0 + 3 * i - offset + n, "pose_error": 0.25})
+    table = pd.DataFrame(rows).assign(benchmark="demo", benchmark_version="1", profile="tiny", seed=0)
+    return table
+
+
+def test_compare_two_fake_methods(tmp_path: Path) -> None:
+    samples = _two_method_samples(tmp_path, offset=1.0)
+    result = compare(samples, "sdxl", "reference-collage@bbbb", directions={"clip_t": True, "pose_error": False}, **BOOT)
+    assert (result.a, result.b) == (("sdxl", "aaaa1111"), ("reference-collage", "bbbb2222"))
+    table = result.table.set_index("metric")
+    assert table.loc["clip_t", "n_cases"] == 5  # only the cases both have
+    assert table.loc["clip_t", "mean_diff"] == pytest.approx(1.0 - np.mean([0.3, -0.2, 0.1, 0.0, -0.1]))
+    assert table.loc["clip_t", "better"] == "a"
+    assert table.loc["pose_error", "mean_diff"] == pytest.approx(0.25)
+    assert table.loc["pose_error", "better"] == "b"  # lower is better
+    assert table.loc["pose_error", ["n_a_higher", "n_b_higher", "n_ties"]].tolist() == [5, 0, 0]
+    # The two spread-out methods overlap on the headline metric (clip_t): a warning.
+    assert result.headline == "clip_t"
+    assert result.warning is not None and "overlap" in result.warning
+    text = format_comparison(result)
+    assert "a = sdxl@aaaa1111, b = reference-collage@bbbb2222" in text and "warning:" in text
+    assert comparison_table(result).columns[:3].tolist() == ["a", "b", "metric"]
+
+
+def test_compare_no_warning_when_the_cis_are_apart(tmp_path: Path) -> None:
+    rows = [{"method": m, "settings_hash": HASHES[m], "case_id": f"c{i}", "clip_t": base + 0.1 * i}
+            for m, base in (("sdxl", 50.0), ("reference-collage", 10.0)) for i in range(6)]
+    samples = pd.DataFrame(rows).assign(benchmark="demo", benchmark_version="1", profile="tiny", seed=0)
+    result = compare(samples, "sdxl", "reference-collage", **BOOT)
+    assert result.warning is None
+    assert result.headline_ci_a[0] > result.headline_ci_b[1]
+
+
+def test_selectors_name_exactly_one_configuration(tmp_path: Path) -> None:
+    samples = pd.DataFrame([
+        {"method": "sdxl", "settings_hash": "aaaa1111"}, {"method": "sdxl", "settings_hash": "abcd0000"},
+        {"method": "reference-collage", "settings_hash": "bbbb2222"},
+    ])
+    assert resolve_config(samples, "sdxl@aaa") == ("sdxl", "aaaa1111")
+    assert resolve_config(samples, "reference-collage") == ("reference-collage", "bbbb2222")
+    with pytest.raises(RelbenchError, match=r"'sdxl': method 'sdxl' was run with 2 settings \(aaaa1111, abcd0000\); pick one as sdxl@HASH"):
+        resolve_config(samples, "sdxl")
+    with pytest.raises(RelbenchError, match=r"'dreamrelation': no method 'dreamrelation' in these runs \(methods: reference-collage, sdxl\)"):
+        resolve_config(samples, "dreamrelation")
+    with pytest.raises(RelbenchError, match=r"no settings hash starting with 'ffff'"):
+        resolve_config(samples, "sdxl@ffff")
+    with pytest.raises(RelbenchError, match="name the same configuration"):
+        compare(samples.assign(case_id="c", seed=0, benchmark="d", benchmark_version="1", profile="tiny"), "sdxl@aaaa", "sdxl@aaaa1")
+
+
+def test_compare_runs_reads_directions_from_run_json(run_dir: Path) -> None:
+    with pytest.warns(UserWarning, match="truncated"):
+        result = compare_runs([run_dir], "sdxl", "reference-collage", metrics=["clip_t", "pose_error"])
+    table = result.table.set_index("metric")
+    assert table["higher_is_better"].tolist() == [True, False]
+    assert table.loc["clip_t", ["n_cases", "mean_diff", "better"]].tolist() == [1, 10.0, "a"]
+    assert table.loc["pose_error", "better"] == "a"  # 0.2 against 0.5, lower is better
+    assert result.warning is not None and "fewer than 2 common cases" in result.warning
+    with pytest.warns(UserWarning), pytest.raises(RelbenchError, match=r"metric 'vqa': not in these runs"):
+        compare_runs([run_dir], "sdxl", "reference-collage", metrics=["vqa"])
+
+
+# --------------------------------------------------------------------------------------------
+# Leaderboard
+
+
+LEADERBOARD_HEADER = [
+    "method", "settings", "settings_hash", "benchmark", "benchmark_version", "profile", "n_images", "n_scored", "n_cases",
+    "clip_t", "clip_t_ci_low", "clip_t_ci_high",
+    "clip_i", "clip_i_ci_low", "clip_i_ci_high",
+    "pose_error", "pose_error_ci_low", "pose_error_ci_high",
+    "relbench_version", "git_commit",
+]
+
+
+def test_leaderboard_csv_header_is_pinned(run_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "out" / "leaderboard.csv"
     with pytest.warns(UserWarning, match="truncated"):
         write_leaderboard_csv([run_dir], output)
     with output.open() as f:
         rows = list(csv.reader(f))
-    assert rows[0] == [
-        "method", "settings_hash", "benchmark", "benchmark_version", "profile", "n_images", "n_scored",
-        "clip_t", "clip_i", "pose_error",
-    ]
-    assert rows[1][:7] == ["reference-collage", "bbbb2222", "demo", "1", "tiny", "2", "1"]
-    assert rows[2][7:] == ["25", "55", "0.3"]  # 10 significant digits, no float noise
+    assert rows[0] == LEADERBOARD_HEADER
     assert len(rows) == 3
+    collage, sdxl = (dict(zip(rows[0], row)) for row in rows[1:])
+    assert [collage[c] for c in LEADERBOARD_HEADER[:9]] == [
+        "reference-collage", '{"steps":2}', "bbbb2222", "demo", "1", "tiny", "2", "1", "2",
+    ]
+    assert [sdxl[c] for c in ("clip_t", "clip_i", "pose_error")] == ["25", "55", "0.3"]  # 10 significant digits
+    # Two cases: an interval; one case (collage): none.
+    assert float(sdxl["clip_t_ci_low"]) == 20.0 and float(sdxl["clip_t_ci_high"]) == 30.0
+    assert (collage["clip_t"], collage["clip_t_ci_low"], collage["clip_t_ci_high"]) == ("10", "", "")
+    assert (sdxl["relbench_version"], sdxl["git_commit"]) == ("0.1.0", "")
 
 
-def test_merge_counts_a_duplicated_image_once_and_keeps_the_scored_copy(run_dir: Path, tmp_path: Path) -> None:
+def test_leaderboard_means_and_cis_by_hand(run_dir: Path) -> None:
+    _, samples = load(run_dir)
+    table = leaderboard(samples)
+    assert list(table.columns) == LEADERBOARD_HEADER
+    assert table["method"].tolist() == ["reference-collage", "sdxl"]  # sorted
+    collage, sdxl = table.to_dict("records")
+    assert (sdxl["settings_hash"], sdxl["benchmark"], sdxl["benchmark_version"], sdxl["profile"]) == (
+        "aaaa1111", "demo", "1", "tiny",
+    )
+    assert (sdxl["n_images"], sdxl["n_scored"], sdxl["n_cases"]) == (2, 2, 2)
+    assert sdxl["clip_t"] == pytest.approx((20 + 30) / 2)
+    assert (sdxl["clip_t_ci_low"], sdxl["clip_t_ci_high"]) == bootstrap_ci([20.0, 30.0])
+    assert sdxl["pose_error"] == pytest.approx((0.2 + 0.4) / 2)
+    # The unscored image counts as generated but does not pull the means down.
+    assert (collage["n_images"], collage["n_scored"], collage["n_cases"]) == (2, 1, 2)
+    assert collage["clip_i"] == pytest.approx(80.0)
+    assert sdxl["settings"] == "" and sdxl["relbench_version"] == ""  # no run.json given
+
+
+def test_merge_counts_a_duplicated_image_once_and_averages_seeds_per_case(run_dir: Path, tmp_path: Path) -> None:
     run_b = make_run(
         tmp_path / "run-b",
         [
             sample("sdxl", "astronaut-hug-cat", 0, clip_t=20.0, clip_i=60.0, pose_error=0.2),  # duplicate
             sample("reference-collage", "cat-on-rocket", 0, clip_t=20.0, clip_i=40.0, pose_error=0.7),  # scored here
-            sample("sdxl", "astronaut-hug-cat", 1, clip_t=40.0, clip_i=30.0, pose_error=0.6),  # new seed
+            sample("sdxl", "astronaut-hug-cat", 1, clip_t=60.0, clip_i=30.0, pose_error=0.6),  # new seed
         ],
+        git_commit="abc123",
     )
     with pytest.warns(UserWarning) as caught:
-        table = leaderboard(merge_runs([run_dir, run_b]))
+        run_set = load_runs([run_dir, run_b])
+        table = leaderboard(run_set.samples, run_set.runs)
     assert any("2 image(s) appear in more than one run" in str(w.message) for w in caught)
     collage, sdxl = table.to_dict("records")
-    assert (sdxl["n_images"], sdxl["n_scored"]) == (3, 3)
-    assert sdxl["clip_t"] == pytest.approx((20 + 30 + 40) / 3)
+    assert (sdxl["n_images"], sdxl["n_scored"], sdxl["n_cases"]) == (3, 3, 2)
+    assert sdxl["clip_t"] == pytest.approx(((20 + 60) / 2 + 30) / 2)  # per case first: 35, not 36.67
     assert (collage["n_images"], collage["n_scored"]) == (2, 2)
-    assert collage["clip_t"] == pytest.approx((10 + 20) / 2)
     assert collage["pose_error"] == pytest.approx((0.5 + 0.7) / 2)
+    # Provenance: collage's images come from both runs, sdxl's too (seed 1 only in run-b).
+    assert (collage["relbench_version"], collage["git_commit"]) == ("0.1.0", "abc123")
+    assert sdxl["settings"] == '{"steps":2}'
 
 
 @pytest.mark.parametrize(
@@ -190,11 +445,16 @@ def test_merge_accepts_a_run_that_has_not_recorded_metric_settings_yet(run_dir: 
     assert table["n_images"].tolist() == [2, 3]
 
 
-class _Cells(HTMLParser):
-    """Rows of the leaderboard table: [(text, class attribute), ...] per row."""
+# --------------------------------------------------------------------------------------------
+# HTML report
 
-    def __init__(self) -> None:
+
+class _Cells(HTMLParser):
+    """Rows of the first table with the given class: [(text, class attribute), ...] per row."""
+
+    def __init__(self, table_class: str = "leaderboard") -> None:
         super().__init__()
+        self.table_class = table_class
         self.rows: list[list[tuple[str, str]]] = []
         self.inside = False
         self.cell: list[str] | None = None
@@ -203,7 +463,7 @@ class _Cells(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
         if tag == "table":
-            self.inside = attributes.get("class") == "leaderboard"
+            self.inside = self.table_class in (attributes.get("class") or "").split()
         elif self.inside and tag == "tr":
             self.rows.append([])
         elif self.inside and tag in ("td", "th"):
@@ -221,7 +481,13 @@ class _Cells(HTMLParser):
             self.cell.append(data)
 
 
-def test_report_has_leaderboard_images_and_tiny_banner(run_dir: Path) -> None:
+def cells(html: str, table_class: str) -> list[list[str]]:
+    parser = _Cells(table_class)
+    parser.feed(html)
+    return [[text for text, _ in row] for row in parser.rows]
+
+
+def test_report_has_leaderboard_with_cis_images_and_tiny_banner(run_dir: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
         page = write_report(run_dir)
     assert page == run_dir / "report" / "index.html"
@@ -233,8 +499,11 @@ def test_report_has_leaderboard_images_and_tiny_banner(run_dir: Path) -> None:
     parser = _Cells()
     parser.feed(html)
     header, collage, sdxl = parser.rows
-    assert [text for text, _ in header] == ["method", "settings hash", "images", "scored", "clip_t ↑", "clip_i ↑", "pose_error ↓"]
-    assert [text for text, _ in sdxl] == ["sdxl", "aaaa1111", "2", "2", "25", "55", "0.3"]
+    assert [text for text, _ in header] == [
+        "method", "settings hash", "images", "scored", "cases", "clip_t ↑", "clip_i ↑", "pose_error ↓",
+    ]
+    assert [text for text, _ in sdxl] == ["sdxl", "aaaa1111", "2", "2", "2", "25 [20, 30]", "55 [50, 60]", "0.3 [0.2, 0.4]"]
+    assert [text for text, _ in collage][5:] == ["10", "80", "0.5"]  # one case: no interval
     # Best per column: highest clip_t/clip_i, lowest pose_error.
     best = {(row[0][0], header[i][0]) for row in (collage, sdxl) for i, (_, cls) in enumerate(row) if "best" in cls}
     assert best == {("sdxl", "clip_t ↑"), ("reference-collage", "clip_i ↑"), ("sdxl", "pose_error ↓")}
@@ -245,14 +514,196 @@ def test_report_has_leaderboard_images_and_tiny_banner(run_dir: Path) -> None:
         assert src.startswith("../images/")
         assert (page.parent / src).resolve().is_file()
         assert f'<a href="{src}">' in html
+    assert '<a href="../leaderboard.csv">' in html
     assert "not scored" in html
     assert "<td>demo v1 (2 cases)</td>" in html
     assert "<tr><th>Spec sha256</th><td><code>5eed</code></td></tr>" in html
     assert "<li><code>model</code>: {&quot;id&quot;: &quot;tiny:clip&quot;, &quot;revision&quot;: null}</li>" in html
     assert "<li><code>detector_id</code>: tiny:pose</li>" in html
     assert TINY_BANNER in html
-    # Self-contained: no scripts, stylesheets or anything fetched from the network.
-    assert "<script" not in html and "<link" not in html and "http" not in html
+
+
+def test_report_is_self_contained_with_one_hashed_script(run_dir: Path) -> None:
+    with pytest.warns(UserWarning, match="truncated"):
+        html = write_report(run_dir).read_text()
+    # Nothing fetched: no external script, stylesheet, font or image; the CSP allows only our script.
+    assert "<link" not in html and "@import" not in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", html)
+    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    assert scripts == [SCRIPT]
+    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', html).group(1)
+    assert f"script-src 'sha256-{digest}'" in csp and "default-src 'none'" in csp
+
+
+def test_report_plots_are_inline_svg(run_dir: Path) -> None:
+    with pytest.warns(UserWarning, match="truncated"):
+        html = write_report(run_dir).read_text()
+    svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
+    assert len(svgs) == 2  # metric bars and the relation heat map; no judge metric: no scatter
+    bars, heat = svgs
+    assert 'aria-label="Mean of each metric per method with 95% confidence intervals"' in bars
+    for text in ("clip_t ↑", "pose_error ↓", "sdxl", "reference-collage"):
+        assert f">{text}</text>" in bars
+    assert ">hug</text>" in heat and ">on-top-of</text>" in heat
+    assert ">20</text>" in heat and ">30</text>" in heat  # sdxl's clip_t per relation, annotated
+    assert "No identity-against-relation scatter" in html
+    assert "<?xml" not in html and "<metadata>" not in html
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))  # plots' ids are prefixed: no clashes
+
+
+def test_report_scatter_when_identity_and_judge_metrics_exist(tmp_path: Path) -> None:
+    rows = [
+        sample(m, c, 0, details={"judge": {"relation_shown": v > 0.5}}, clip_t=10.0, clip_i=60.0 + 5 * i, judge=v)
+        for i, (m, c, v) in enumerate([("sdxl", "astronaut-hug-cat", 0.9), ("sdxl", "cat-on-rocket", 0.2),
+                                       ("reference-collage", "astronaut-hug-cat", 0.1), ("reference-collage", "cat-on-rocket", 0.3)])
+    ]
+    html = write_report(make_run(tmp_path / "run", rows)).read_text()
+    svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
+    assert len(svgs) == 3
+    assert ">identity: clip_i</text>" in svgs[2] and ">relation: judge</text>" in svgs[2]
+    assert "judge (judge): relation shown" in html
+    assert html.count('judge (judge): <span class="flag">relation not shown</span>') == 3
+
+
+def test_ci_overlap_warning_only_when_the_headline_cis_overlap(tmp_path: Path) -> None:
+    def run(name: str, gap: float) -> str:
+        rows = [sample(m, c, s, clip_t=base + 4 * i + s) for m, base in (("sdxl", 30.0 + gap), ("reference-collage", 30.0))
+                for i, c in enumerate(CASES) for s in range(2)]
+        return write_report(make_run(tmp_path / name, rows)).read_text()
+
+    close = run("close", 1.0)
+    assert 'id="ci-overlap"' in close
+    assert "overlap</strong> on the headline metric <code>clip_t</code>: reference-collage and sdxl" in close
+    assert 'id="ci-overlap"' not in run("apart", 20.0)
+
+
+def test_paper_table_is_labelled_and_scaled(run_dir: Path) -> None:
+    with pytest.warns(UserWarning, match="truncated"):
+        html = write_report(run_dir).read_text()
+    assert "Settings may differ; not directly comparable." in html
+    rows = cells(html, "paper")
+    assert rows[0] == ["source", "method", "CLIP-T", "CLIP-R", "CLIP-I", "DINO"]
+    assert rows[1:8] == [["paper", name, *(f"{v:.1f}" for v in values)] for name, *values in PAPER_RESULTS]
+    assert rows[7] == ["paper", "DreamRelation", "28.9", "20.4", "75.4", "62.1"]
+    # Ours: clip_t / clip_i are x100 already (range -100..100); no CLIP-R or DINO in this run.
+    assert rows[9] == ["this report", "sdxl (tiny)", "25.0", "–", "55.0", "–"]
+
+
+def test_paper_table_scales_a_plain_cosine_metric(tmp_path: Path) -> None:
+    metrics = {**METRICS, "dino": {"model": None, "settings": {}, "higher_is_better": True, "range": [-1, 1]}}
+    html = write_report(make_run(tmp_path / "run", [sample("sdxl", "cat-on-rocket", 0, dino=0.621)], metrics=metrics)).read_text()
+    assert cells(html, "paper")[-1][-1] == "62.1"
+
+
+def test_breakdown_tables_in_the_report(run_dir: Path) -> None:
+    with pytest.warns(UserWarning, match="truncated"):
+        html = write_report(run_dir).read_text()
+    relations = cells(html, "relations")
+    assert relations[0] == ["relation", "relation kind", "method", "cases", "clip_t ↑", "clip_i ↑", "pose_error ↓"]
+    assert ["on-top-of", "spatial", "sdxl", "1", "30", "50", "0.4"] in relations
+    assert ["on-top-of", "spatial", "reference-collage", "1", "–", "–", "–"] in relations
+    categories = cells(html, "categories")
+    assert ["animal", "sdxl", "2", "25", "55", "0.3"] in categories
+    assert ["person", "reference-collage", "1", "10", "80", "0.5"] in categories
+
+
+def test_filters_are_disabled_without_flag_metrics_and_work_with_them(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="truncated"):
+        plain = write_report(run_dir).read_text()
+    assert plain.count(" disabled>") == 3 and "there is nothing to filter" in plain
+    assert plain.count('<tr class="case" data-flags="">') == 2
+
+    rows = [
+        sample("sdxl", "astronaut-hug-cat", 0, details={"presence": {"n_missing": 1}}, presence=0.5),
+        sample("sdxl", "cat-on-rocket", 0, details={"presence": {"n_missing": 0, "swapped": 1}}, presence=1.0),
+        sample("reference-collage", "cat-on-rocket", 0, details={"presence": {"n_missing": 0}}, presence=1.0),
+    ]
+    html = write_report(make_run(tmp_path / "flags", rows)).read_text()
+    assert '<input type="checkbox" value="subject_missing"> a subject is missing (1 cases)' in html
+    assert '<input type="checkbox" value="subjects_confused"> subjects are confused (1 cases)' in html
+    assert '<input type="checkbox" value="relation_not_shown" disabled> the relation is not shown (not measured)' in html
+    assert '<tr class="case" data-flags="subject_missing">' in html
+    assert '<tr class="case" data-flags="subjects_confused">' in html
+    assert '<figure data-flags="subject_missing">' in html and "&#9888; a subject is missing" in html
+
+
+def test_report_escapes_everything_from_run_files_including_plot_labels(tmp_path: Path) -> None:
+    hostile_method = "<img src=x onerror=alert(1)>"
+    hostile_metric = 'm"<i>'
+    row = sample("sdxl", "astronaut-hug-cat", 0, clip_t=1.0)
+    row.update(method=hostile_method, case_id='a"b<i>', relation="<b>hug</b>", prompt="<script>alert(1)</script>",
+               subjects=["<u>cat</u>"], subject_categories=["<s>animal</s>"], image="images/evil/0.png")
+    row["metrics"][hostile_metric] = {"value": 2.0, "details": {}}
+    other = sample("sdxl", "cat-on-rocket", 0, clip_t=3.0)
+    run = make_run(tmp_path / "run", [row, other])
+    info = json.loads((run / "run.json").read_text())
+    info["methods"][hostile_method]["settings"] = {"note": "<img src=y onerror=alert(2)>"}
+    (run / "run.json").write_text(json.dumps(info))
+    html = write_report(run).read_text()
+    for raw in ("<script>alert(1)</script>", "<img src=x", "<img src=y", 'a"b<i>', "<b>hug</b>", "<u>cat</u>",
+                "<s>animal</s>", 'm"<i>'):
+        assert raw not in html, raw
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a&quot;b&lt;i&gt;" in html
+    assert "&lt;img src=y onerror=alert(2)&gt;" in html and "&lt;u&gt;cat&lt;/u&gt;" in html
+    # In the leaderboard, the paper table, the breakdowns, the case grid and the plots' labels.
+    assert cells(html, "leaderboard")[1][0] == hostile_method
+    assert cells(html, "paper")[8][1] == f"{hostile_method} (tiny)"
+    assert ["<b>hug</b>", "interaction", hostile_method, "1", "1", "–", "–", "2"] in cells(html, "relations")
+    assert ["<s>animal</s>", hostile_method, "1", "1", "–", "–", "2"] in cells(html, "categories")
+    svgs = "".join(re.findall(r"<svg .*?</svg>", html, flags=re.S))
+    assert ">&lt;img src=x onerror=alert(1)&gt;</text>" in svgs
+    assert ">m\"&lt;i&gt;</text>" in svgs and ">&lt;b&gt;hug&lt;/b&gt;</text>" in svgs
+
+
+def test_run_without_samples_gives_an_empty_leaderboard(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", [])
+    (run / "samples.jsonl").unlink()
+    _, samples = load_run(run)
+    assert samples.empty and list(leaderboard(samples).columns) == LEADERBOARD_HEADER
+    html = write_report(run).read_text()
+    assert "<img" not in html and "<svg" not in html
+
+
+def test_several_runs_into_an_output_folder_with_exports(run_dir: Path, tmp_path: Path) -> None:
+    run_b = make_run(tmp_path / "run-b", [sample("sdxl", "astronaut-hug-cat", 1, clip_t=40.0, clip_i=30.0, pose_error=0.6)])
+    output = tmp_path / "site" / "report"
+    with pytest.warns(UserWarning, match="truncated"):
+        files = build_report([run_dir, run_b], output, "csv,parquet")
+    assert files.page == output / "index.html" and files.leaderboard == output / "leaderboard.csv"
+    assert not (run_dir / "leaderboard.csv").exists()  # the first run's own leaderboard is left alone
+    html = files.page.read_text()
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(sources) == 5 and all((output / src).resolve().is_file() for src in sources)
+    assert '<a href="leaderboard.csv">' in html and "<code>run-a</code>, <code>run-b</code>" in html
+    names = sorted(p.name for p in files.exports)
+    assert names == sorted(f"{t}.{f}" for t in ("samples", "leaderboard", "per_relation", "per_category") for f in ("csv", "parquet"))
+
+    # Parquet round trip: each file reads back as the table the report computed.
+    with pytest.warns(UserWarning, match="truncated"):
+        data = collect([run_dir, run_b])
+    expected = {"samples": samples_for_export(data.samples, data.flags), "leaderboard": data.table,
+                "per_relation": data.per_relation, "per_category": data.per_category}
+    for name, table in expected.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(output / f"{name}.parquet"), table, check_dtype=False)
+        assert pd.read_csv(output / f"{name}.csv").columns.tolist() == table.columns.tolist()
+    samples = pd.read_parquet(output / "samples.parquet")
+    assert len(samples) == 5 and list(samples.columns)[-3:] == ["flag_subject_missing", "flag_subjects_confused", "flag_relation_not_shown"]
+    assert json.loads(samples.loc[0, "subjects"]) == ["astronaut", "cat"]
+    assert samples["flag_subject_missing"].isna().all()
+    board = pd.read_parquet(output / "leaderboard.parquet")
+    assert board.loc[board["method"] == "sdxl", "clip_t"].item() == pytest.approx(((20 + 40) / 2 + 30) / 2)
+    csv_board = pd.read_csv(output / "leaderboard.csv")
+    assert np.allclose(csv_board["clip_t"], board["clip_t"]) and csv_board["method"].tolist() == board["method"].tolist()
+
+
+def test_report_formats_are_checked() -> None:
+    assert parse_formats("csv, parquet,csv") == ("csv", "parquet")
+    assert parse_formats(None) == () and parse_formats(["parquet"]) == ("parquet",)
+    with pytest.raises(RelbenchError, match=r"--format: expected csv, parquet or csv,parquet; got 'xlsx'"):
+        parse_formats("csv,xlsx")
 
 
 def test_full_profile_has_no_tiny_banner_and_missing_image_is_shown(tmp_path: Path) -> None:
@@ -263,33 +714,6 @@ def test_full_profile_has_no_tiny_banner_and_missing_image_is_shown(tmp_path: Pa
     assert TINY_BANNER not in html
     assert "image missing: <code>images/sdxl/astronaut-hug-cat/0.png</code>" in html
     assert len(re.findall(r"<img ", html)) == 3
-
-
-def test_report_escapes_everything_from_run_files(tmp_path: Path) -> None:
-    evil = sample("sdxl", "astronaut-hug-cat", 0, clip_t=1.0)
-    evil["prompt"] = "<script>alert(1)</script>"
-    evil["case_id"] = 'a"b<i>'
-    evil["relation"] = "<b>hug</b>"
-    run = make_run(tmp_path / "run", [evil])
-    info = json.loads((run / "run.json").read_text())
-    info["methods"]["sdxl"]["settings"] = {"note": "<img src=x onerror=alert(2)>"}
-    (run / "run.json").write_text(json.dumps(info))
-    html = write_report(run).read_text()
-    assert "<script>alert(1)</script>" not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(2)&gt;" in html
-    assert 'a"b<i>' not in html and "a&quot;b&lt;i&gt;" in html
-    assert "<b>hug</b>" not in html
-
-
-def test_run_without_samples_gives_an_empty_leaderboard(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "run", [])
-    (run / "samples.jsonl").unlink()
-    _, samples = load_run(run)
-    assert samples.empty and list(leaderboard(samples).columns)[:7] == [
-        "method", "settings_hash", "benchmark", "benchmark_version", "profile", "n_images", "n_scored",
-    ]
-    assert "<img" not in write_report(run).read_text()
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:

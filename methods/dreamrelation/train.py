@@ -50,12 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = p.add_argument_group("data")
-    data.add_argument("--data-root", type=Path, required=True, help="folder holding <relation>/prompts.json, videos/, masks/ (e.g. <data root>/dreamrelation)")
+    data.add_argument("--data-root", type=Path, default=None,
+                      help="folder holding <relation>/prompts.json, videos/, masks/; default <data root>/dreamrelation "
+                           "($RELBENCH_DATA_ROOT or ~/.cache/relbench/data); a data root holding dreamrelation/ works too")
     data.add_argument("--relation", required=True, help="relation folder to train on, e.g. hug")
     data.add_argument("--skeleton", default="ap10k", help="keypoint order of the data (ap10k or coco): used to swap left/right on flips")
     data.add_argument("--augment", choices=AUGMENTATIONS, default="flip", help="random horizontal flip of motion images (keypoints and masks follow)")
     out = p.add_argument_group("output")
-    out.add_argument("--output", "--output-dir", dest="output", type=Path, required=True, help="checkpoints and pytorch_lora_weights.safetensors go here")
+    out.add_argument("--output", "--output-dir", dest="output", type=Path, default=None,
+                     help="checkpoints and pytorch_lora_weights.safetensors go here (default: runs/dreamrelation-<relation>)")
     out.add_argument("--checkpointing-steps", type=int, default=100, help="save a resumable checkpoint every N optimizer steps")
     out.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep at most this many checkpoints")
     out.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder, or 'latest'")
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--local-features", action="store_true",
                       help="dense local features per subject; needs a distilled dense image encoder (--model dense_encoder=...)")
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--resolution", type=int, default=1024)
+    opt.add_argument("--resolution", type=int, default=None, help="training resolution (default: 1024 full, 64 tiny)")
     opt.add_argument("--train-batch-size", type=int, default=1)
     opt.add_argument("--gradient-accumulation-steps", type=int, default=4)
     opt.add_argument("--max-train-steps", type=int, default=500)
@@ -88,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--kml-weight", type=float, default=0.1)
     loss.add_argument("--kml-max-timestep", type=int, default=333)
     loss.add_argument("--attn-weight", type=float, default=0.001)
-    loss.add_argument("--attn-max-queries", type=int, default=None, help="layers with at most this many positions give attention maps (default: (resolution/32)^2, i.e. 32x32 at 1024 px)")
+    loss.add_argument("--attn-max-queries", type=int, default=None, help="layers with at most this many positions give attention maps (default: the UNet's deepest cross-attention level, 32x32 for SDXL at 1024 px)")
     misc = p.add_argument_group("misc")
     misc.add_argument("--device", default="auto", help="used without accelerate launch: auto, cpu, cuda")
     misc.add_argument("--log-every", type=int, default=10, help="update the progress bar's loss terms every N steps")
@@ -99,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate every argument; a mistake is a RelbenchError before any model loads."""
     args = build_parser().parse_args(argv)
+    from relbench.data_root import resolve_data_root
+
+    if args.resolution is None:
+        args.resolution = 64 if args.profile == "tiny" else 1024
+    if args.output is None:
+        args.output = Path("runs") / f"dreamrelation-{args.relation}"
+    if args.data_root is None:
+        args.data_root = resolve_data_root(None) / "dreamrelation"
+    elif not (args.data_root / args.relation).is_dir() and (args.data_root / "dreamrelation" / args.relation).is_dir():
+        args.data_root = args.data_root / "dreamrelation"  # a relbench data root was given
     positive = ("checkpointing_steps", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "rank", "log_every")
     for name in positive:
         if getattr(args, name) < 1:
@@ -321,14 +334,18 @@ def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets,
 
     dtype = models.unet.dtype
     boxes = cache.boxes[index, flip]  # (B, N, 4)
-    image_context = models.adapter.image_context(cache.image_embeds[index], cache.phrase_embeds[index], boxes.to(dtype),
-                                                 resampler=resampler)
-    context = torch.cat([cache.prompt_embeds[index], image_context.to(dtype)], dim=1)
+    # The adapter's image context, through ``resampler`` (wrapped when it trains): dummy tokens, then
+    # num_queries tokens per subject; (B, num_dummy + N * Q, C).
+    subjects = resampler(cache.image_embeds[index], cache.phrase_embeds[index], boxes.to(dtype))
+    dummy = models.adapter.dummy_image_tokens.expand(batch, -1, -1)
+    context = torch.cat([cache.prompt_embeds[index], dummy.to(dtype), subjects.to(dtype)], dim=1)
     store.clear()
+    kwargs = models.adapter.cross_attention_kwargs(boxes.to(dtype), scale=args.scale, latent_size=tuple(latents.shape[-2:]),
+                                                   store=store if weights.use_attn else None)
     eps = unet(
         noisy.to(dtype), timesteps, encoder_hidden_states=context,
         added_cond_kwargs={"text_embeds": cache.pooled_prompt_embeds[index], "time_ids": time_ids.expand(batch, -1)},
-        cross_attention_kwargs={"ms_boxes": boxes.to(dtype), "ms_scale": args.scale, "ms_store": store if weights.use_attn else None},
+        cross_attention_kwargs=kwargs,
     ).sample
 
     terms: dict[str, Any] = {"diffusion": diffusion_loss(eps, noise)}
@@ -349,6 +366,21 @@ def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets,
     return weights.combine(terms["diffusion"], terms.get("kml"), terms.get("attn"), stats)
 
 
+def coarsest_cross_attention_queries(unet: Any, latent_side: int) -> int:
+    """Query positions of the UNet's deepest cross-attention level (32 x 32 for SDXL at 1024 px).
+
+    The paper's L_attn uses the layers with at most 32 x 32 queries at 1024 px, which are SDXL's
+    deepest cross-attention level; this finds that level for any UNet and resolution.
+    """
+    levels = [i for i, block in enumerate(unet.down_blocks) if getattr(block, "attentions", None)]
+    if not levels:
+        raise RelbenchError("the UNet has no cross-attention level: the relation attention loss cannot be computed")
+    side = latent_side
+    for _ in range(max(levels)):
+        side = (side + 1) // 2  # stride-2 convolution with padding 1
+    return side * side
+
+
 def find_latest_checkpoint(output: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in output.glob(f"{CHECKPOINT_PREFIX}*") if (m := re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)) and p.is_dir()]
     return max(found)[1] if found else None
@@ -364,7 +396,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     from relbench.methods.dreamrelation.lora import add_relation_lora, lora_state_dict, save_relation_lora
     from relbench.methods.dreamrelation.losses import DreamRelationLoss
-    from relbench.methods.dreamrelation.models import load_models
+    from relbench.methods.ms_diffusion.models import load_models
     from relbench.methods.ms_diffusion.attention import AttentionStore
     from relbench.profiles import RunContext
 
@@ -399,7 +431,7 @@ def main(argv: list[str] | None = None) -> Path:
     time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]], device=device, dtype=models.unet.dtype)
     weights = DreamRelationLoss(kml_weight=args.kml_weight, attn_weight=args.attn_weight, kml_max_timestep=args.kml_max_timestep,
                                 use_kml=args.kml_weight > 0, use_attn=args.attn_weight > 0)
-    max_queries = args.attn_max_queries or (args.resolution // 32) ** 2
+    max_queries = args.attn_max_queries or coarsest_cross_attention_queries(models.unet, args.resolution // models.vae_scale_factor)
     store = AttentionStore(max_queries=max_queries)
 
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),

@@ -1,4 +1,4 @@
-"""Loading DreamRelation's models once: SDXL parts, the MS-Diffusion adapter, the subject encoder.
+"""Loading the layout models once: SDXL parts, the MS-Diffusion adapter, the subject encoder (ms-diffusion, dreamrelation).
 
 ``tiny`` builds every part from configs with seeded random weights (the tiny SDXL of
 ``relbench.tiny``, ``MSAdapterConfig.tiny()``, the tiny subject encoder), so that training and
@@ -10,6 +10,7 @@ SDXL by hub id or local folder (``--model sdxl=...``), the public ``ms_adapter.b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
@@ -24,7 +25,7 @@ MODEL_KEYS = ("sdxl", "ms_adapter", "image_encoder")
 
 
 @dataclass
-class DreamRelationModels:
+class LayoutModels:
     vae: Any
     unet: Any
     text_encoder: Any
@@ -37,6 +38,10 @@ class DreamRelationModels:
     refs: dict[str, ModelRef]
     revisions: dict[str, str | None]
 
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     def describe(self) -> dict[str, Any]:
         return {key: {**ref.describe(), "resolved_revision": self.revisions.get(key)} for key, ref in self.refs.items()}
 
@@ -46,7 +51,7 @@ def model_refs(context: RunContext) -> dict[str, ModelRef]:
     return {key: context.model(key) for key in MODEL_KEYS}
 
 
-def load_models(context: RunContext, dtype: str = "float32", variant: str | None = None, vae_float32: bool = False) -> DreamRelationModels:
+def load_models(context: RunContext, dtype: str = "float32", variant: str | None = None, vae_float32: bool = False) -> LayoutModels:
     """Every frozen part, on the context's device in ``dtype`` (the LoRA is added by the caller).
 
     ``vae_float32`` keeps the VAE in float32 (training encodes with it once; SDXL's VAE overflows
@@ -67,25 +72,31 @@ def load_models(context: RunContext, dtype: str = "float32", variant: str | None
         scheduler_config = dict(SDXL_SCHEDULER_CONFIG)
     else:
         parts, scheduler_config, revisions["sdxl"] = _load_sdxl_parts(refs["sdxl"], weight_dtype, variant)
+    for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
+        parts[name].requires_grad_(False)
+        target = torch_dtype("float32") if name == "vae" and vae_float32 else weight_dtype
+        module = parts[name]
+        # Cast only when needed: diffusers warns on every dtype cast through .to().
+        module.to(device=device) if next(module.parameters()).dtype == target else module.to(device=device, dtype=target)
     config = MSAdapterConfig.tiny() if refs["ms_adapter"].is_tiny else MSAdapterConfig.sdxl()
     if refs["ms_adapter"].is_tiny:
         from relbench.tiny import seeded
 
         with seeded(context.seed + 1):
             adapter = MSAdapter(config, parts["unet"])
+        adapter.to(device=device, dtype=weight_dtype)
     else:
         adapter = MSAdapter.from_pretrained(refs["ms_adapter"].id, config, parts["unet"], revision=refs["ms_adapter"].revision)
-    encoder = SubjectEncoder.from_context(context, parts["text_encoder"], parts["tokenizer"], config)
-    revisions["image_encoder"] = getattr(encoder, "revision", None)
-    for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
-        parts[name].requires_grad_(False)
-        keep_float32 = name == "vae" and vae_float32
-        parts[name].to(device=device, dtype=torch_dtype("float32") if keep_float32 else weight_dtype)
+        revisions["ms_adapter"] = (getattr(adapter, "loaded_from", None) or {}).get("resolved_revision")
     adapter.requires_grad_(False)
-    adapter.to(device=device, dtype=weight_dtype)
     adapter.install(parts["unet"])
-    encoder.to(device=device, dtype=weight_dtype)
-    return DreamRelationModels(
+    holder = SimpleNamespace(unet=parts["unet"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"])
+    if refs["image_encoder"].is_tiny:
+        encoder = SubjectEncoder.tiny(holder, seed=context.seed + 2)
+    else:
+        encoder = SubjectEncoder.from_pretrained(holder, refs["image_encoder"].id, revision=refs["image_encoder"].revision)
+        revisions["image_encoder"] = resolved_revision(getattr(encoder.image_encoder.config, "_name_or_path", None))
+    return LayoutModels(
         vae=parts["vae"], unet=parts["unet"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
         tokenizer=parts["tokenizer"], tokenizer_2=parts["tokenizer_2"], scheduler_config=scheduler_config,
         adapter=adapter, encoder=encoder, refs=refs, revisions=revisions,
