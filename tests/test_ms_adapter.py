@@ -25,15 +25,7 @@ from relbench.tiny import seeded, tiny_sdxl_components
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = MSAdapterConfig.tiny()
 
-# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json (the fields that shape the network).
-SDXL_UNET_CONFIG = dict(
-    act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
-    attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], in_channels=4, out_channels=4,
-    layers_per_block=2, norm_num_groups=32, norm_eps=1e-5, projection_class_embeddings_input_dim=2816,
-    sample_size=128, transformer_layers_per_block=[1, 2, 10], use_linear_projection=True,
-)
+from relbench.sdxl_shapes import SDXL_UNET_CONFIG  # noqa: E402  (public config facts)
 
 
 def one_line_error(excinfo: pytest.ExceptionInfo[RelbenchError]) -> str:

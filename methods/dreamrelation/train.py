@@ -309,7 +309,7 @@ def step_generator(seed: int, step: int, process: int, device: Any) -> Any:
 
 
 def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets, weights: Any, store: Any, generator: Any,
-                  args: argparse.Namespace, alphas_cumprod: Any, time_ids: Any) -> tuple[Any, dict[str, Any]]:
+                  args: argparse.Namespace, alphas_cumprod: Any, time_ids: Any, timesteps: Any = None) -> tuple[Any, dict[str, Any]]:
     """Loss of one micro-batch (with its autograd graph) and its detached terms.
 
     ``unet`` and ``resampler`` are what to call (wrapped for data parallelism when prepared by
@@ -328,7 +328,8 @@ def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets,
     mean, std = cache.motion_mean[index, flip], cache.motion_std[index, flip]
     latents = (mean + std * torch.randn(mean.shape, generator=generator, device=device)) * float(models.vae.config.scaling_factor)
     noise = torch.randn(latents.shape, generator=generator, device=device)
-    timesteps = torch.randint(0, len(alphas_cumprod), (batch,), generator=generator, device=device)
+    drawn = torch.randint(0, len(alphas_cumprod), (batch,), generator=generator, device=device)
+    timesteps = drawn if timesteps is None else timesteps.to(device)
     alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
 
@@ -386,6 +387,74 @@ def find_latest_checkpoint(output: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+@dataclass
+class Setup:
+    """What one training (or a fixed-batch evaluation) needs, built once."""
+
+    models: Any
+    cache: CachedTriplets
+    weights: Any  # DreamRelationLoss
+    store: Any  # AttentionStore
+    trainable: list[Any]
+    alphas_cumprod: Any
+    time_ids: Any
+
+
+def prepare(args: argparse.Namespace, device: str, weight_dtype: str) -> Setup:
+    """Load the models, attach the LoRA, encode and cache the training set."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from relbench.methods.dreamrelation.lora import add_relation_lora
+    from relbench.methods.dreamrelation.losses import DreamRelationLoss
+    from relbench.methods.ms_diffusion.attention import AttentionStore
+    from relbench.methods.ms_diffusion.models import load_models
+    from relbench.profiles import RunContext
+
+    context = RunContext(profile=args.profile, device=device, seed=0, model_overrides=args.model_overrides)
+    models = load_models(context, dtype=weight_dtype, variant=args.variant, vae_float32=True)
+    trainable = list(add_relation_lora(models.unet, args.rank, args.lora_alpha, seed=args.seed))
+    if args.train_resampler:
+        models.adapter.image_proj.requires_grad_(True)
+        trainable += list(models.adapter.image_proj.parameters())
+    for param in trainable:  # trained weights stay float32 under mixed precision
+        param.data = param.data.float()
+    if args.gradient_checkpointing:
+        models.unet.enable_gradient_checkpointing()
+    cache = build_cache(models, args.data_root, args.relation, args.resolution, args.augment, args.skeleton,
+                        torch.device(device), models.unet.dtype)
+    alphas_cumprod = DDPMScheduler.from_config(models.scheduler_config).alphas_cumprod.to(device)
+    # SDXL's micro-conditioning: original size, crop offset, target size.
+    time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]],
+                            device=device, dtype=models.unet.dtype)
+    weights = DreamRelationLoss(kml_weight=args.kml_weight, attn_weight=args.attn_weight, kml_max_timestep=args.kml_max_timestep,
+                                use_kml=args.kml_weight > 0, use_attn=args.attn_weight > 0)
+    max_queries = args.attn_max_queries or coarsest_cross_attention_queries(models.unet, args.resolution // models.vae_scale_factor)
+    return Setup(models, cache, weights, AttentionStore(max_queries=max_queries), trainable, alphas_cumprod, time_ids)
+
+
+def fixed_batch_losses(argv: list[str], lora: Path | None = None, timestep: int = 200, seed: int = 1234) -> dict[str, float]:
+    """The loss terms of one fixed batch (fixed triplets, flips, noise and timestep), no update.
+
+    For checking that training moves the losses: compare before (``lora=None``) and after.
+    The timestep is fixed so that KML (gated to t <= 333) always counts.
+    """
+    import torch
+
+    args = parse_args(argv)
+    setup = prepare(args, "cpu" if args.device in ("auto", "cpu") else args.device, "float32")
+    if lora is not None:
+        from relbench.methods.dreamrelation.lora import read_lora_file
+
+        _set_lora(setup.models.unet, read_lora_file(Path(lora)))
+    generator = step_generator(seed, 0, 0, setup.cache.motion_mean.device)
+    timesteps = torch.full((args.train_batch_size,), timestep, dtype=torch.long)
+    with torch.no_grad():
+        _, logs = training_step(setup.models, setup.models.unet, setup.models.adapter.image_proj, setup.cache, setup.weights,
+                                setup.store, generator, args, setup.alphas_cumprod, setup.time_ids, timesteps=timesteps)
+    return {key: float(value) for key, value in logs.items()}
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Train; returns the path of the saved ``pytorch_lora_weights.safetensors``."""
     args = parse_args(argv)
@@ -394,11 +463,7 @@ def main(argv: list[str] | None = None) -> Path:
     from accelerate.utils import ProjectConfiguration
     from tqdm.auto import tqdm
 
-    from relbench.methods.dreamrelation.lora import add_relation_lora, lora_state_dict, save_relation_lora
-    from relbench.methods.dreamrelation.losses import DreamRelationLoss
-    from relbench.methods.ms_diffusion.models import load_models
-    from relbench.methods.ms_diffusion.attention import AttentionStore
-    from relbench.profiles import RunContext
+    from relbench.methods.dreamrelation.lora import save_relation_lora
 
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     mixed = args.mixed_precision or ("fp16" if on_gpu else "no")
@@ -409,30 +474,11 @@ def main(argv: list[str] | None = None) -> Path:
         cpu=not on_gpu, project_config=ProjectConfiguration(project_dir=str(args.output), automatic_checkpoint_naming=False),
     )
     weight_dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[mixed]
-    context = RunContext(profile=args.profile, device=str(accelerator.device), seed=0, model_overrides=args.model_overrides)
-    models = load_models(context, dtype=weight_dtype, variant=args.variant, vae_float32=True)
-    lora_params = add_relation_lora(models.unet, args.rank, args.lora_alpha, seed=args.seed)
-    trainable = list(lora_params)
-    if args.train_resampler:
-        models.adapter.image_proj.requires_grad_(True)
-        trainable += list(models.adapter.image_proj.parameters())
-    for param in trainable:  # trained weights stay float32 under mixed precision
-        param.data = param.data.float()
-    if args.gradient_checkpointing:
-        models.unet.enable_gradient_checkpointing()
-
     device = accelerator.device
-    with accelerator.main_process_first():
-        cache = build_cache(models, args.data_root, args.relation, args.resolution, args.augment, args.skeleton, device,
-                            models.unet.dtype)
-    from diffusers import DDPMScheduler
-
-    alphas_cumprod = DDPMScheduler.from_config(models.scheduler_config).alphas_cumprod.to(device)
-    time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]], device=device, dtype=models.unet.dtype)
-    weights = DreamRelationLoss(kml_weight=args.kml_weight, attn_weight=args.attn_weight, kml_max_timestep=args.kml_max_timestep,
-                                use_kml=args.kml_weight > 0, use_attn=args.attn_weight > 0)
-    max_queries = args.attn_max_queries or coarsest_cross_attention_queries(models.unet, args.resolution // models.vae_scale_factor)
-    store = AttentionStore(max_queries=max_queries)
+    with accelerator.main_process_first():  # one process fills the HF cache, the others read it
+        setup = prepare(args, str(device), weight_dtype)
+    models, cache, weights, store, trainable = setup.models, setup.cache, setup.weights, setup.store, setup.trainable
+    alphas_cumprod, time_ids = setup.alphas_cumprod, setup.time_ids
 
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)

@@ -1,0 +1,269 @@
+"""DreamRelation training and inference in the tiny profile: losses move, checkpoints resume
+exactly, LoRAs round-trip in diffusers' format, and train -> evaluate works end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from relbench.errors import RelbenchError
+from relbench.methods.dreamrelation import train
+from relbench.methods.dreamrelation.lora import (
+    LORA_WEIGHT_NAME, add_relation_lora, lora_state_dict, read_lora_file, resolve_lora_file, save_relation_lora,
+)
+
+
+@pytest.fixture
+def one_triplet(shared_data: Path, tmp_path: Path) -> Path:
+    """A data folder holding only hug/0 (for overfitting)."""
+    source = shared_data / "dreamrelation" / "hug"
+    target = tmp_path / "one" / "hug"
+    shutil.copytree(source / "videos" / "0", target / "videos" / "0")
+    shutil.copytree(source / "masks" / "0", target / "masks" / "0")
+    prompts = json.loads((source / "prompts.json").read_text())
+    (target / "prompts.json").write_text(json.dumps({"0": prompts["0"]}))
+    return tmp_path / "one"
+
+
+def tiny_args(data_root: Path, output: Path, relation: str = "hug", *extra: str) -> list[str]:
+    return ["--profile", "tiny", "--device", "cpu", "--data-root", str(data_root), "--relation", relation,
+            "--output", str(output), "--gradient-accumulation-steps", "1", "--quiet", *extra]
+
+
+def test_overfitting_one_triplet_reduces_the_diffusion_and_keypoint_losses(one_triplet: Path, tmp_path: Path) -> None:
+    """The standard sanity check: gradient steps on one fixed batch must fit it."""
+    args = train.parse_args(tiny_args(one_triplet, tmp_path / "out", "hug", "--augment", "none"))
+    setup = train.prepare(args, "cpu", "float32")
+    optimizer = torch.optim.AdamW(setup.trainable, lr=1e-2)
+    timesteps = torch.tensor([200])  # <= 333: KML counts
+
+    def losses() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        generator = train.step_generator(1234, 0, 0, torch.device("cpu"))  # the same batch and noise every time
+        return train.training_step(setup.models, setup.models.unet, setup.models.adapter.image_proj, setup.cache,
+                                   setup.weights, setup.store, generator, args, setup.alphas_cumprod, setup.time_ids,
+                                   timesteps=timesteps)
+
+    with torch.no_grad():
+        _, first = losses()
+    for _ in range(60):
+        loss, _ = losses()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        _, last = losses()
+    assert float(first["kml/points"]) > 0 and float(first["attn/layers"]) > 0
+    assert float(last["diffusion"]) < 0.85 * float(first["diffusion"])
+    assert float(last["kml"]) < 0.75 * float(first["kml"])
+    assert len(setup.store.maps) == 0  # maps are cleared after every step
+
+
+def test_training_reduces_the_fixed_batch_losses(one_triplet: Path, tmp_path: Path) -> None:
+    argv = tiny_args(one_triplet, tmp_path / "out", "hug", "--augment", "none")
+    before = train.fixed_batch_losses(argv)
+    lora = train.main([*argv, "--max-train-steps", "150", "--learning-rate", "1e-2", "--checkpointing-steps", "1000"])
+    after = train.fixed_batch_losses(argv, lora=lora)
+    assert after["diffusion"] < 0.95 * before["diffusion"]
+    assert after["kml"] < 0.97 * before["kml"]
+
+
+def test_resuming_from_a_checkpoint_continues_exactly(shared_data: Path, tmp_path: Path) -> None:
+    data = shared_data / "dreamrelation"
+    whole = train.main(tiny_args(data, tmp_path / "whole", "shake", "--max-train-steps", "4", "--checkpointing-steps", "2"))
+    split = tmp_path / "split"
+    train.main(tiny_args(data, split, "shake", "--max-train-steps", "2", "--checkpointing-steps", "2"))
+    assert (split / "checkpoint-2" / LORA_WEIGHT_NAME).is_file()
+    resumed = train.main(tiny_args(data, split, "shake", "--max-train-steps", "4", "--checkpointing-steps", "2",
+                                   "--resume-from-checkpoint", "latest"))
+    a, b = read_lora_file(whole), read_lora_file(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    initial = lora_state_dict(_fresh_lora_unet())
+    assert any(not torch.equal(a[k], initial[k]) for k in a)  # training moved the weights
+    assert json.loads((split / "checkpoint-4" / "trainer_state.json").read_text()) == {"global_step": 4}
+
+
+def test_checkpoint_limit_keeps_the_newest(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    train.main(tiny_args(shared_data / "dreamrelation", out, "hug", "--max-train-steps", "3", "--checkpointing-steps", "1",
+                         "--checkpoints-total-limit", "2"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["relation"] == "hug" and config["models"]["sdxl"]["id"] == "tiny:sdxl" and len(config["lora_sha256"]) == 64
+
+
+def _fresh_lora_unet():
+    from relbench.tiny import tiny_sdxl_components
+
+    unet = tiny_sdxl_components(0)["unet"]
+    add_relation_lora(unet, seed=0)
+    return unet
+
+
+def test_lora_saves_in_diffusers_format_and_loads_back(tmp_path: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from relbench.tiny import tiny_sdxl_components
+
+    unet = _fresh_lora_unet()
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # up weights start at zero: make the LoRA do something
+    path = save_relation_lora(unet, tmp_path / "lora")
+    assert resolve_lora_file(tmp_path / "lora") == path
+    state = read_lora_file(path)
+    assert all(k.startswith("unet.") and (k.endswith(".lora.down.weight") or k.endswith(".lora.up.weight")) for k in state)
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(0), add_watermarker=False)
+    pipe.load_lora_weights(str(path), adapter_name="relation")
+    reloaded = lora_state_dict_from_pipe(pipe)
+    for key, value in lora_state_dict(unet).items():
+        torch.testing.assert_close(reloaded[key], value, msg=key)
+
+
+def lora_state_dict_from_pipe(pipe) -> dict[str, torch.Tensor]:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, adapter_name="relation"))
+    return {f"unet.{k}": v for k, v in layers.items()}
+
+
+def test_lora_keys_and_shapes_match_the_public_sdxl_layout() -> None:
+    """An SDXL-sized UNet (meta device) gets LoRAs with the released files' key names and shapes."""
+    from relbench.sdxl_shapes import sdxl_unet
+
+    unet = sdxl_unet("meta")
+    add_relation_lora(unet)
+    state = lora_state_dict(unet)
+    attn2 = [name for name, _ in unet.named_modules() if name.endswith("attn2")]
+    assert len(attn2) == 70
+    assert len(state) == 70 * 4 * 2
+    key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora.down.weight"
+    assert tuple(state[key].shape) == (4, 2048)  # rank 4 x cross_attention_dim
+    assert tuple(state[key.replace("to_k.lora.down", "to_out.0.lora.up")].shape) == (640, 4)
+    assert tuple(state["unet.mid_block.attentions.0.transformer_blocks.9.attn2.to_q.lora.down.weight"].shape) == (4, 1280)
+
+
+def test_truncated_and_foreign_lora_files_are_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = save_relation_lora(_fresh_lora_unet(), tmp_path / "lora")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RelbenchError, match="not a readable safetensors file"):
+        read_lora_file(tmp_path / "cut.safetensors")
+    save_file({"text_encoder.x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(RelbenchError, match="holds no UNet LoRA weights"):
+        read_lora_file(tmp_path / "other.safetensors")
+    with pytest.raises(RelbenchError, match="LoRA weights not found"):
+        resolve_lora_file(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-train-steps", "0"], "--max-train-steps: expected a positive integer"),
+        (["--resolution", "100"], "--resolution: expected a multiple of 16"),
+        (["--local-features"], "no distilled dense image encoder"),
+        (["--learning-rate", "nan"], "--learning-rate: expected a finite number"),
+        (["--skeleton", "smpl"], "unknown skeleton 'smpl'"),
+        (["--resume-from-checkpoint", "/nonexistent"], "no such checkpoint folder"),
+        (["--model", "sdxl"], "expected KEY=HUB_ID_OR_PATH"),
+    ],
+)
+def test_arguments_are_validated_before_any_work(shared_data: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    with pytest.raises(RelbenchError, match=message):
+        train.parse_args(tiny_args(shared_data / "dreamrelation", tmp_path / "o", "hug", *extra))
+
+
+def test_data_root_and_relation_are_checked(shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(RelbenchError, match="not a DreamRelation relation folder"):
+        train.parse_args(tiny_args(shared_data / "dreamrelation", tmp_path / "o", "kiss"))
+    # a relbench data root (holding dreamrelation/) is accepted as well
+    args = train.parse_args(tiny_args(shared_data, tmp_path / "o", "hug"))
+    assert args.data_root == shared_data / "dreamrelation" and args.resolution == 64
+    broken = tmp_path / "broken"
+    shutil.copytree(shared_data / "dreamrelation" / "hug", broken / "hug")
+    torch.save(torch.full((2, 17, 2), 1.5), broken / "hug" / "videos" / "1" / "motion_keyposes.pth")
+    (broken / "hug" / "videos" / "1" / "motion_keyposes.pth").chmod(0o644)
+    with pytest.raises(RelbenchError, match="motion_keyposes"):
+        train.parse_args(tiny_args(broken, tmp_path / "o", "hug"))
+
+
+def test_train_then_evaluate_end_to_end(shared_data: Path, tmp_path: Path) -> None:
+    """relbench train dreamrelation (tiny) -> relbench evaluate --method dreamrelation --lora."""
+    from relbench.runner import EvaluateOptions, evaluate
+    from relbench.runstore import read_rows
+
+    lora = train.main(tiny_args(shared_data / "dreamrelation", tmp_path / "lora", "hug", "--max-train-steps", "3",
+                                "--learning-rate", "1e-2"))
+    common = dict(benchmark="demo", relations=["hug"], metrics=["clip_t"], seeds=(0, 1), progress=False)
+    summary = evaluate(EvaluateOptions(output=tmp_path / "run", methods=["dreamrelation", "ms-diffusion"],
+                                       method_overrides={"dreamrelation": {"loras": f"hug={lora}"}}, **common))
+    assert summary.rows == 4
+    rows = {(r["method"], r["seed"]): r for r in read_rows(tmp_path / "run" / "samples.jsonl")}
+    settings = rows[("dreamrelation", 0)]["method_settings"]
+    assert settings["lora_files"]["hug"]["sha256"] == json.loads((tmp_path / "lora" / "training_config.json").read_text())["lora_sha256"]
+    with_lora = np.asarray(_image(tmp_path / "run", rows[("dreamrelation", 0)]), dtype=int)
+    without = np.asarray(_image(tmp_path / "run", rows[("ms-diffusion", 0)]), dtype=int)
+    assert with_lora.shape == (64, 64, 3) and np.abs(with_lora - without).max() > 0  # the LoRA changes the image
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["methods"]["dreamrelation"]["settings"]["lora_sha256"]["hug"] == settings["lora_files"]["hug"]["sha256"]
+
+
+def test_three_subject_cases_generate(tmp_path: Path) -> None:
+    from relbench.method import GenerationRequest, SubjectInput
+    from relbench.methods.ms_diffusion.method import MSDiffusion
+    from relbench.profiles import RunContext
+    from PIL import Image
+
+    method = MSDiffusion(RunContext(profile="tiny"))
+    images = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    boxes = [(0.0, 0.2, 0.45, 0.85), (0.45, 0.2, 0.7, 0.85), (0.55, 0.25, 0.95, 0.9)]
+    subjects = tuple(SubjectInput(f"s{i}", noun, (img,), box) for i, (noun, img, box) in enumerate(zip(("dog", "cat", "bear"), images, boxes)))
+    request = GenerationRequest("c3", "a dog, a cat and a bear hugging", "hugging", subjects, 0, 64, 64, "hug")
+    (image,) = method.generate([request])
+    assert image.size == (64, 64)
+    with pytest.raises(RelbenchError, match="supports 1 to 3 subjects, got 4"):
+        method.generate([GenerationRequest("c4", "p", "r", subjects + subjects[:1], 0, 64, 64)])
+
+
+def _image(run: Path, row: dict):
+    from PIL import Image
+
+    with Image.open(run / row["image"]) as image:
+        return image.convert("RGB")
+
+
+@pytest.mark.slow
+def test_cli_train_single_and_two_processes(shared_data: Path, tmp_path: Path) -> None:
+    """`relbench train dreamrelation` and the same entry under `accelerate launch` with 2 CPU processes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    data = str(shared_data / "dreamrelation")
+    single = subprocess.run([sys.executable, "-m", "cli", "train", "dreamrelation", *tiny_args(Path(data), tmp_path / "one", "hug",
+                             "--max-train-steps", "2")], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+    assert single.returncode == 0, single.stderr
+    assert f"LoRA: {tmp_path / 'one' / LORA_WEIGHT_NAME}" in single.stdout
+    bad = subprocess.run([sys.executable, "-m", "cli", "train", "dreamrelation", "--relation", "hug", "--data-root", str(tmp_path)],
+                         capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    two = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "relbench.methods.dreamrelation.train",
+                          *tiny_args(Path(data), tmp_path / "two", "hug", "--max-train-steps", "2", "--checkpointing-steps", "1")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert (tmp_path / "two" / "checkpoint-1" / "random_states_1.pkl").is_file()  # two processes ran
+    assert read_lora_file(tmp_path / "two" / LORA_WEIGHT_NAME)
