@@ -100,6 +100,8 @@ def evaluate(
         summary = run_evaluate(options)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; run the same command again to resume {output}") from None
+    if summary.rank != 0:
+        return  # in a distributed run the main process reports the merged result
     typer.echo(
         f"{summary.output}: {summary.rows} rows ({summary.generated} images generated, {summary.reused_images} reused, "
         f"{summary.skipped} already done, {summary.scored} stored images scored); methods: {', '.join(summary.methods) or '-'}; "

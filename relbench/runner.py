@@ -60,6 +60,8 @@ class EvaluateSummary:
     skipped: int = 0  # rows that were already there
     scored: int = 0  # stored rows scored by the scoring pass (new metrics, or --stage generate rows)
     rows: int = 0
+    rank: int = 0  # this process in a distributed run (counts above are this process's own)
+    world: int = 1
 
 
 def select_methods(names: Sequence[str], profile: str, overrides: dict[str, dict[str, str]] | None = None) -> list[str]:
@@ -156,7 +158,11 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
 
     if options.stage not in STAGES:
         raise RelbenchError(f"--stage: expected one of {', '.join(STAGES)}, got {options.stage!r}")
-    context = RunContext(profile=options.profile, device=options.device, model_overrides=dict(options.model_overrides))
+    shard = Shard.current()
+    device = options.device
+    if shard.world > 1 and device == "auto":
+        device = str(_partial_state().device)  # each process its own GPU (or the CPU)
+    context = RunContext(profile=options.profile, device=device, model_overrides=dict(options.model_overrides))
     benchmark = load_benchmark(options.benchmark)
     cases = select_cases(benchmark, options.relations, options.limit)
     if not options.seeds:
@@ -197,28 +203,91 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
     store = RunStore(Path(options.output))
     summary = EvaluateSummary(Path(options.output), method_names if options.stage != "score" else [],
                               metric_names if options.stage != "generate" else [])
+    summary.rank, summary.world = shard.rank, shard.world
     scorer = Scorer(context, metric_names, benchmark, data_root, options.progress)
-    with store.open_for_writing(config, environment(str(context.torch_device()))) as writer:
-        if options.stage != "score":
-            pending = {
-                name: [(case, seed) for case in cases for seed in options.seeds
-                       if not writer.has((name, config["methods"][name]["settings_hash"], case.id, seed))]
-                for name in method_names
-            }
-            summary.skipped = sum(len(cases) * len(options.seeds) - len(p) for p in pending.values())
-            for name in method_names:
-                if pending[name]:
-                    settings, _ = method_settings[name]
-                    method = METHODS.get(name)(context, settings)
-                    _generate(method, config["methods"][name]["settings_hash"], pending[name], benchmark, scorer,
-                              writer, width, height, summary, options.progress, score=options.stage == "all")
-                    del method  # free its models before the next method loads
-        if options.stage != "generate":
-            summary.scored = scorer.score_missing(writer, {case.id for case in cases})
-        writer.compact()
-        summary.rows = len(writer.rows)
-        _record_metric_settings(store, writer, metric_names)
+    env = environment(str(context.torch_device()))
+    if shard.world == 1:
+        with store.open_for_writing(config, env) as writer:
+            _work(writer, options, method_names, method_settings, config, cases, benchmark, scorer, width, height, summary, shard)
+            writer.compact()
+            summary.rows = len(writer.rows)
+            _record_metric_settings(store, writer, metric_names)
+        return summary
+    # Several processes (accelerate launch / torchrun): the main one checks the settings and merges
+    # what a killed run left; each process then works on its share of the items and writes its own
+    # shard; the main one merges the shards at the end.
+    if shard.rank == 0:
+        store.open_for_writing(config, env).close()
+    shard.barrier()
+    with store.open_shard(shard.rank) as writer:
+        _work(writer, options, method_names, method_settings, config, cases, benchmark, scorer, width, height, summary, shard)
+    shard.barrier()
+    if shard.rank == 0:
+        with store.open_for_writing(config, env) as writer:  # absorbs the shards
+            summary.rows = len(writer.rows)
+            _record_metric_settings(store, writer, metric_names)
+    shard.barrier()
     return summary
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a distributed run; items are dealt round-robin by index."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> "Shard":
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        state = _partial_state()  # joins the process group torchrun / accelerate launch set up
+        if state.num_processes != world:
+            raise RelbenchError(f"WORLD_SIZE is {world} but the process group has {state.num_processes} processes")
+        return cls(state.process_index, state.num_processes)
+
+    def take(self, items: list[Any]) -> list[Any]:
+        return items[self.rank :: self.world]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            _partial_state().wait_for_everyone()
+
+
+def _partial_state() -> Any:
+    """Accelerate's process state; on a machine without CUDA the processes talk over gloo (CPU)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _work(writer: RunWriter, options: EvaluateOptions, method_names: list[str], method_settings: dict[str, Any],
+          config: dict[str, Any], cases: list[Case], benchmark: Benchmark, scorer: "Scorer", width: int, height: int,
+          summary: EvaluateSummary, shard: Shard) -> None:
+    """Generate the missing images (this process's share), then score rows that lack a metric."""
+    from relbench.methods import METHODS
+
+    if options.stage != "score":
+        pending = {
+            name: [(case, seed) for case in cases for seed in options.seeds
+                   if not writer.has((name, config["methods"][name]["settings_hash"], case.id, seed))]
+            for name in method_names
+        }
+        summary.skipped = sum(len(cases) * len(options.seeds) - len(p) for p in pending.values())
+        for name in method_names:
+            mine = shard.take(pending[name])
+            if mine:
+                settings, _ = method_settings[name]
+                method = METHODS.get(name)(scorer.context, settings)
+                _generate(method, config["methods"][name]["settings_hash"], mine, benchmark, scorer,
+                          writer, width, height, summary, options.progress, score=options.stage == "all")
+                del method  # free its models before the next method loads
+    if options.stage != "generate":
+        summary.scored = scorer.score_missing(writer, {case.id for case in cases}, shard)
 
 
 STAGES = ("all", "generate", "score")
@@ -324,13 +393,14 @@ class Scorer:
                 }
         return out
 
-    def score_missing(self, writer: RunWriter, case_ids: set[str]) -> int:
+    def score_missing(self, writer: RunWriter, case_ids: set[str], shard: "Shard | None" = None) -> int:
         """Score every row of the chosen cases that lacks a requested metric; rows are replaced."""
         from PIL import Image
         from tqdm import tqdm
 
         todo = [row for row in writer.iter_rows()
                 if row["case_id"] in case_ids and any(m not in row.get("metrics", {}) for m in self.metric_names)]
+        todo = shard.take(todo) if shard is not None else todo
         if not todo or not self.metric_names:
             return 0
         bar = tqdm(total=len(todo), desc="score", unit="img", disable=not self.progress, dynamic_ncols=True)

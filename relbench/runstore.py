@@ -177,10 +177,41 @@ class RunStore:
             run["environment"] = {k: v for k, v in environment.items() if k not in ("packages", "relbench_version", "git_commit")}
             atomic_write_json(self.run_json, run)
             rows = read_rows(self.samples_jsonl, repair=True)
+            writer = RunWriter(self, lock, {row_key(r): r for r in rows}, len(rows))
         except BaseException:
             lock.release()
             raise
-        return RunWriter(self, lock, {row_key(r): r for r in rows}, len(rows))
+        writer.absorb_shards()  # rows a killed multi-process run left in its shard files
+        return writer
+
+    # ---------------------------------------------------------------- multi-process runs
+    # Each process of a distributed run (accelerate launch / torchrun) appends only its own items
+    # to ``samples.rank-<k>.jsonl`` under its own lock; the main process merges the shards into
+    # samples.jsonl (each key is handled by one process, so nothing conflicts) and deletes them.
+
+    def shard_path(self, rank: int) -> Path:
+        return self.root / f"samples.rank-{rank}.jsonl"
+
+    def shard_paths(self) -> list[Path]:
+        return sorted(self.root.glob("samples.rank-*.jsonl"))
+
+    def open_shard(self, rank: int) -> "RunWriter":
+        """A writer for process ``rank``: knows every merged row, appends to its own shard file."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.root / f".lock.rank-{rank}"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RelbenchError(f"{self.root}: another relbench process is writing shard {rank} of this run") from None
+        try:
+            merged = {row_key(r): r for r in read_rows(self.samples_jsonl)}
+            own = read_rows(self.shard_path(rank), repair=True)
+            merged.update((row_key(r), r) for r in own)
+            return RunWriter(self, lock, merged, len(merged), path=self.shard_path(rank))
+        except BaseException:
+            lock.release()
+            raise
 
 
 # Keys of run.json that identify what a run computes; resuming with any other value is refused.
@@ -241,12 +272,13 @@ class RunWriter:
     run, so a finished run has exactly one row per (method, settings hash, case, seed).
     """
 
-    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, dict[str, Any]], lines: int):
+    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, dict[str, Any]], lines: int, path: Path | None = None):
         self.store = store
         self._lock = lock
         self.rows = rows
+        self.path = path or store.samples_jsonl  # a shard file for the processes of a distributed run
         self._lines = lines  # rows in the file, replaced versions included
-        self._handle = open(store.samples_jsonl, "ab")
+        self._handle = open(self.path, "ab")
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -282,9 +314,30 @@ class RunWriter:
         self.rows[row_key(row)] = row
         self._lines += 1
 
+    @property
+    def is_shard(self) -> bool:
+        return self.path != self.store.samples_jsonl
+
+    def absorb_shards(self) -> int:
+        """Main writer: take every shard file's rows (they win over older versions), delete the
+        shards, compact. Returns the number of rows taken."""
+        if self.is_shard:
+            raise RuntimeError("a shard writer cannot merge shards")
+        taken = 0
+        shards = self.store.shard_paths()
+        for shard in shards:
+            for row in read_rows(shard):
+                self.replace(row)
+                taken += 1
+        if shards:
+            self.compact()
+            for shard in shards:
+                shard.unlink()
+        return taken
+
     def compact(self) -> None:
         """Rewrite samples.jsonl with the last version of each row only (atomic)."""
-        if self._lines == len(self.rows):
+        if self.is_shard or self._lines == len(self.rows):
             return
         data = b"".join(json.dumps(row, sort_keys=False, default=str).encode("utf-8") + b"\n" for row in self.rows.values())
         self._handle.close()

@@ -264,3 +264,45 @@ def test_data_validate_triplets(shared_data: Path, tmp_path: Path) -> None:
     result = relbench("data", "validate", "--triplets", str(broken), check=False)
     assert result.returncode == 2
     assert any("videos/3" in line and "names 2 entities" in line for line in result.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_items_and_merge_to_the_single_process_result(tmp_path: Path) -> None:
+    """`accelerate launch --multi_gpu --num_processes 2` on the CPU (gloo): each process writes its own
+    shard, the main one merges; the result equals a single-process run."""
+    import numpy as np
+
+    args = ["evaluate", "-m", "reference-collage,sdxl", "-b", "demo", "--seeds", "0,1", "--metrics", "clip_t", "-q"]
+    relbench(*args, "-o", str(tmp_path / "one"))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    two = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cli", *args, "-o", str(tmp_path / "two")],
+                         capture_output=True, text=True, cwd=REPO, env=os.environ, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("rows (") == 1 and "16 rows" in two.stdout  # the main process reports the merge
+    one_rows = {(r["method"], r["case_id"], r["seed"]): r for r in read_rows(tmp_path / "one" / "samples.jsonl")}
+    lines = (tmp_path / "two" / "samples.jsonl").read_text().splitlines()
+    two_rows = {(r["method"], r["case_id"], r["seed"]): r for r in map(json.loads, lines)}
+    assert len(lines) == len(two_rows) == len(one_rows) == 16 and two_rows.keys() == one_rows.keys()
+    assert not list((tmp_path / "two").glob("samples.rank-*.jsonl"))
+    for key, row in one_rows.items():
+        a = np.asarray(Image.open(tmp_path / "one" / row["image"]), dtype=int)
+        b = np.asarray(Image.open(tmp_path / "two" / two_rows[key]["image"]), dtype=int)
+        assert np.abs(a - b).max() <= 2, key  # batch composition differs: float noise only
+        assert abs(row["metrics"]["clip_t"]["value"] - two_rows[key]["metrics"]["clip_t"]["value"]) < 1e-2
+
+
+def test_shard_files_left_by_a_killed_multi_process_run_are_merged(tmp_path: Path) -> None:
+    from relbench.runstore import RunStore
+
+    out = tmp_path / "run"
+    relbench("evaluate", "-m", "reference-collage", "-b", "demo", "--metrics", "none", "--limit", "2", "-o", str(out), "-q")
+    rows = read_rows(out / "samples.jsonl")
+    # a killed 2-process run: one row only in a shard, a newer version of another row in a shard
+    (out / "samples.rank-1.jsonl").write_text(json.dumps({**rows[0], "seed": 7}) + "\n" + json.dumps({**rows[1], "prompt": "newer"}) + "\n")
+    (out / "samples.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[1]) + "\n")
+    relbench("evaluate", "-m", "reference-collage", "-b", "demo", "--metrics", "none", "--limit", "2", "-o", str(out), "-q")
+    merged = read_rows(out / "samples.jsonl")
+    assert len(merged) == 3 and not list(out.glob("samples.rank-*.jsonl"))
+    assert {r["prompt"] for r in merged if r["case_id"] == rows[1]["case_id"]} == {"newer"}
+    assert len(RunStore(out).rows()) == 3
