@@ -154,18 +154,54 @@ def train(
 
 @app.command()
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (merged like `relbench leaderboard`).")],
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding runs (a sweep's output); merged like `relbench leaderboard`.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for index.html and leaderboard.csv (default: the first run's report/).")] = None,
     formats: Annotated[Optional[str], typer.Option("--format", help="Also write the tables next to the page: csv, parquet or csv,parquet.")] = None,
 ) -> None:
     """Write the HTML report and leaderboard CSV of one or more runs."""
     from relbench.reports.html import build_report
 
-    files = build_report(run_dirs, output, formats)
+    files = build_report(_expand_run_dirs(list(run_dirs)), output, formats)
     typer.echo(f"leaderboard: {files.leaderboard}")
     typer.echo(f"report: {files.page}")
     for path in files.exports:
         typer.echo(f"table: {path}")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="A sweep YAML/JSON file (see `relbench.sweep`).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and their size; run nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run a grid of evaluations (methods x settings x benchmarks) into one output tree; resumable."""
+    from relbench.sweep import load_sweep, plan, run_sweep
+
+    spec = load_sweep(sweep_file)
+    runs = plan(spec)
+    for run in runs:
+        typer.echo(f"{run.output}: {run.label()}: {run.n_cases} cases x {run.n_seeds} seeds = {run.n_images} images")
+    typer.echo(f"{len(runs)} runs, {sum(r.n_images for r in runs)} images, profile {spec.profile}, output {spec.output}")
+    if dry_run:
+        return
+    try:
+        summaries = run_sweep(spec, runs, progress=not quiet)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; run the same command again to resume {sweep_file}") from None
+    if summaries and summaries[0].rank == 0:
+        typer.echo(f"{spec.output}: {sum(s.generated for s in summaries)} images generated; `relbench report {spec.output}` merges the runs")
+
+
+def _expand_run_dirs(paths: list[Path]) -> list[Path]:
+    """A run directory stays; a folder holding runs (a sweep's output) gives every run below it."""
+    out: list[Path] = []
+    for path in paths:
+        if (path / "run.json").is_file() or not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p.parent for p in path.rglob("run.json"))
+        out.extend(found or [path])
+    return out
 
 
 @app.command()
@@ -179,7 +215,7 @@ def compare(
     """Compare two method configurations case by case (paired bootstrap CI, sign test)."""
     from relbench.reports.compare import compare_runs, format_comparison, write_comparison_csv
 
-    result = compare_runs(run_dirs, a, b, _split([metrics]) if metrics else None)
+    result = compare_runs(_expand_run_dirs(list(run_dirs)), a, b, _split([metrics]) if metrics else None)
     typer.echo(format_comparison(result))
     if output:
         write_comparison_csv(result, output)
@@ -194,7 +230,7 @@ def leaderboard(
     """Merge several runs into one leaderboard CSV (one row per method and settings)."""
     from relbench.reports.leaderboard import write_leaderboard_csv
 
-    write_leaderboard_csv(list(run_dirs), output)
+    write_leaderboard_csv(_expand_run_dirs(list(run_dirs)), output)
     typer.echo(f"leaderboard: {output}")
 
 

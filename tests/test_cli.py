@@ -306,3 +306,19 @@ def test_shard_files_left_by_a_killed_multi_process_run_are_merged(tmp_path: Pat
     assert len(merged) == 3 and not list(out.glob("samples.rank-*.jsonl"))
     assert {r["prompt"] for r in merged if r["case_id"] == rows[1]["case_id"]} == {"newer"}
     assert len(RunStore(out).rows()) == 3
+
+
+def test_sweep_dry_run_and_report_over_a_sweep_tree(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "output": "out", "profile": "tiny", "benchmarks": ["demo"], "seeds": [0], "metrics": ["clip_t"], "limit": 1,
+        "methods": [{"method": "reference-collage", "grid": {"fit": ["contain", "stretch"]}}],
+    }))
+    dry = relbench("sweep", str(sweep), "--dry-run")
+    assert dry.stdout.strip().splitlines()[-1] == f"2 runs, 2 images, profile tiny, output {tmp_path / 'out'}"
+    assert not (tmp_path / "out").exists()
+    relbench("sweep", str(sweep), "-q")
+    report = relbench("report", str(tmp_path / "out"), "-o", str(tmp_path / "report"))
+    assert f"report: {tmp_path / 'report' / 'index.html'}" in report.stdout
+    with open(tmp_path / "report" / "leaderboard.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2  # two settings of one method, one row each
