@@ -109,6 +109,43 @@ def evaluate(
     )
 
 
+@app.command()
+def generate(
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="Method name.")],
+    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Built-in benchmark name or spec path (with --case).")] = "demo",
+    case: Annotated[Optional[str], typer.Option("--case", help="A case id of the benchmark.")] = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", help="Without --case: one reference image per subject (repeat).")] = None,
+    phrase: Annotated[Optional[list[str]], typer.Option("--phrase", help="Without --case: each subject's class noun (repeat, same order).")] = None,
+    box: Annotated[Optional[list[str]], typer.Option("--box", help="Without --case: each subject's box x0,y0,x1,y1 normalised (repeat).")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Without --case: the prompt.")] = None,
+    relation: Annotated[Optional[str], typer.Option("--relation", help="Without --case: the relation id (selects a dreamrelation LoRA) and phrase.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    profile: Annotated[str, typer.Option("--profile", "-p")] = "tiny",
+    resolution: Annotated[Optional[int], typer.Option("--resolution")] = None,
+    data_root: DataRootOption = None,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION].")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE.")] = None,
+    lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's LoRA: FILE or RELATION=FILE.")] = None,
+) -> None:
+    """Generate one image, for a benchmark case or for your own images, prompt and boxes."""
+    from relbench.data_root import resolve_data_root
+    from relbench.generate import generate_one
+    from relbench.profiles import parse_model_overrides
+
+    overrides = _parse_sets(set_)
+    if lora:
+        overrides.setdefault("dreamrelation", {})["loras"] = ",".join(lora)
+    path = generate_one(
+        method=method, output=output, benchmark=benchmark, case_id=case, images=image or [], phrases=phrase or [],
+        boxes=box or [], prompt=prompt, relation=relation, seed=seed, profile=profile, resolution=resolution,
+        data_root=resolve_data_root(data_root), device=device, model_overrides=parse_model_overrides(model),
+        settings=overrides.get(method, {}),
+    )
+    typer.echo(f"image: {path}")
+
+
 def _parse_sets(values: list[str] | None) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for value in values or []:

@@ -322,3 +322,23 @@ def test_sweep_dry_run_and_report_over_a_sweep_tree(tmp_path: Path) -> None:
     assert f"report: {tmp_path / 'report' / 'index.html'}" in report.stdout
     with open(tmp_path / "report" / "leaderboard.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 2  # two settings of one method, one row each
+
+
+def test_generate_one_image_for_a_case_and_for_own_inputs(tmp_path: Path) -> None:
+    case = relbench("generate", "-m", "reference-collage", "--case", "cat-next-to-rocket", "-o", str(tmp_path / "a.png"))
+    assert case.stdout.strip() == f"image: {tmp_path / 'a.png'}"
+    assert Image.open(tmp_path / "a.png").size == (64, 64)
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "red.png")
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(tmp_path / "blue.png")
+    own = ["generate", "-m", "ms-diffusion", "--image", str(tmp_path / "red.png"), "--image", str(tmp_path / "blue.png"),
+           "--image", str(tmp_path / "red.png"), "--phrase", "dog", "--phrase", "cat", "--phrase", "bear",
+           "--box", "0,0.2,0.45,0.85", "--box", "0.45,0.2,0.7,0.85", "--box", "0.55,0.25,0.95,0.9",
+           "--prompt", "a dog, a cat and a bear sitting together", "--resolution", "32", "-o", str(tmp_path / "b.png")]
+    relbench(*own)
+    assert Image.open(tmp_path / "b.png").size == (32, 32)
+    assert_one_line_error(relbench("generate", "-m", "sdxl", "--case", "nope", "-o", str(tmp_path / "c.png"), check=False),
+                          "--case 'nope': not a case of demo v1")
+    assert_one_line_error(relbench("generate", "-m", "sdxl", "--image", str(tmp_path / "red.png"), "--phrase", "dog",
+                                   "--box", "1,2", "--prompt", "p", "-o", str(tmp_path / "d.png"), check=False), "--box '1,2'")
+    assert_one_line_error(relbench("generate", "-m", "dreamrelation", "--case", "astronaut-hug-cat", "-o", str(tmp_path / "e.png"),
+                                   check=False), "dreamrelation needs a relation LoRA")
