@@ -267,3 +267,34 @@ def test_cli_train_single_and_two_processes(shared_data: Path, tmp_path: Path) -
     assert two.returncode == 0, two.stderr[-2000:]
     assert (tmp_path / "two" / "checkpoint-1" / "random_states_1.pkl").is_file()  # two processes ran
     assert read_lora_file(tmp_path / "two" / LORA_WEIGHT_NAME)
+
+
+def test_local_features_train_and_generate_with_the_trained_resampler(shared_data: Path, tmp_path: Path) -> None:
+    """--local-features: 16 dense tokens per subject in training and inference, per image; the
+    resampler trained on them is saved beside the LoRA and used for that relation's cases."""
+    from relbench.runner import EvaluateOptions, evaluate
+    from relbench.runstore import read_rows
+
+    data = shared_data / "dreamrelation"
+    with pytest.raises(RelbenchError, match="add --train-resampler"):
+        train.parse_args(tiny_args(data, tmp_path / "x", "hug", "--local-features"))
+    with pytest.raises(RelbenchError, match="--model dense_encoder=DIR"):
+        train.parse_args([*tiny_args(data, tmp_path / "x", "hug", "--local-features", "--train-resampler"), "--profile", "full"])
+    args = train.parse_args(tiny_args(data, tmp_path / "x", "hug", "--local-features", "--train-resampler"))
+    setup = train.prepare(args, "cpu", "float32")
+    assert setup.cache.image_embeds.shape[2] == 17 + 16  # global + local tokens per subject (tiny encoder)
+    lora = train.main(tiny_args(data, tmp_path / "lora", "hug", "--local-features", "--train-resampler", "--max-train-steps", "2",
+                                "--learning-rate", "1e-2"))
+    assert (lora.parent / "image_proj.safetensors").is_file()
+    config = json.loads((lora.parent / "training_config.json").read_text())
+    assert config["local_features"] is True and len(config["image_proj_sha256"]) == 64
+    summary = evaluate(EvaluateOptions(benchmark="demo", output=tmp_path / "run", methods=["dreamrelation"], relations=["hug"],
+                                       metrics=["none"], progress=False,
+                                       method_overrides={"dreamrelation": {"loras": f"hug={lora}", "local_features": "true"}}))
+    assert summary.rows == 1
+    (row,) = read_rows(tmp_path / "run" / "samples.jsonl")
+    assert row["method_settings"]["local_features"] is True
+    assert row["method_settings"]["lora_files"]["hug"]["image_proj"].endswith("image_proj.safetensors")
+    with pytest.raises(RelbenchError, match="local"):  # a LoRA trained with local features, used without them
+        evaluate(EvaluateOptions(benchmark="demo", output=tmp_path / "run2", methods=["dreamrelation"], relations=["hug"],
+                                 metrics=["none"], progress=False, method_overrides={"dreamrelation": {"loras": f"hug={lora}"}}))

@@ -20,6 +20,7 @@ from relbench.methods.ms_diffusion.method import NEGATIVE_PROMPT, MSDiffusion
 from relbench.profiles import RunContext
 
 ALL_RELATIONS = "*"
+RESAMPLER = "image_proj.safetensors"  # a resampler trained with the LoRA (--train-resampler) sits beside it
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class DreamRelationSettings:
     dtype: str = "float16"
     # SDXL weight files variant ("fp16" halves the download); "" for none.
     variant: str = "fp16"
+    # DreamRelation's 16 dense local tokens per subject (needs LoRAs trained with --local-features,
+    # which store their resampler beside the LoRA, and --model dense_encoder=DIR in the full profile).
+    local_features: bool = False
 
 
 def parse_loras(value: str) -> dict[str, str]:
@@ -66,7 +70,9 @@ class DreamRelation(MSDiffusion):
     def settings_fingerprint(cls, settings: DreamRelationSettings) -> dict[str, Any]:
         from relbench.methods.dreamrelation.lora import file_sha256, resolve_lora_file
 
-        return {"lora_sha256": {rel: file_sha256(resolve_lora_file(path)) for rel, path in sorted(parse_loras(settings.loras).items())}}
+        files = {rel: resolve_lora_file(path) for rel, path in sorted(parse_loras(settings.loras).items())}
+        resamplers = {rel: file_sha256(p.parent / RESAMPLER) for rel, p in files.items() if (p.parent / RESAMPLER).is_file()}
+        return {"lora_sha256": {rel: file_sha256(p) for rel, p in files.items()}, "image_proj_sha256": resamplers}
 
     @classmethod
     def check_cases(cls, settings: DreamRelationSettings, benchmark: Any, cases: Sequence[Any]) -> None:
@@ -96,6 +102,8 @@ class DreamRelation(MSDiffusion):
             self.check_cases(self.config, None, [])  # the same message as the runner's early check
         self.adapters: dict[str, str] = {}  # relation -> adapter name in the pipeline
         self.lora_files: dict[str, dict[str, str]] = {}
+        self.resamplers: dict[str, dict[str, Any]] = {}  # relation -> resampler state trained with its LoRA
+        self.public_resampler = {k: v.clone() for k, v in self.models.adapter.image_proj.state_dict().items()}
         verbosity = diffusers_logging.get_verbosity()
         diffusers_logging.set_verbosity_error()  # "no LoRA keys for text_encoder": expected, UNet-only LoRAs
         try:
@@ -109,14 +117,33 @@ class DreamRelation(MSDiffusion):
                     raise RelbenchError(f"{path}: does not fit this UNet ({' '.join(str(exc).split())[:200]})") from exc
                 self.adapters[relation] = name
                 self.lora_files[relation] = {"path": str(path), "sha256": file_sha256(path)}
+                self._read_resampler(relation, path.parent / RESAMPLER)
         finally:
             diffusers_logging.set_verbosity(verbosity)
+
+    def _read_resampler(self, relation: str, path: Any) -> None:
+        """Keep the resampler trained with this relation's LoRA (if any) to swap in for its cases."""
+        from relbench.methods.ms_diffusion.local_features import GRID, load_resampler
+
+        if not path.is_file():
+            if self.config.local_features:
+                raise RelbenchError(f"{path}: missing; local features need the resampler trained with the LoRA (--local-features)")
+            return
+        import copy
+
+        resampler = copy.deepcopy(self.models.adapter.image_proj)
+        load_resampler(resampler, path, GRID if self.config.local_features else None)  # refuses a grid mismatch
+        self.resamplers[relation] = resampler.state_dict()
+        self.lora_files[relation]["image_proj"] = str(path)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "lora_files": self.lora_files}
 
     def before_group(self, relation: str | None) -> None:
-        name = self.adapters.get(relation or "", self.adapters.get(ALL_RELATIONS))
+        key = relation if relation in self.adapters else ALL_RELATIONS
+        name = self.adapters.get(key)
         if name is None:
             raise RelbenchError(f"dreamrelation: no LoRA for relation {relation!r}")
         self.pipe.set_adapters([name], adapter_weights=[self.config.lora_scale])
+        # The public resampler unless this relation's LoRA was trained with its own.
+        self.models.adapter.image_proj.load_state_dict(self.resamplers.get(key, self.public_resampler))

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     models = p.add_argument_group("models")
     models.add_argument("--profile", choices=PROFILES, default="full", help="'tiny': random tiny models from configs (CPU, offline)")
-    models.add_argument("--model", action="append", default=[], metavar="KEY=ID_OR_PATH", help="replace a pretrained model (sdxl, ms_adapter, image_encoder)")
+    models.add_argument("--model", action="append", default=[], metavar="KEY=ID_OR_PATH", help="replace a pretrained model (sdxl, ms_adapter, image_encoder, dense_encoder)")
     models.add_argument("--variant", default=None, help="weight files variant of the SDXL folder, e.g. fp16")
     models.add_argument("--scale", type=float, default=0.6, help="adapter image-attention scale")
     lora = p.add_argument_group("LoRA and what trains")
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-alpha", type=float, default=4.0)
     lora.add_argument("--train-resampler", action="store_true", help="also train the grounding resampler (needed for local features)")
     lora.add_argument("--local-features", action="store_true",
-                      help="dense local features per subject; needs a distilled dense image encoder (--model dense_encoder=...)")
+                      help="16 dense local tokens per subject (DreamRelation's fix for confusion); needs --train-resampler and, "
+                           "in the full profile, a dense image encoder (--model dense_encoder=DIR)")
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--resolution", type=int, default=None, help="training resolution (default: 1024 full, 64 tiny)")
     opt.add_argument("--train-batch-size", type=int, default=1)
@@ -126,13 +127,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise RelbenchError(f"--{name.replace('_', '-')}: expected a finite number >= 0, got {value}")
     if not 0 <= args.kml_max_timestep < 1000:
         raise RelbenchError(f"--kml-max-timestep: expected 0..999, got {args.kml_max_timestep}")
-    if args.local_features:
-        # The reference's local features come from a CLIPSelf-distilled dense encoder whose weights are
-        # not public in a loadable form here; without one the option stays off rather than pretending.
-        raise RelbenchError(
-            "--local-features: no distilled dense image encoder is available to relbench yet, so local features are off; "
-            "train without --local-features"
-        )
     relation_dir = args.data_root / args.relation
     if not (relation_dir / "prompts.json").is_file():
         raise RelbenchError(f"{relation_dir}: not a DreamRelation relation folder (no prompts.json); check --data-root and --relation")
@@ -145,6 +139,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise RelbenchError(f"{problems[0]}{more}")
     args.model_overrides = parse_model_overrides(args.model)
+    if args.local_features:
+        if not args.train_resampler:
+            raise RelbenchError("--local-features: add --train-resampler; the resampler must learn the 16 local tokens per subject")
+        if args.profile == "full" and "dense_encoder" not in args.model_overrides:
+            # The reference's tokens come from a CLIPSelf-distilled ViT-bigG with no public download:
+            # without a dense encoder the option stays off rather than pretending.
+            raise RelbenchError(
+                "--local-features: no dense image encoder given; pass --model dense_encoder=DIR (a CLIPVisionModel folder, e.g. "
+                "the CLIPSelf ViT-bigG/14 converted with relbench.methods.ms_diffusion.local_features.convert_open_clip_checkpoint)"
+            )
     if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
         if not Path(args.resume_from_checkpoint).is_dir():
             raise RelbenchError(f"--resume-from-checkpoint: {args.resume_from_checkpoint}: no such checkpoint folder")
@@ -412,7 +416,7 @@ def prepare(args: argparse.Namespace, device: str, weight_dtype: str) -> Setup:
     from relbench.profiles import RunContext
 
     context = RunContext(profile=args.profile, device=device, seed=0, model_overrides=args.model_overrides)
-    models = load_models(context, dtype=weight_dtype, variant=args.variant, vae_float32=True)
+    models = load_models(context, dtype=weight_dtype, variant=args.variant, vae_float32=True, local_features=args.local_features)
     trainable = list(add_relation_lora(models.unet, args.rank, args.lora_alpha, seed=args.seed))
     if args.train_resampler:
         models.adapter.image_proj.requires_grad_(True)
@@ -490,25 +494,24 @@ def main(argv: list[str] | None = None) -> Path:
         resampler = models.adapter.image_proj
 
     # Checkpoints hold the LoRA (and resampler) weights only, plus optimizer and RNG state.
+    from relbench.methods.ms_diffusion.local_features import GRID, RESAMPLER_WEIGHT_NAME, load_resampler, save_resampler
+
+    local_grid = GRID if args.local_features else None
+
     def save_hook(saved_models: list[Any], _weights: list[Any], folder: str) -> None:
         if accelerator.is_main_process:
             save_relation_lora(models.unet, Path(folder))
             if args.train_resampler:
-                from safetensors.torch import save_file
-
-                save_file({k: v.detach().cpu().contiguous() for k, v in models.adapter.image_proj.state_dict().items()},
-                          str(Path(folder) / "image_proj.safetensors"))
+                save_resampler(models.adapter.image_proj, Path(folder), local_grid)
         _weights.clear()
 
     def load_hook(loaded_models: list[Any], folder: str) -> None:
-        from safetensors.torch import load_file
-
         from relbench.methods.dreamrelation.lora import LORA_WEIGHT_NAME, read_lora_file
 
         loaded_models.clear()
         _set_lora(models.unet, read_lora_file(Path(folder) / LORA_WEIGHT_NAME))
         if args.train_resampler:
-            models.adapter.image_proj.load_state_dict(load_file(str(Path(folder) / "image_proj.safetensors")))
+            load_resampler(models.adapter.image_proj, Path(folder) / RESAMPLER_WEIGHT_NAME, local_grid)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -558,6 +561,8 @@ def main(argv: list[str] | None = None) -> Path:
     if accelerator.is_main_process:
         metadata = {"relbench_relation": args.relation, "relbench_steps": str(args.max_train_steps), "relbench_profile": args.profile}
         path = save_relation_lora(models.unet, args.output, metadata=metadata)
+        if args.train_resampler:  # inference loads it from beside the LoRA
+            save_resampler(models.adapter.image_proj, args.output, local_grid, metadata=metadata)
         _write_training_config(args, models, path)
     accelerator.end_training()
     return path
@@ -595,6 +600,8 @@ def _write_training_config(args: argparse.Namespace, models: Any, lora_path: Pat
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["models"] = models.describe()
     config["lora_sha256"] = file_sha256(lora_path)
+    resampler = lora_path.parent / "image_proj.safetensors"
+    config["image_proj_sha256"] = file_sha256(resampler) if args.train_resampler and resampler.is_file() else None
     config["environment"] = environment(str(models.unet.device))
     (args.output / "training_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
 

@@ -61,7 +61,8 @@ class MSDiffusion(Method):
 
         from relbench.methods.ms_diffusion.models import load_models
 
-        self.models = load_models(context, dtype=self.config.dtype, variant=self.config.variant or None)
+        self.models = load_models(context, dtype=self.config.dtype, variant=self.config.variant or None,
+                                  local_features=bool(getattr(self.config, "local_features", False)))
         m = self.models
         self.pipe = StableDiffusionXLPipeline(
             vae=m.vae, text_encoder=m.text_encoder, text_encoder_2=m.text_encoder_2, tokenizer=m.tokenizer,
@@ -98,6 +99,7 @@ class MSDiffusion(Method):
                 seeds=[r.seed for r in batch],
                 num_inference_steps=self.config.num_inference_steps, guidance_scale=self.config.guidance_scale,
                 negative_prompt=self.config.negative_prompt, width=width, height=height, scale=self.config.scale,
+                subject_masks=[[s.masks[r.seed % len(s.masks)] if s.masks else None for s in r.subjects] for r in batch],
             )
             images.update(zip(indices, out))
         return [images[i] for i in range(len(requests))]

@@ -51,11 +51,14 @@ def model_refs(context: RunContext) -> dict[str, ModelRef]:
     return {key: context.model(key) for key in MODEL_KEYS}
 
 
-def load_models(context: RunContext, dtype: str = "float32", variant: str | None = None, vae_float32: bool = False) -> LayoutModels:
+def load_models(context: RunContext, dtype: str = "float32", variant: str | None = None, vae_float32: bool = False,
+                local_features: bool = False) -> LayoutModels:
     """Every frozen part, on the context's device in ``dtype`` (the LoRA is added by the caller).
 
     ``vae_float32`` keeps the VAE in float32 (training encodes with it once; SDXL's VAE overflows
     in float16). For generation the pipeline upcasts the VAE itself when it needs to.
+    ``local_features`` adds DreamRelation's 16 dense local tokens per subject to the encoder's
+    output (``local_features.LocalFeatureEncoder``); the resampler must have been trained on them.
     """
     from relbench.methods.ms_diffusion.adapter import MSAdapter
     from relbench.methods.ms_diffusion.config import MSAdapterConfig
@@ -96,6 +99,11 @@ def load_models(context: RunContext, dtype: str = "float32", variant: str | None
     else:
         encoder = SubjectEncoder.from_pretrained(holder, refs["image_encoder"].id, revision=refs["image_encoder"].revision)
         revisions["image_encoder"] = resolved_revision(getattr(encoder.image_encoder.config, "_name_or_path", None))
+    if local_features:
+        from relbench.methods.ms_diffusion.local_features import MODEL_KEY, TINY_ID, LocalFeatureEncoder, dense_encoder_for
+
+        encoder = LocalFeatureEncoder(encoder, dense_encoder_for(context, device=device, dtype=weight_dtype))
+        refs[MODEL_KEY] = context.model(MODEL_KEY, tiny_id=TINY_ID)
     return LayoutModels(
         vae=parts["vae"], unet=parts["unet"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
         tokenizer=parts["tokenizer"], tokenizer_2=parts["tokenizer_2"], scheduler_config=scheduler_config,

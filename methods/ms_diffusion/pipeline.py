@@ -44,7 +44,8 @@ def generate_with_layout(pipe: Any, adapter: MSAdapter, encoder: SubjectEncoder,
                          prompts: list[str], subject_images: "list[list[Image.Image]]", phrases: list[list[str]],
                          boxes: list[list[tuple[float, float, float, float]]], seeds: list[int],
                          num_inference_steps: int, guidance_scale: float, negative_prompt: str,
-                         width: int, height: int, scale: float) -> "list[Image.Image]":
+                         width: int, height: int, scale: float,
+                         subject_masks: "list[list[Image.Image | None]] | None" = None) -> "list[Image.Image]":
     """One image per prompt: subject i's reference images and phrase placed in box i."""
     batch = len(prompts)
     lengths = {"subject_images": len(subject_images), "phrases": len(phrases), "boxes": len(boxes), "seeds": len(seeds)}
@@ -68,7 +69,13 @@ def generate_with_layout(pipe: Any, adapter: MSAdapter, encoder: SubjectEncoder,
     box_tensor = torch.tensor(boxes, dtype=torch.float32, device=device)  # (B, N, 4)
     cfg = guidance_scale > 1.0
     with torch.no_grad():
-        image_embeds = encoder.encode_images(subject_images).to(device=device, dtype=dtype)  # (B, N, L, E)
+        if hasattr(encoder, "local_tokens"):  # local features: each subject's extent in its own reference image
+            from relbench.methods.ms_diffusion.local_features import subject_boxes
+
+            image_embeds = encoder.encode(subject_images, subject_boxes(subject_images, subject_masks))
+        else:
+            image_embeds = encoder.encode_images(subject_images)
+        image_embeds = image_embeds.to(device=device, dtype=dtype)  # (B, N, L, E)
         phrase_embeds = encoder.encode_phrases(phrases).to(device=device, dtype=dtype)  # (B, N, P)
         context = adapter.image_context(image_embeds, phrase_embeds, box_tensor).to(dtype)  # (B, D + N*Q, C)
         prompt_embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
