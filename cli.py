@@ -74,7 +74,7 @@ def evaluate(
     stage: Annotated[str, typer.Option("--stage", help="'all' (generate and score), 'generate' (images only) or 'score' (score stored images, e.g. with a new metric; never regenerates).")] = "all",
     data_root: DataRootOption = None,
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")] = "auto",
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: sdxl, clip, dino).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: see README, e.g. sdxl, clip, dino, judge, detector, pose, ms_adapter, image_encoder, ip_adapter, omnigen, sd15).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE, e.g. sdxl.num_inference_steps=50.")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's relation LoRA: FILE (every relation) or RELATION=FILE, repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -157,7 +157,7 @@ def _parse_sets(values: list[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
-TRAINERS = {"dreamrelation": "relbench.methods.dreamrelation.train"}
+TRAINERS = {"dreamrelation": "relbench.methods.dreamrelation.train", "reversion": "relbench.methods.reversion.train"}
 
 
 @app.command(
@@ -166,9 +166,9 @@ TRAINERS = {"dreamrelation": "relbench.methods.dreamrelation.train"}
 )
 def train(
     ctx: typer.Context,
-    method: Annotated[str, typer.Argument(help="Method to train: dreamrelation.")],
+    method: Annotated[str, typer.Argument(help="Method to train: dreamrelation or reversion.")],
 ) -> None:
-    """Train a method (its own options follow; `relbench train dreamrelation --help` lists them)."""
+    """Train a method: dreamrelation or reversion (their own options follow; `relbench train dreamrelation --help`)."""
     import importlib
 
     from relbench.registry import Registry
@@ -186,7 +186,7 @@ def train(
         path = module.main(list(ctx.args))
     except KeyboardInterrupt:
         raise Interrupted("interrupted; resume with the same command and --resume-from-checkpoint latest") from None
-    typer.echo(f"LoRA: {path}")
+    typer.echo(f"weights: {path}")
 
 
 @app.command()

@@ -39,3 +39,33 @@ METHODS.register(
     # Needs these settings (--lora): `--method all` includes it only when they are given.
     requires=("loras",),
 )
+METHODS.register(
+    "ip-adapter",
+    "relbench.methods.ip_adapter.method:IPAdapter",
+    summary="IP-Adapter Plus (SDXL, ViT-H): one reference per subject, each masked to its layout box.",
+    profiles=("tiny", "full"),
+    trains=False,
+)
+METHODS.register(
+    "omnigen",
+    "relbench.methods.omnigen.method:OmniGen",
+    summary="OmniGen v1: subject references as <img> inputs named in the prompt.",
+    profiles=("tiny", "full"),
+    trains=False,
+)
+METHODS.register(
+    "reversion",
+    "relbench.methods.reversion.method:ReVersion",
+    summary="ReVersion: relation token <R> inverted from exemplar images (SD 1.5, steering loss) with the subjects' nouns; no subject references.",
+    profiles=("tiny", "full"),
+    trains=True,
+    requires=("exemplars",),
+)
+METHODS.register(
+    "folder",
+    "relbench.methods.folder.method:Folder",
+    summary="Images made elsewhere: --set folder.path=DIR (<case_id>/<seed>.png) or FILE.csv, folder.name=NAME.",
+    profiles=("tiny", "full"),
+    trains=False,
+    requires=("path",),
+)

@@ -95,8 +95,12 @@ class Method(ABC):
         return {}
 
     @classmethod
-    def check_cases(cls, settings: Any, benchmark: Any, cases: Sequence[Any]) -> None:
-        """Refuse, before any model loads, cases these settings cannot generate."""
+    def check_cases(cls, settings: Any, benchmark: Any, cases: Sequence[Any], seeds: Sequence[int] = ()) -> None:
+        """Refuse, before any model loads, cases (and seeds) these settings cannot generate."""
+
+    def use_benchmark(self, benchmark: Any, data_root: Any) -> None:
+        """Called once after construction with the benchmark being evaluated, before any
+        ``generate`` (e.g. ReVersion reads its relations' exemplar images from it)."""
 
     def settings(self) -> dict[str, Any]:
         """Every setting that moves a number, as JSON-serialisable values."""

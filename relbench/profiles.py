@@ -45,6 +45,10 @@ FULL_MODELS: dict[str, tuple[str, str | None]] = {
     "dino": ("facebook/dino-vits16", "main"),
     # VLM relation judge (VQAScore-style P(yes), gated questions, CircularEval).
     "judge": ("Qwen/Qwen2.5-VL-7B-Instruct", "main"),
+    # Baselines: IP-Adapter (SDXL Plus, ViT-H encoder), OmniGen v1, SD 1.5 (ReVersion's base).
+    "ip_adapter": ("h94/IP-Adapter", "main"),
+    "omnigen": ("Shitao/OmniGen-v1-diffusers", "main"),
+    "sd15": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "main"),
     # Open-vocabulary detector that finds each subject by its class noun (identity metrics).
     "detector": ("google/owlv2-base-patch16-ensemble", "main"),
     # Pose estimation: ViTPose++ (dataset_index 0 COCO people, 3 AP-10K animals).

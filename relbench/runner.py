@@ -184,7 +184,7 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
     for name in method_names:
         method_settings[name] = method_config(METHODS.get(name), context, options.method_overrides.get(name, {}), width, height)
         if options.stage != "score":
-            METHODS.get(name).check_cases(method_settings[name][0], benchmark, cases)
+            METHODS.get(name).check_cases(method_settings[name][0], benchmark, cases, tuple(options.seeds))
 
     config = {
         "benchmark": {"name": benchmark.name, "version": benchmark.version, "spec_sha256": spec_digest(benchmark)},
@@ -283,6 +283,7 @@ def _work(writer: RunWriter, options: EvaluateOptions, method_names: list[str], 
             if mine:
                 settings, _ = method_settings[name]
                 method = METHODS.get(name)(scorer.context, settings)
+                method.use_benchmark(benchmark, scorer.inputs.data_root)
                 _generate(method, config["methods"][name]["settings_hash"], mine, benchmark, scorer,
                           writer, width, height, summary, options.progress, score=options.stage == "all")
                 del method  # free its models before the next method loads

@@ -171,7 +171,7 @@ def test_truncated_and_foreign_lora_files_are_refused(tmp_path: Path) -> None:
     [
         (["--max-train-steps", "0"], "--max-train-steps: expected a positive integer"),
         (["--resolution", "100"], "--resolution: expected a multiple of 16"),
-        (["--local-features"], "no distilled dense image encoder"),
+        (["--local-features"], "add --train-resampler"),
         (["--learning-rate", "nan"], "--learning-rate: expected a finite number"),
         (["--skeleton", "smpl"], "unknown skeleton 'smpl'"),
         (["--resume-from-checkpoint", "/nonexistent"], "no such checkpoint folder"),

@@ -10,7 +10,6 @@ import torch
 from relbench.errors import RelbenchError
 from relbench.methods.dreamrelation.losses import (
     DreamRelationLoss,
-    PredicateAttentionStore,
     diffusion_loss,
     keypoint_matching_loss,
     posterior_mean_latents,
@@ -272,19 +271,6 @@ def test_attention_loss_gradient_and_empty_store() -> None:
     assert logits.grad.abs().sum().item() > 0
     with pytest.raises(ValueError, match="no attention maps"):
         relation_attention_loss([], torch.tensor([[True]]), torch.ones(1, 1, 2, 2), latent_hw=(2, 2))
-
-
-def test_attention_store_averages_heads_skips_large_layers_and_clears() -> None:
-    # Defect #6: the store holds one step and take() empties it.
-    store = PredicateAttentionStore(max_queries=4)
-    probs = torch.arange(2 * 2 * 4 * 3, dtype=torch.float32).view(4, 4, 3)  # B = 2, heads = 2
-    store.record("down.attn2", probs, heads=2)
-    store.record("up.attn2", torch.zeros(2, 16, 3), heads=1)  # 16 queries > 4: never kept
-    store.record("down.attn2", probs, heads=2)  # a recompute replaces, it does not pile up
-    assert len(store) == 1
-    (taken,) = store.take()
-    torch.testing.assert_close(taken, probs.view(2, 2, 4, 3).mean(dim=1))
-    assert len(store) == 0 and store.take() == []
 
 
 # --- predicate tokens -----------------------------------------------------------------------

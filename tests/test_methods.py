@@ -31,6 +31,21 @@ def required_setting(method: str, key: str, tmp_path) -> str:
         unet = tiny_sdxl_components(0)["unet"]
         add_relation_lora(unet, seed=0)
         return str(save_relation_lora(unet, tmp_path / "lora"))
+    if (method, key) == ("folder", "path"):
+        rng = np.random.default_rng(0)
+        for case_index, seed in ((0, 0), (1, 1)):
+            path = tmp_path / "folder" / demo_request(case_index).case_id / f"{seed}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        return str(tmp_path / "folder")
+    if (method, key) == ("reversion", "exemplars"):
+        from relbench.data_root import load_image
+        from relbench.methods.reversion.data import Exemplar, write_exemplar_folder
+
+        image = load_image("skimage:astronaut", tmp_path).resize((64, 64))
+        for relation in ("hug", "carry"):  # the demo cases the smoke test generates
+            write_exemplar_folder([Exemplar(image, ("astronaut {} rocket",), "skimage:astronaut")], tmp_path / "exemplars" / relation)
+        return str(tmp_path / "exemplars")
     raise AssertionError(f"the test does not know how to provide {method}.{key}: add it here")
 
 

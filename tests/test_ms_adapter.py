@@ -602,3 +602,16 @@ def test_generate_refuses_mixed_subject_counts_and_bad_boxes(tiny_pipe, tiny_ada
     assert "boxes[1][1]" in one_line_error(excinfo)
     with pytest.raises(RelbenchError, match="seeds has 1 entries for 2 prompts"):
         generate_with_layout(tiny_pipe, tiny_adapter, encoder, **dict(bad, boxes=[TWO, TWO], seeds=[0]))
+
+
+def test_attention_store_keeps_one_map_per_layer_and_clears() -> None:
+    # A recompute (gradient checkpointing) replaces a layer's map instead of piling up (defect #6).
+    store = AttentionStore(max_queries=4)
+    first, second = torch.rand(2, 4, 77), torch.rand(2, 4, 77)
+    store.add("down.attn2", first)
+    store.add("up.attn2", torch.rand(2, 4, 77))
+    store.add("down.attn2", second)
+    assert store.names == ["down.attn2", "up.attn2"] and store.maps[0] is second
+    assert store.wants(4) and not store.wants(16)
+    store.clear()
+    assert store.maps == []

@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 
 # Paper: KML only on the less noisy third of the 1000 DDPM steps, where x0_pred is reliable.
 KML_MAX_TIMESTEP = 333
-# Paper: L_attn on the cross-attention layers with at most 32 x 32 queries (at 1024 px, SDXL's
-# lowest-resolution blocks: down_blocks.2, mid_block, up_blocks.0); larger maps are never stored.
-ATTN_MAX_QUERIES = 32 * 32
 # CLIP BPE marks the last token of every word with this suffix.
 _CLIP_WORD_END = "</w>"
 
@@ -196,43 +193,6 @@ def keypoint_matching_loss(
 # --- relation attention loss ----------------------------------------------------------------
 
 
-class PredicateAttentionStore:
-    """The text cross-attention maps of one training step, for L_attn.
-
-    An attention processor calls ``record`` with its softmax probabilities; the training step
-    calls ``take()`` once after the UNet forward, which returns the maps and empties the store.
-    Maps are keyed by layer, so a layer run twice in a step (gradient checkpointing recomputes the
-    forward) replaces its map instead of piling up, and layers with more than ``max_queries``
-    queries are never kept: memory stays bounded by one step (the reference kept them forever).
-    """
-
-    def __init__(self, max_queries: int = ATTN_MAX_QUERIES):
-        self.max_queries = max_queries
-        self._maps: dict[str, Tensor] = {}
-
-    def record(self, layer: str, attention_probs: Tensor, heads: int) -> None:
-        """attention_probs: (B * heads, Q, T), softmax over the T text tokens; kept head-averaged."""
-        _check_shape("attention_probs", attention_probs, (None, None, None))
-        rows, queries, tokens = attention_probs.shape
-        if queries > self.max_queries:
-            return
-        if rows % heads:
-            raise ValueError(f"attention_probs: {rows} rows is not a multiple of heads={heads}")
-        self._maps[layer] = attention_probs.view(rows // heads, heads, queries, tokens).mean(dim=1)
-
-    def take(self) -> list[Tensor]:
-        """The maps recorded since the last take, (B, Q, T) each, in recording order; empties the store."""
-        maps = list(self._maps.values())
-        self._maps.clear()
-        return maps
-
-    def clear(self) -> None:
-        self._maps.clear()
-
-    def __len__(self) -> int:
-        return len(self._maps)
-
-
 def _layer_hw(queries: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     """(h, w) of a UNet layer with ``queries`` = h * w positions: the latent size halved (rounded
     up, as a stride-2 convolution with padding 1 does) until it fits, so the aspect ratio is the latent's."""
@@ -253,7 +213,7 @@ def relation_attention_loss(
     """L_attn: push the predicate tokens' attention onto the subjects and off the background.
 
     maps: per layer (B, Q, T) text cross-attention probabilities, heads already averaged (see
-    ``PredicateAttentionStore``); predicate_token_mask: (B, T) bool; subject_masks: (B, N, 1, H, W)
+    ``relbench.methods.ms_diffusion.attention.AttentionStore``); predicate_token_mask: (B, T) bool; subject_masks: (B, N, 1, H, W)
     per subject or (B, 1, H, W) already united, values in {0, 1}; latent_hw: the UNet input's
     (h, w), which gives each layer's (h, w) with the same aspect ratio.
 

@@ -75,7 +75,7 @@ class DreamRelation(MSDiffusion):
         return {"lora_sha256": {rel: file_sha256(p) for rel, p in files.items()}, "image_proj_sha256": resamplers}
 
     @classmethod
-    def check_cases(cls, settings: DreamRelationSettings, benchmark: Any, cases: Sequence[Any]) -> None:
+    def check_cases(cls, settings: DreamRelationSettings, benchmark: Any, cases: Sequence[Any], seeds: Sequence[int] = ()) -> None:
         loras = parse_loras(settings.loras)
         if not loras:
             raise RelbenchError(

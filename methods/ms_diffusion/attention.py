@@ -43,25 +43,32 @@ class AttentionStore:
 
     ``maps[i]`` is (B, Q, text_tokens): softmax probabilities over the text tokens, averaged over
     heads, of one layer with Q <= ``max_queries`` query positions (32 x 32 by default, as in
-    DreamRelation). Maps keep their autograd graph. Call ``clear()`` after every step: nothing is
-    dropped automatically.
+    DreamRelation). Maps keep their autograd graph. One map per layer: a layer run again in the
+    same step (gradient checkpointing recomputes the forward during backward) replaces its map
+    rather than piling up, so memory stays bounded by one step. Call ``clear()`` after every step
+    (the reference never cleared its maps).
     """
 
     def __init__(self, max_queries: int = 1024):
         self.max_queries = max_queries
-        self.maps: list[Tensor] = []
-        self.names: list[str] = []  # processor name of each map, parallel to ``maps``
+        self._maps: dict[str, Tensor] = {}  # processor name -> map, in recording order
+
+    @property
+    def maps(self) -> list[Tensor]:
+        return list(self._maps.values())
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._maps)
 
     def wants(self, num_queries: int) -> bool:
         return num_queries <= self.max_queries
 
     def add(self, name: str, probs: Tensor) -> None:
-        self.maps.append(probs)
-        self.names.append(name)
+        self._maps[name] = probs
 
     def clear(self) -> None:
-        self.maps.clear()
-        self.names.clear()
+        self._maps.clear()
 
 
 def layer_grid(num_queries: int, latent_size: tuple[int, int] | None) -> tuple[int, int]:
