@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.errors import RelbenchError
 from relbench.metrics.base import Metric, MetricResult, ScoringSample
+from relbench.metrics.embedding_cache import ReferenceEmbeddings, weights_identity
 from relbench.metrics.functional.preprocess import ImagePreprocess, preprocess_from_processor
 from relbench.metrics.functional.similarity import SCALE, VALUE_RANGE
 from relbench.profiles import ModelRef, RunContext, resolved_revision, torch_dtype
@@ -145,11 +146,28 @@ def batched(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+# Digests of live image objects: a reference image is digested by clip_i, dino and the identity
+# analyser for every case that uses it (a few ms each at 1024 px). Images are treated as immutable
+# while alive: an image changed in place after its first digest keeps its old one.
+_DIGESTS: dict[int, tuple["weakref.ref[Image.Image]", str, str, tuple[int, int]]] = {}
+
+
 def image_digest(image: "Image.Image") -> str:
     """sha1 of the decoded pixels with mode and size: equal for the same picture from any file."""
+    key = id(image)
+    known = _DIGESTS.get(key)
+    if known is not None and known[0]() is image and known[2] == image.mode and known[3] == image.size:
+        return known[1]
     digest = hashlib.sha1(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
     digest.update(image.tobytes())
-    return digest.hexdigest()
+    value = digest.hexdigest()
+    try:
+        # The entry goes when the image does (before its id can be reused).
+        ref = weakref.ref(image, lambda _, key=key: _DIGESTS.pop(key, None))
+    except TypeError:  # an object without weak references: not memoised
+        return value
+    _DIGESTS[key] = (ref, value, image.mode, image.size)
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +192,7 @@ class CLIPEmbedder:
         self.device = context.torch_device()
         self.seed: int | None = None
         self.requested_revision: str | None = None
+        source: str | None = None  # what from_pretrained read; None when built in memory
         where = "clip model"
         if model is not None:
             self.model, image_processor, self.tokenizer = _unpack_built(model)
@@ -209,7 +228,11 @@ class CLIPEmbedder:
                 "does the folder hold the tokenizer files (vocab.json + merges.txt or tokenizer.json)?"
             )
         self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
+        # Hashed before the move: the tiny model's weights are then float32 on the CPU.
+        weights = weights_identity(self.model, source=source, revision=self.revision, tiny_seed=self.seed)
         self.model.to(device=self.device, dtype=torch_dtype_)
+        self.references = ReferenceEmbeddings(self.embed_images, int(self.model.config.projection_dim),
+                                              None if weights is None else {**self._image_settings(), "weights": weights})
 
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
         """(N, D) projected image embeddings, L2-normalised, float32 on the CPU."""
@@ -238,6 +261,19 @@ class CLIPEmbedder:
                 pooled = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
                 parts.append(self.model.text_projection(pooled).float().cpu())
             return _normalized(parts, int(self.model.config.projection_dim))
+
+    def _image_settings(self) -> dict[str, Any]:
+        """What moves an image embedding: the key of the reference-embedding cache."""
+        return {
+            "embedder": "clip.image_embeds",
+            "model": self.model_id,
+            "model_class": "transformers.CLIPModel",
+            "revision": self.revision,
+            "input_resolution": int(self.model.config.vision_config.image_size),
+            "preprocessing": self.preprocess.describe(),
+            "pooling": "CLS -> post_layernorm -> visual_projection, L2-normalised",
+            "dtype": self.dtype,
+        }
 
     def settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
@@ -319,8 +355,8 @@ class ReferenceSimilarityMetric(Metric):
 
     Per subject: the mean over its references of ``100 * cos``; the value: the mean over the
     sample's distinct subjects; ``details``: subject id -> its similarity. Reference embeddings
-    are cached for the life of the metric object, keyed by subject id and pixel digest, so each
-    reference image is embedded once per run however many cases use it.
+    come from the embedder's ``ReferenceEmbeddings`` (keyed by pixel digest, in memory and on
+    disk), so each reference image is embedded once, not once per case, metric or run.
     """
 
     higher_is_better: ClassVar[bool] = True
@@ -328,13 +364,13 @@ class ReferenceSimilarityMetric(Metric):
     model_key: ClassVar[str]
     batch_size: int = DEFAULT_BATCH_SIZE
 
-    def __init__(self, context: RunContext):
-        super().__init__(context)
-        self._reference_cache: dict[tuple[str, str], "torch.Tensor"] = {}
-
     @abstractmethod
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
         """(N, D) L2-normalised embeddings."""
+
+    @abstractmethod
+    def embed_references(self, images: Sequence["Image.Image"], digests: Sequence[str]) -> "torch.Tensor":
+        """(N, D) L2-normalised embeddings of reference images, through the cache."""
 
     def score(self, samples: Sequence[ScoringSample]) -> list[MetricResult]:
         import torch
@@ -352,27 +388,20 @@ class ReferenceSimilarityMetric(Metric):
 
         generated = self.embed_images([sample.image for sample in samples])
 
-        # Embed, in batches, every reference image not seen before.
-        keys_per_sample: list[list[list[tuple[str, str]]]] = []
-        pending: dict[tuple[str, str], "Image.Image"] = {}
-        for sample in samples:
-            sample_keys = []
-            for subject_id, refs in zip(sample.subject_ids, sample.references):
-                subject_keys = [(subject_id, image_digest(image)) for image in refs]
-                for key, image in zip(subject_keys, refs):
-                    if key not in self._reference_cache and key not in pending:
-                        pending[key] = image
-                sample_keys.append(subject_keys)
-            keys_per_sample.append(sample_keys)
-        if pending:
-            embeds = self.embed_images(list(pending.values()))
-            self._reference_cache.update(zip(pending.keys(), embeds))
+        # Every distinct reference image of the batch, looked up (or embedded) once.
+        digests = [[[image_digest(image) for image in refs] for refs in sample.references] for sample in samples]
+        unique: dict[str, "Image.Image"] = {}
+        for sample, sample_digests in zip(samples, digests):
+            for refs, ref_digests in zip(sample.references, sample_digests):
+                for image, digest in zip(refs, ref_digests):
+                    unique.setdefault(digest, image)
+        vectors = dict(zip(unique, self.embed_references(list(unique.values()), list(unique))))
 
         results = []
-        for i, (sample, sample_keys) in enumerate(zip(samples, keys_per_sample)):
+        for i, (sample, sample_digests) in enumerate(zip(samples, digests)):
             per_subject: dict[str, float] = {}
-            for subject_id, subject_keys in zip(sample.subject_ids, sample_keys):
-                refs = torch.stack([self._reference_cache[key] for key in subject_keys])
+            for subject_id, ref_digests in zip(sample.subject_ids, sample_digests):
+                refs = torch.stack([vectors[digest] for digest in ref_digests])
                 per_subject[subject_id] = float(image_image_similarity(generated[i], refs))
             value = sum(per_subject.values()) / len(per_subject)
             results.append(MetricResult(value=value, details=per_subject))
@@ -398,6 +427,10 @@ class _UsesCLIP(Metric):
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
         self.embedder.batch_size = self.batch_size
         return self.embedder.embed_images(images)
+
+    def embed_references(self, images: Sequence["Image.Image"], digests: Sequence[str]) -> "torch.Tensor":
+        self.embedder.batch_size = self.batch_size
+        return self.embedder.references(images, digests)
 
     def _clip_settings(self) -> dict[str, Any]:
         return {"metric": self.name, "profile": self.context.profile, **self.embedder.settings(), "scale": SCALE, "clamp": None}

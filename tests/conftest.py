@@ -23,6 +23,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Keep tests away from the user's data root; share one tokenizer cache across the session."""
     monkeypatch.delenv("RELBENCH_DATA_ROOT", raising=False)
     monkeypatch.delenv("RELBENCH_TRAINED_CACHE", raising=False)
+    monkeypatch.delenv("RELBENCH_EMBEDDING_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
 
 

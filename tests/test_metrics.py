@@ -39,6 +39,12 @@ from relbench.profiles import RunContext
 CPU = dict(device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def _own_embedding_cache(tmp_path, monkeypatch):
+    """Each test starts with an empty on-disk reference-embedding cache (counts stay exact)."""
+    monkeypatch.setenv("RELBENCH_EMBEDDING_CACHE", str(tmp_path / "embeddings"))
+
+
 # ------------------------------------------------------------------------------------------
 # Photos and samples
 
@@ -409,21 +415,26 @@ class _ForwardCounter:
         module.register_forward_pre_hook(lambda m, args, kwargs: setattr(self, "images", self.images + kwargs["pixel_values"].shape[0]), with_kwargs=True)
 
 
-def test_references_embedded_once_and_results_unchanged(samples):
+def test_references_embedded_once_and_results_unchanged(samples, monkeypatch):
     context = RunContext(profile="tiny", **CPU)
     cached = CLIPIScore(context, batch_size=4)
     counter = _ForwardCounter(cached.embedder.model.vision_model)
     counter.hook_images(cached.embedder.model.vision_model)
 
     first = cached.score(samples)
-    # 3 generated images + 5 distinct (subject, reference) pairs: astronaut/a, cat/c, cat/k, cup/k, cup/a.
-    assert counter.images == 3 + 5
-    assert counter.calls == 1 + 2  # batches of 4: one for the generated images, two for the references
+    # 3 generated images + 3 distinct reference pictures (a, c, k): the cache is keyed by pixels,
+    # so "cat: k" and "cup: k" are one embedding.
+    assert counter.images == 3 + 3
+    assert counter.calls == 1 + 1  # batches of 4: one for the generated images, one for the references
 
     second = cached.score(samples)
-    assert counter.images == 3 + 5 + 3  # only the generated images again
+    assert counter.images == 3 + 3 + 3  # only the generated images again
+    # Shared embedder, shared cache; the generated image alone in its batch differs in the last bits.
+    assert CLIPIScore(context, batch_size=1).score(samples[:1])[0].value == pytest.approx(first[0].value, abs=1e-4)
+    assert counter.images == 3 + 3 + 3 + 1
 
-    fresh = CLIPIScore(context, batch_size=1).score(samples)  # no cache, other batching
+    monkeypatch.setenv("RELBENCH_EMBEDDING_CACHE", "off")
+    fresh = CLIPIScore(RunContext(profile="tiny", **CPU), batch_size=1).score(samples)  # no cache, other batching
     for a, b, c in zip(first, second, fresh):
         assert a.value == b.value
         assert a.value == pytest.approx(c.value, abs=1e-4)
@@ -487,6 +498,79 @@ def test_clip_metrics_of_one_context_share_one_model(samples):
 
     gc.collect()
     assert key not in clip_module._SHARED_EMBEDDERS  # the cache does not outlive the run
+
+
+def test_dino_and_identity_metrics_of_one_context_load_dino_once(samples, monkeypatch):
+    import relbench.tiny
+    from relbench.metrics import dino as dino_module
+    from relbench.metrics.identity.metric import ConfusionScore, IdentityDINOScore
+
+    builds = []
+    real = relbench.tiny.tiny_dino
+    monkeypatch.setattr(relbench.tiny, "tiny_dino", lambda seed=0: builds.append(seed) or real(seed))
+    context = RunContext(profile="tiny", **CPU)
+    dino, dino_mean = DINOScore(context), DINOScore(context, pooling="mean")
+    identity, confusion = IdentityDINOScore(context), ConfusionScore(context)
+    assert builds == [0]  # four metrics, two poolings: one model
+    assert dino_mean.embedder.model is dino.embedder.model is identity.analyzer.dino.model
+    assert identity.analyzer.dino is dino.embedder  # same pooling: same view, same reference cache
+    assert dino_mean.embedder.references is not dino.embedder.references  # another pooling: other vectors
+    assert DINOScore(RunContext(profile="tiny", **CPU)).embedder.model is not dino.embedder.model
+    assert DINOScore(context, dtype="bfloat16").embedder.model is not dino.embedder.model
+    assert len(builds) == 3
+
+    # References the dino metric embedded are not embedded again for identity_dino.
+    seen = []
+    dino.embedder.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pixel_values"].shape[0]), with_kwargs=True)
+    dino.score(samples)
+    assert sum(seen) == 3 + 3 and dino.embedder.references.computed == 3
+    identity.score(samples)
+    assert dino.embedder.references.computed == 3  # no reference again; only crops went through the model
+    assert confusion.score(samples)[0].details["space"] == "dino"
+
+    key = id(context)
+    assert key in dino_module._SHARED_EMBEDDERS
+    del context, dino, dino_mean, identity, confusion
+    import gc
+
+    gc.collect()
+    assert key not in dino_module._SHARED_EMBEDDERS  # the cache does not outlive the run
+
+
+@pytest.mark.parametrize("name", ["clip_t", "clip_i", "clip_r", "dino", "identity_clip", "identity_dino", "presence", "confusion"])
+def test_batched_and_one_at_a_time_scores_are_equal(samples, name, monkeypatch):
+    monkeypatch.setenv("RELBENCH_EMBEDDING_CACHE", "off")  # both sides compute everything
+    cls = METRICS.get(name)
+    batched = cls(RunContext(profile="tiny", **CPU)).score(samples)
+    single = cls(RunContext(profile="tiny", **CPU))
+    for metric in (single, getattr(single, "analyzer", None)):
+        for part in ("embedder", "clip", "dino", "detector"):
+            if hasattr(metric, part):
+                getattr(metric, part).batch_size = 1
+    if hasattr(single, "batch_size"):
+        single.batch_size = 1
+    one_by_one = [single.score([s])[0] for s in samples]
+    assert len(batched) == len(one_by_one) == 3
+    for a, b in zip(batched, one_by_one):
+        assert a.value == pytest.approx(b.value, abs=1e-4)
+        assert _flatten(a.details) == pytest.approx(_flatten(b.details), abs=1e-4)
+    assert len({round(r.value, 4) for r in batched}) > 1 or name == "presence"  # the samples are told apart
+
+
+def _flatten(details, prefix=""):
+    """Nested details -> {path: float}; non-numbers as strings (compared exactly)."""
+    out = {}
+    for key, value in details.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "."))
+        elif isinstance(value, (list, tuple)):
+            out.update(_flatten(dict(enumerate(value)), path + "."))
+        elif isinstance(value, bool) or value is None or isinstance(value, str):
+            out[path] = str(value)
+        else:
+            out[path] = float(value)
+    return out
 
 
 # ------------------------------------------------------------------------------------------

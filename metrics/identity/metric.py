@@ -2,10 +2,10 @@
 
 One ``IdentityAnalyzer`` per run context and settings does the work for all six metrics: it
 detects each subject by its class noun (``OpenVocabularyDetector``), assigns boxes to subjects,
-crops, embeds crops and references with CLIP (the context's shared embedder, as for clip_t/clip_i)
-and DINO (``DINOScore``'s embedding), and computes the similarity matrices. The runner builds each
-metric from the same context and scores the same batch with each in turn, so the analysis is
-cached per image and the metrics only read their part of it.
+crops, embeds crops and references with CLIP and DINO (the context's shared embedders, the ones
+clip_t / clip_i / dino load, with their reference-embedding caches), and computes the similarity
+matrices. The runner builds each metric from the same context and scores the same batch with each
+in turn, so the analysis is cached per image and the metrics only read their part of it.
 
 Metrics (all per generated image):
 
@@ -19,7 +19,6 @@ Metrics (all per generated image):
 
 from __future__ import annotations
 
-import copy
 import weakref
 from abc import abstractmethod
 from collections import OrderedDict
@@ -104,9 +103,10 @@ class IdentityAnalyzer:
         dino: Any = None,
     ):
         """``detector``: an object with ``detect``/``settings`` (e.g. ``OpenVocabularyDetector``) or a
-        built ``(model, processor)``; ``clip``: a ``CLIPEmbedder``; ``dino``: a ``DINOScore`` or a
-        built ``(ViTModel, image_processor)``. Left out, each is loaded from the context."""
-        from relbench.metrics.dino import DINOScore
+        built ``(model, processor)``; ``clip``: a ``CLIPEmbedder``; ``dino``: a ``DINOEmbedder``, a
+        ``DINOScore`` (its embedder is used) or a built ``(ViTModel, image_processor)``. Left out,
+        CLIP and DINO are the context's shared embedders and the detector is loaded."""
+        from relbench.metrics.dino import DINOEmbedder, shared_dino_embedder
 
         self.config = settings or IdentitySettings()
         self.config.check()
@@ -118,14 +118,20 @@ class IdentityAnalyzer:
             )
         self.detector = detector
         self.clip = clip or shared_clip_embedder(context, self.config.dtype)
-        if dino is None or not hasattr(dino, "embed_images"):
-            # A copy of the context: the shared-analyser cache must not keep the run's context alive.
-            dino = DINOScore(copy.copy(context), dino, pooling=self.config.dino_pooling, dtype=self.config.dtype)
-        self.dino = dino
+        if dino is None:
+            dino = shared_dino_embedder(context, self.config.dino_pooling, self.config.dtype)
+        elif isinstance(dino, (tuple, list)):
+            dino = DINOEmbedder(context, dino, pooling=self.config.dino_pooling, dtype=self.config.dtype)
+        else:
+            dino = getattr(dino, "embedder", dino).with_pooling(self.config.dino_pooling)
+        self.dino: DINOEmbedder = dino
         self._embed: dict[str, Callable[[Sequence["Image.Image"]], "torch.Tensor"]] = {
             "clip": self.clip.embed_images, "dino": self.dino.embed_images,
         }
-        self._references: dict[tuple[str, str, str], "torch.Tensor"] = {}
+        # Reference images go through each embedder's cache (memory and disk), shared with clip_i / dino.
+        self._embed_cached: dict[str, Callable[[Sequence["Image.Image"], Sequence[str]], "torch.Tensor"]] = {
+            "clip": self.clip.references, "dino": self.dino.references,
+        }
         self._cases: OrderedDict[tuple[Any, ...], CaseAnalysis] = OrderedDict()
 
     # ----------------------------------------------------------------------------------------
@@ -169,29 +175,29 @@ class IdentityAnalyzer:
                     crop_row[(t, i)] = len(crops)
                     crops.append(sample.image.crop(crop_bounds(det.boxes[candidate], sample.image.width, sample.image.height)))
         crop_embeds = {space: self._embed[space](crops) for space in SPACES}
-        self._embed_references(samples, ref_digests)
+        references = self._embed_references(samples, ref_digests)
 
         return [
-            self._case(t, sample, digests, det, assigned, crop_row, crop_embeds)
+            self._case(t, sample, digests, det, assigned, crop_row, crop_embeds, references)
             for t, (sample, digests, det, assigned) in enumerate(zip(samples, ref_digests, detections, assignments))
         ]
 
-    def _embed_references(self, samples: list[ScoringSample], ref_digests: list[tuple[tuple[str, ...], ...]]) -> None:
-        """Embed, in batches, every (subject, reference image) not seen before, in both spaces."""
-        pending: dict[tuple[str, str], "Image.Image"] = {}
+    def _embed_references(
+        self, samples: list[ScoringSample], ref_digests: list[tuple[tuple[str, ...], ...]],
+    ) -> dict[str, dict[str, "torch.Tensor"]]:
+        """Space -> digest -> embedding of every distinct reference image of the batch."""
+        unique: dict[str, "Image.Image"] = {}
         for sample, digests in zip(samples, ref_digests):
-            for sid, refs, subject_digests in zip(sample.subject_ids, sample.references, digests):
+            for refs, subject_digests in zip(sample.references, digests):
                 for image, digest in zip(refs, subject_digests):
-                    if ("clip", sid, digest) not in self._references:
-                        pending.setdefault((sid, digest), image)
-        if pending:
-            for space in SPACES:
-                embeds = self._embed[space](list(pending.values()))
-                self._references.update({(space, sid, digest): e for (sid, digest), e in zip(pending, embeds)})
+                    unique.setdefault(digest, image)
+        images, digests = list(unique.values()), list(unique)
+        return {space: dict(zip(digests, self._embed_cached[space](images, digests))) for space in SPACES}
 
     def _case(
         self, t: int, sample: ScoringSample, digests: tuple[tuple[str, ...], ...], det: Detections,
         assigned: list[int | None], crop_row: dict[tuple[int, int], int], crop_embeds: dict[str, "torch.Tensor"],
+        references: dict[str, dict[str, "torch.Tensor"]],
     ) -> CaseAnalysis:
         import torch
 
@@ -208,8 +214,7 @@ class IdentityAnalyzer:
         similarity: dict[str, np.ndarray] = {}
         for space in SPACES:
             rows = [crop_embeds[space][crop_row[(t, i)]] if present[i] else None for i in range(len(assigned))]
-            refs = [torch.stack([self._references[(space, sid, d)] for d in subject_digests])
-                    for sid, subject_digests in zip(sample.subject_ids, digests)]
+            refs = [torch.stack([references[space][d] for d in subject_digests]) for subject_digests in digests]
             similarity[space] = subject_similarity(rows, refs)
         # Subjects with the same noun: the detector's choice between their boxes is arbitrary;
         # give each the crop that resembles it most (in the decisive space).
@@ -236,7 +241,7 @@ class IdentityAnalyzer:
     # ----------------------------------------------------------------------------------------
 
     def settings(self) -> dict[str, Any]:
-        dino = {k: v for k, v in self.dino.settings().items() if k not in ("metric", "profile", "aggregation")}
+        dino = {**self.dino.settings(), "scale": SCALE, "clamp": None}
         return {
             "profile": self.profile,
             "detector": self.detector.settings(),
