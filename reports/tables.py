@@ -139,8 +139,12 @@ def _row(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise RelbenchError(f"{where}: seed: expected an integer, got {seed!r}")
     benchmark = info.get("benchmark", {})
+    # A method that names its rows (the folder method's `name` setting: images made elsewhere)
+    # appears under that name in every table; the settings hash still tells configurations apart.
+    settings = record.get("method_settings") if isinstance(record.get("method_settings"), dict) else {}
+    display = settings.get("display_name")
     row: dict[str, Any] = {
-        "method": record["method"],
+        "method": display if isinstance(display, str) and display else record["method"],
         "settings_hash": record["settings_hash"],
         "benchmark": record.get("benchmark", benchmark.get("name")),
         "benchmark_version": record.get("benchmark_version", benchmark.get("version")),

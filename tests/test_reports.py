@@ -755,3 +755,15 @@ def test_malformed_run_json(tmp_path: Path) -> None:
     (run / "run.json").write_text(json.dumps({"schema": 2}))
     with pytest.raises(RelbenchError, match=r"run\.json: schema: expected 1, got 2"):
         load_run(run)
+
+
+def test_rows_with_a_display_name_are_shown_under_it(tmp_path: Path) -> None:
+    import json as _json
+
+    run = make_run(tmp_path / "run", BASE_SAMPLES[:2])
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    rows = [_json.loads(line) for line in lines]
+    rows[0]["method_settings"] = {"display_name": "closed-api-v2"}
+    (run / "samples.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    _, samples = load_run(run)
+    assert samples["method"].tolist()[0] == "closed-api-v2"
