@@ -157,7 +157,12 @@ def _parse_sets(values: list[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
-TRAINERS = {"dreamrelation": "relbench.methods.dreamrelation.train", "reversion": "relbench.methods.reversion.train"}
+TRAINERS = {
+    "dreamrelation": "relbench.methods.dreamrelation.train",
+    "reversion": "relbench.methods.reversion.train",
+    "dreambooth-lora": "relbench.methods.dreambooth_lora.train",
+    "custom-diffusion": "relbench.methods.custom_diffusion.train",
+}
 
 
 @app.command(
@@ -166,9 +171,9 @@ TRAINERS = {"dreamrelation": "relbench.methods.dreamrelation.train", "reversion"
 )
 def train(
     ctx: typer.Context,
-    method: Annotated[str, typer.Argument(help="Method to train: dreamrelation or reversion.")],
+    method: Annotated[str, typer.Argument(help="Method to train: dreamrelation, reversion, dreambooth-lora, custom-diffusion.")],
 ) -> None:
-    """Train a method: dreamrelation or reversion (their own options follow; `relbench train dreamrelation --help`)."""
+    """Train a method: dreamrelation, reversion, dreambooth-lora, custom-diffusion (own options follow; e.g. `relbench train dreamrelation --help`)."""
     import importlib
 
     from relbench.registry import Registry

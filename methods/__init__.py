@@ -69,3 +69,17 @@ METHODS.register(
     trains=False,
     requires=("path",),
 )
+METHODS.register(
+    "dreambooth-lora",
+    "relbench.methods.dreambooth_lora.method:DreamBoothLoRA",
+    summary="DreamBooth-LoRA: SDXL LoRA fine-tuned per subject set (diffusers recipe; a rare token per subject), trained on first use and cached.",
+    profiles=("tiny", "full"),
+    trains=True,
+)
+METHODS.register(
+    "custom-diffusion",
+    "relbench.methods.custom_diffusion.method:CustomDiffusion",
+    summary="Custom Diffusion on SDXL: cross-attention K/V + a <newN> token per subject, fine-tuned per subject set (authors' recipe), trained on first use and cached.",
+    profiles=("tiny", "full"),
+    trains=True,
+)

@@ -254,7 +254,7 @@ def test_cli_train_single_and_two_processes(shared_data: Path, tmp_path: Path) -
     single = subprocess.run([sys.executable, "-m", "cli", "train", "dreamrelation", *tiny_args(Path(data), tmp_path / "one", "hug",
                              "--max-train-steps", "2")], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
     assert single.returncode == 0, single.stderr
-    assert f"LoRA: {tmp_path / 'one' / LORA_WEIGHT_NAME}" in single.stdout
+    assert f"weights: {tmp_path / 'one' / LORA_WEIGHT_NAME}" in single.stdout
     bad = subprocess.run([sys.executable, "-m", "cli", "train", "dreamrelation", "--relation", "hug", "--data-root", str(tmp_path)],
                          capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
