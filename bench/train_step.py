@@ -41,8 +41,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_models(args: argparse.Namespace, device: Any, dtype: Any) -> Any:
-    import torch
-
     from relbench.methods.ms_diffusion.adapter import MSAdapter
     from relbench.methods.ms_diffusion.config import MSAdapterConfig
     from relbench.methods.ms_diffusion.encoders import SubjectEncoder

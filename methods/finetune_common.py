@@ -44,8 +44,7 @@ if TYPE_CHECKING:
 RARE_TOKENS = ("sks", "ohwx", "phol")
 MAX_SUBJECTS = 3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE = "trainer_state.json"
+from relbench.training import CHECKPOINT_PREFIX, TRAINER_STATE, find_latest_checkpoint, resume, save_checkpoint  # noqa: F401
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -510,13 +509,6 @@ def epoch_order(seed: int, draw: int, size: int) -> int:
     return order[position]
 
 
-def find_latest_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint (one whose trainer state was written, which happens last)."""
-    found = [(int(m.group(1)), p) for p in output.glob(f"{CHECKPOINT_PREFIX}*")
-             if (m := re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)) and (p / TRAINER_STATE).is_file()]
-    return max(found)[1] if found else None
-
-
 @dataclass
 class TrainingJob:
     """What ``run_training`` needs from a method's trainer."""
@@ -577,17 +569,7 @@ def run_training(accelerator: Any, args: argparse.Namespace, job: TrainingJob, d
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
-    first_step = 0
-    if args.resume_from_checkpoint:
-        folder = find_latest_checkpoint(args.output) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        if folder is None:
-            if not args.quiet:
-                accelerator.print(f"no checkpoint in {args.output}: starting from step 0")
-        else:
-            accelerator.load_state(str(folder))
-            first_step = int(json.loads((folder / TRAINER_STATE).read_text())["global_step"])
-            if not args.quiet:
-                accelerator.print(f"resumed from {folder} at step {first_step}")
+    first_step = resume(accelerator, args.resume_from_checkpoint, args.output, args.quiet)
 
     args.output.mkdir(parents=True, exist_ok=True)
     bar = tqdm(range(first_step, args.max_train_steps), initial=first_step, total=args.max_train_steps, desc=desc,
@@ -615,21 +597,9 @@ def run_training(accelerator: Any, args: argparse.Namespace, job: TrainingJob, d
             loss_sum, logged = 0.0, 0
         bar.update(1)
         if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
-            save_checkpoint(accelerator, args, global_step)
+            save_checkpoint(accelerator, args.output, global_step, args.checkpoints_total_limit)
     bar.close()
     accelerator.wait_for_everyone()
-
-
-def save_checkpoint(accelerator: Any, args: argparse.Namespace, global_step: int) -> None:
-    folder = args.output / f"{CHECKPOINT_PREFIX}{global_step}"
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        existing = sorted((int(p.name[len(CHECKPOINT_PREFIX):]), p) for p in args.output.glob(f"{CHECKPOINT_PREFIX}*")
-                          if p.name[len(CHECKPOINT_PREFIX):].isdigit())
-        for _, old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        (folder / TRAINER_STATE).write_text(json.dumps({"global_step": global_step}))  # last: marks it complete
 
 
 def write_training_config(args: argparse.Namespace, model: dict[str, Any], extra: dict[str, Any]) -> None:

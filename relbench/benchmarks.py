@@ -17,7 +17,7 @@ BUILTIN: dict[str, str] = {
 
 BENCHMARKS: Registry[str] = Registry("benchmark")
 for _name, _file in BUILTIN.items():
-    BENCHMARKS.register(_name, f"relbench.benchmarks:BUILTIN", spec=_file)
+    BENCHMARKS.register(_name, "relbench.benchmarks:BUILTIN", spec=_file)
 
 
 def builtin_spec_path(name: str) -> Path:

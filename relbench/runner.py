@@ -153,7 +153,6 @@ def method_config(method_cls: type["Method"], context: RunContext, overrides: di
 def evaluate(options: EvaluateOptions) -> EvaluateSummary:
     from relbench.benchmarks import load_benchmark
     from relbench.methods import METHODS
-    from relbench.metrics import METRICS
     from relbench.provenance import environment
 
     if options.stage not in STAGES:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError
+from relbench.training import run_cli
 from relbench.methods.finetune_common import (
     RARE_TOKENS, ArgumentParser, TrainingDefaults, TrainingJob, add_common_arguments, check_single_tokens, class_folder,
     encode_sdxl_prompts, ensure_class_images, epoch_order, load_rgb, load_sdxl_parts, make_accelerator, model_ref, place,
@@ -292,14 +293,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Entry for ``python -m`` / ``accelerate launch -m``: user mistakes -> one line, exit 2."""
-    try:
-        path = main(argv)
-    except RelbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"LoRA: {path}")
-    return 0
+    return run_cli(main, "LoRA", argv)
 
 
 if __name__ == "__main__":

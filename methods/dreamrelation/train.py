@@ -28,16 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError
+from relbench.training import resume, run_cli, save_checkpoint
 
-CHECKPOINT_PREFIX = "checkpoint-"
 PROFILES = ("tiny", "full")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 AUGMENTATIONS = ("none", "flip")
@@ -196,7 +194,6 @@ class CachedTriplets:
 
 def build_cache(models: Any, data_root: Path, relation: str, resolution: int, augment: str, skeleton: str,
                 device: Any, dtype: Any) -> CachedTriplets:
-    import numpy as np
     import torch
     from PIL import Image
 
@@ -386,11 +383,6 @@ def coarsest_cross_attention_queries(unet: Any, latent_side: int) -> int:
     return side * side
 
 
-def find_latest_checkpoint(output: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in output.glob(f"{CHECKPOINT_PREFIX}*") if (m := re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
-
-
 @dataclass
 class Setup:
     """What one training (or a fixed-batch evaluation) needs, built once."""
@@ -516,15 +508,7 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
-    first_step = 0
-    if args.resume_from_checkpoint:
-        folder = find_latest_checkpoint(args.output) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        if folder is None:
-            accelerator.print(f"no checkpoint in {args.output}: starting from step 0")
-        else:
-            accelerator.load_state(str(folder))
-            first_step = int(json.loads((folder / "trainer_state.json").read_text())["global_step"])
-            accelerator.print(f"resumed from {folder} at step {first_step}")
+    first_step = resume(accelerator, args.resume_from_checkpoint, args.output)
 
     args.output.mkdir(parents=True, exist_ok=True)
     bar = tqdm(range(first_step, args.max_train_steps), initial=first_step, total=args.max_train_steps,
@@ -553,7 +537,7 @@ def main(argv: list[str] | None = None) -> Path:
             sums, logged = {}, 0
         bar.update(1)
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            _save_checkpoint(accelerator, args, global_step)
+            save_checkpoint(accelerator, args.output, global_step, args.checkpoints_total_limit)
     bar.close()
 
     accelerator.wait_for_everyone()
@@ -581,18 +565,6 @@ def _set_lora(unet: Any, state: dict[str, Any]) -> None:
         raise RelbenchError(f"checkpoint LoRA has keys this UNet lacks, e.g. {unexpected[0]}")
 
 
-def _save_checkpoint(accelerator: Any, args: argparse.Namespace, global_step: int) -> None:
-    folder = args.output / f"{CHECKPOINT_PREFIX}{global_step}"
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        existing = sorted((int(p.name[len(CHECKPOINT_PREFIX):]), p) for p in args.output.glob(f"{CHECKPOINT_PREFIX}*")
-                          if p.name[len(CHECKPOINT_PREFIX):].isdigit())
-        for _, old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        (folder / "trainer_state.json").write_text(json.dumps({"global_step": global_step}))
-
-
 def _write_training_config(args: argparse.Namespace, models: Any, lora_path: Path) -> None:
     from relbench.methods.dreamrelation.lora import file_sha256
     from relbench.provenance import environment
@@ -607,14 +579,7 @@ def _write_training_config(args: argparse.Namespace, models: Any, lora_path: Pat
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Entry for ``python -m`` / ``accelerate launch -m``: user mistakes -> one line, exit 2."""
-    try:
-        path = main(argv)
-    except RelbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"LoRA: {path}")
-    return 0
+    return run_cli(main, "LoRA", argv)
 
 
 if __name__ == "__main__":

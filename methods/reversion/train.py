@@ -26,16 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError
+from relbench.training import resume, run_cli, save_checkpoint
 
-CHECKPOINT_PREFIX = "checkpoint-"
 PROFILES = ("tiny", "full")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -324,12 +322,6 @@ def training_step(setup: Setup, text_encoder: Any, args: argparse.Namespace, cho
     return loss, logs
 
 
-def find_latest_checkpoint(output: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in output.glob(f"{CHECKPOINT_PREFIX}*")
-             if (m := re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
-
-
 def main(argv: list[str] | None = None) -> Path:
     """Train; returns the path of the saved ``learned_embeds.safetensors``."""
     args = parse_args(argv)
@@ -374,16 +366,7 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
 
-    first_step = 0
-    if args.resume_from_checkpoint:
-        folder = find_latest_checkpoint(args.output) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        if folder is None:
-            if not args.quiet:
-                accelerator.print(f"no checkpoint in {args.output}: starting from step 0")
-        else:
-            accelerator.load_state(str(folder))
-            first_step = int(json.loads((folder / "trainer_state.json").read_text())["global_step"])
-            accelerator.print(f"resumed from {folder} at step {first_step}")
+    first_step = resume(accelerator, args.resume_from_checkpoint, args.output, args.quiet)
 
     args.output.mkdir(parents=True, exist_ok=True)
     bar = tqdm(range(first_step, args.max_train_steps), initial=first_step, total=args.max_train_steps,
@@ -410,7 +393,7 @@ def main(argv: list[str] | None = None) -> Path:
             sums, logged = {}, 0
         bar.update(1)
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            _save_checkpoint(accelerator, args, global_step)
+            save_checkpoint(accelerator, args.output, global_step, args.checkpoints_total_limit)
     bar.close()
 
     accelerator.wait_for_everyone()
@@ -421,18 +404,6 @@ def main(argv: list[str] | None = None) -> Path:
         _write_training_config(args, setup, path, learning_rate, accelerator.num_processes)
     accelerator.end_training()
     return path
-
-
-def _save_checkpoint(accelerator: Any, args: argparse.Namespace, global_step: int) -> None:
-    folder = args.output / f"{CHECKPOINT_PREFIX}{global_step}"
-    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-        existing = sorted((int(p.name[len(CHECKPOINT_PREFIX):]), p) for p in args.output.glob(f"{CHECKPOINT_PREFIX}*")
-                          if p.name[len(CHECKPOINT_PREFIX):].isdigit())
-        for _, old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        (folder / "trainer_state.json").write_text(json.dumps({"global_step": global_step}))
 
 
 def _write_training_config(args: argparse.Namespace, setup: Setup, path: Path, learning_rate: float, processes: int) -> None:
@@ -449,14 +420,7 @@ def _write_training_config(args: argparse.Namespace, setup: Setup, path: Path, l
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Entry for ``python -m`` / ``accelerate launch -m``: user mistakes -> one line, exit 2."""
-    try:
-        path = main(argv)
-    except RelbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"embedding: {path}")
-    return 0
+    return run_cli(main, "embedding", argv)
 
 
 if __name__ == "__main__":
