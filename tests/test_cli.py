@@ -342,3 +342,15 @@ def test_generate_one_image_for_a_case_and_for_own_inputs(tmp_path: Path) -> Non
                                    "--box", "1,2", "--prompt", "p", "-o", str(tmp_path / "d.png"), check=False), "--box '1,2'")
     assert_one_line_error(relbench("generate", "-m", "dreamrelation", "--case", "astronaut-hug-cat", "-o", str(tmp_path / "e.png"),
                                    check=False), "dreamrelation needs a relation LoRA")
+
+
+def test_metric_details_carry_the_keys_the_report_filters_read(tmp_path: Path) -> None:
+    from relbench.reports.tables import FLAG_RULES, VERDICT_KEY
+
+    out = tmp_path / "run"
+    relbench("evaluate", "-m", "reference-collage", "-b", "demo", "--limit", "1", "--metrics", "presence,confusion,relation_acc",
+             "-o", str(out), "-q")
+    (row,) = read_rows(out / "samples.jsonl")
+    keys = {key for metric in row["metrics"].values() for key in metric["details"]}
+    assert VERDICT_KEY in keys
+    assert {rule.key for rule in FLAG_RULES} & keys >= {"n_missing", "presence_fraction", "swapped", "blended"}

@@ -354,8 +354,11 @@ class PresenceScore(_IdentityMetric):
             for sid, present, score, best, box, iou in zip(analysis.subject_ids, analysis.present, analysis.scores,
                                                          analysis.best_scores, analysis.boxes, analysis.layout_iou)
         }
-        details = {"threshold": self.analyzer.config.threshold, "subjects": subjects}
-        return MetricResult(value=presence_fraction(analysis.present), details=details)  # type: ignore[arg-type]
+        fraction = presence_fraction(analysis.present)
+        # n_missing / presence_fraction: the keys the report's "a subject is missing" filter reads.
+        details = {"threshold": self.analyzer.config.threshold, "subjects": subjects,
+                   "n_missing": sum(1 for present in analysis.present if not present), "presence_fraction": fraction}
+        return MetricResult(value=fraction, details=details)  # type: ignore[arg-type]
 
 
 def _by_id(ids: Sequence[str], indices: Sequence[int]) -> list[str]:

@@ -205,6 +205,8 @@ class RelationVQAScore(_JudgeMetric):
                 "relation_yes": _flag(relation.answer),
                 "answer_source": relation.source,
                 "gated_shown": _flag(gated),
+                # The report's verdict key (reports/tables.py): the gated answer.
+                "relation_shown": _flag(gated),
             }
             for subject_id, answer in zip(sample.subject_ids, presence):
                 details[f"presence_{subject_id}"] = answer.normalized
