@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 RARE_TOKENS = ("sks", "ohwx", "phol")
 MAX_SUBJECTS = 3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-from relbench.training import CHECKPOINT_PREFIX, TRAINER_STATE, find_latest_checkpoint, resume, save_checkpoint  # noqa: F401
+from relbench.training import (  # noqa: F401  (TRAINER_STATE, find_latest_checkpoint: re-exported for the trainers' tests)
+    CHECKPOINT_PREFIX, TRAINER_STATE, check_output_and_resume, find_latest_checkpoint, resume, save_checkpoint,
+)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -472,10 +474,7 @@ def validate_common_arguments(args: argparse.Namespace, defaults: TrainingDefaul
     unknown = sorted(set(args.model_overrides) - {"sdxl"})
     if unknown:
         raise RelbenchError(f"--model {unknown[0]}=...: unknown model key; this method loads only sdxl")
-    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest" and not Path(args.resume_from_checkpoint).is_dir():
-        raise RelbenchError(f"--resume-from-checkpoint: {args.resume_from_checkpoint}: no such checkpoint folder")
-    if args.output.exists() and not args.output.is_dir():
-        raise RelbenchError(f"--output: {args.output} exists and is not a directory")
+    check_output_and_resume(args.output, args.resume_from_checkpoint)
     if args.class_data_dir is None:
         args.class_data_dir = args.output / "class-images"
     if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):

@@ -123,6 +123,28 @@ class Method(ABC):
         raise RelbenchError(f"method {self.name!r} has no training step")
 
 
+ALL_RELATIONS = "*"  # a per-relation setting's value for every relation
+
+
+def parse_relation_map(value: str, where: str, what: str) -> dict[str, str]:
+    """A per-relation setting: ``"X"`` -> {"*": X}; ``"hug=A,shake=B"`` -> {"hug": A, "shake": B}.
+
+    ``where`` names the option in messages (``--lora``), ``what`` the value (``FILE``, ``DIR``).
+    """
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        relation, sep, item = part.partition("=")
+        if not sep:
+            relation, item = ALL_RELATIONS, part
+        relation, item = relation.strip(), item.strip()
+        if not relation or not item:
+            raise RelbenchError(f"{where} {part!r}: expected {what} or RELATION={what}")
+        if relation in out:
+            raise RelbenchError(f"{where}: two values for relation {relation!r}")
+        out[relation] = item
+    return out
+
+
 def _coerce(raw: str, current: Any, where: str) -> Any:
     """Parse a CLI string into the type of the current value."""
     try:

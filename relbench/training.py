@@ -21,6 +21,14 @@ CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 
 
+def check_output_and_resume(output: Path, resume_from: str | None) -> None:
+    """Argument checks every trainer makes before any work."""
+    if resume_from and resume_from != "latest" and not Path(resume_from).is_dir():
+        raise RelbenchError(f"--resume-from-checkpoint: {resume_from}: no such checkpoint folder")
+    if output.exists() and not output.is_dir():
+        raise RelbenchError(f"--output: {output} exists and is not a directory")
+
+
 def find_latest_checkpoint(output: Path) -> Path | None:
     """The newest complete checkpoint (one whose trainer state was written, which happens last)."""
     found = [(int(m.group(1)), p) for p in output.glob(f"{CHECKPOINT_PREFIX}*")

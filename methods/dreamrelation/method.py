@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from relbench.errors import RelbenchError
+from relbench.method import ALL_RELATIONS, parse_relation_map
 from relbench.methods.ms_diffusion.method import NEGATIVE_PROMPT, MSDiffusion
 from relbench.profiles import RunContext
 
-ALL_RELATIONS = "*"
 RESAMPLER = "image_proj.safetensors"  # a resampler trained with the LoRA (--train-resampler) sits beside it
 
 
@@ -48,18 +48,7 @@ class DreamRelationSettings:
 
 def parse_loras(value: str) -> dict[str, str]:
     """``"hug=a.safetensors,shake=b"`` -> {"hug": ..., "shake": ...}; ``"a.safetensors"`` -> {"*": ...}."""
-    out: dict[str, str] = {}
-    for part in (p.strip() for p in value.split(",") if p.strip()):
-        relation, sep, path = part.partition("=")
-        if not sep:
-            relation, path = ALL_RELATIONS, part
-        relation, path = relation.strip(), path.strip()
-        if not relation or not path:
-            raise RelbenchError(f"--lora {part!r}: expected FILE or RELATION=FILE")
-        if relation in out:
-            raise RelbenchError(f"--lora: two LoRAs for relation {relation!r}")
-        out[relation] = path
-    return out
+    return parse_relation_map(value, "--lora", "FILE")
 
 
 class DreamRelation(MSDiffusion):

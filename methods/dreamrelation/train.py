@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError
-from relbench.training import resume, run_cli, save_checkpoint
+from relbench.training import check_output_and_resume, resume, run_cli, save_checkpoint
 
 PROFILES = ("tiny", "full")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -147,11 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "--local-features: no dense image encoder given; pass --model dense_encoder=DIR (a CLIPVisionModel folder, e.g. "
                 "the CLIPSelf ViT-bigG/14 converted with relbench.methods.ms_diffusion.local_features.convert_open_clip_checkpoint)"
             )
-    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
-        if not Path(args.resume_from_checkpoint).is_dir():
-            raise RelbenchError(f"--resume-from-checkpoint: {args.resume_from_checkpoint}: no such checkpoint folder")
-    if args.output.exists() and not args.output.is_dir():
-        raise RelbenchError(f"--output: {args.output} exists and is not a directory")
+    check_output_and_resume(args.output, args.resume_from_checkpoint)
     return args
 
 

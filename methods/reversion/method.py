@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
-from relbench.method import GenerationRequest, Method
+from relbench.method import ALL_RELATIONS, GenerationRequest, Method, parse_relation_map
 from relbench.profiles import RunContext
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from relbench.benchmark import Benchmark
     from relbench.methods.reversion.data import Exemplar
 
-ALL_RELATIONS = "*"
 RELATION_SLOT = "<R>"  # where the relation token goes in prompt_template
 # Bumped when train.py's fixed recipe (optimizer constants, sampling) changes: retrains cached tokens.
 TRAINING_RECIPE = 1
@@ -109,18 +108,7 @@ TRAINING_FIELDS = (
 
 def parse_exemplars(value: str) -> dict[str, str]:
     """``"DIR"`` -> {"*": DIR}; ``"hug=A,shake=B"`` -> {"hug": A, "shake": B}."""
-    out: dict[str, str] = {}
-    for part in (p.strip() for p in value.split(",") if p.strip()):
-        relation, sep, path = part.partition("=")
-        if not sep:
-            relation, path = ALL_RELATIONS, part
-        relation, path = relation.strip(), path.strip()
-        if not relation or not path:
-            raise RelbenchError(f"--set reversion.exemplars: {part!r}: expected DIR or RELATION=DIR")
-        if relation in out:
-            raise RelbenchError(f"--set reversion.exemplars: two folders for relation {relation!r}")
-        out[relation] = path
-    return out
+    return parse_relation_map(value, "--set reversion.exemplars", "DIR")
 
 
 def exemplar_folder(settings: ReVersionSettings, relation: str) -> Path | None:

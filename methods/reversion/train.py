@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError
-from relbench.training import resume, run_cli, save_checkpoint
+from relbench.training import check_output_and_resume, resume, run_cli, save_checkpoint
 
 PROFILES = ("tiny", "full")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -135,11 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise RelbenchError(f"--initializer-token: expected one word, got {args.initializer_token!r}")
     read_exemplar_folder(args.exemplars, load_images=False)  # layout and descriptions, before any model loads
     args.model_overrides = parse_model_overrides(args.model)
-    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
-        if not Path(args.resume_from_checkpoint).is_dir():
-            raise RelbenchError(f"--resume-from-checkpoint: {args.resume_from_checkpoint}: no such checkpoint folder")
-    if args.output.exists() and not args.output.is_dir():
-        raise RelbenchError(f"--output: {args.output} exists and is not a directory")
+    check_output_and_resume(args.output, args.resume_from_checkpoint)
     return args
 
 
