@@ -38,6 +38,8 @@ def load_keypoints(path: Path) -> "torch.Tensor":
     if not value.is_floating_point():
         raise KeypointFileError(f"{path}: expected floating-point keypoints, got {value.dtype}")
     value = value.float()
+    if value.numel() == 0:  # no instance: a reference with no keypoints (scored NaN with a reason)
+        return value
     if not torch.isfinite(value).all() or value.min() < 0 or value.max() > 1:
         raise KeypointFileError(
             f"{path}: keypoints must be normalised to [0, 1], got values in [{value.min().item():.3f}, {value.max().item():.3f}]"

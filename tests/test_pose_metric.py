@@ -34,6 +34,7 @@ from relbench.metrics.functional.keypoints import (
     pck_threshold,
     score_configuration,
     skeleton_of_labels,
+    unscorable_reason,
 )
 from relbench.metrics.pose import PoseInputs, PoseReference, PoseScore
 from relbench.metrics.pose.backends import BLAZEPOSE_FOR_COCO, PoseBackend, PoseEstimate, VitPoseBackend, build_backend, tiny_vitpose
@@ -143,6 +144,59 @@ def test_oks_agrees_with_pycocotools():
     reference = [float(np.asarray(evaluator.ious[(i, 1)])[0, 0]) for i in range(40)]
     assert np.allclose(expected, reference, atol=1e-6, rtol=0)
     assert min(reference) < 0.2 < 0.9 < max(reference)  # the random poses span good and bad
+
+
+def test_two_visible_keypoints_are_scored_hand_computed():
+    """The boundary: exactly 2 visible reference keypoints per subject is scored. The prediction is
+    the reference with subject 0's second keypoint not found: the 3 points found fit the identity, so
+    OKS and PCK are 1/2 (found, missed) and 1; the placement term compares the same centroid offsets: 1."""
+    target = np.full((2, 17, 2), np.nan)
+    target[0, [2, 5]] = [[0.20, 0.30], [0.35, 0.50]]
+    target[1, [2, 5]] = [[0.60, 0.35], [0.70, 0.60]]
+    pred = target.copy()
+    pred[0, 5] = np.nan
+    result = score_configuration(pred, target, AP10K_SIGMAS)
+    assert result.excluded == () and result.scored == 2
+    assert result.oks == pytest.approx((0.5, 1.0), abs=1e-9) and result.pck == (0.5, 1.0)
+    assert result.inter_subject == pytest.approx(1.0, abs=1e-9)
+    assert result.value == pytest.approx(0.75, abs=1e-9)
+    assert unscorable_reason(target[0]) is None
+
+
+def test_subjects_with_fewer_than_two_visible_keypoints_are_excluded_with_a_reason():
+    # Two identical one-keypoint subjects: box and radius 0; the old code scored this perfect copy 0.
+    single = np.full((2, 17, 2), np.nan)
+    single[0, 3] = [0.2, 0.3]
+    single[1, 5] = [0.6, 0.4]
+    result = score_configuration(single.copy(), single, AP10K_SIGMAS)
+    reason = "1 visible keypoint in the reference, need >= 2"
+    assert result.excluded == ((0, reason), (1, reason)) and result.scored == 0
+    assert math.isnan(result.value) and all(math.isnan(v) for v in result.oks + result.pck)
+    # One full subject and one with a single keypoint predicted a hair off: the single one is left
+    # out of every term (alignment included), not scored 0; the full one alone is a perfect copy.
+    target = two_animals()
+    target[1, 1:] = np.nan
+    pred = target.copy()
+    pred[1, 0] += 0.001
+    mixed = score_configuration(pred, target, AP10K_SIGMAS)
+    assert mixed.excluded == ((1, reason),)
+    assert mixed.value == pytest.approx(1.0, abs=1e-9) and math.isnan(mixed.inter_subject)
+    assert mixed.oks[0] == pytest.approx(1.0) and math.isnan(mixed.oks[1]) and math.isnan(mixed.pck[1])
+    # Keypoints the prediction's skeleton lacks do not count as visible; two on one point give no size.
+    compared = np.ones(17, dtype=bool)
+    compared[1] = False
+    two = np.full((17, 2), np.nan)
+    two[[0, 1]] = [[0.2, 0.3], [0.4, 0.3]]
+    assert unscorable_reason(two) is None and unscorable_reason(two, compared) == reason
+    two[1] = two[0]
+    assert unscorable_reason(two) == "its 2 visible keypoints in the reference lie on one point"
+
+
+def test_reference_with_no_keypoints_scores_nan_with_a_reason():
+    empty = np.full((2, 17, 2), np.nan)
+    result = score_configuration(two_animals(), empty, AP10K_SIGMAS)  # the old code raised ValueError
+    assert math.isnan(result.value)
+    assert result.excluded == tuple((s, "0 visible keypoints in the reference, need >= 2") for s in range(2))
 
 
 # ------------------------------------------------------------------------------------------
@@ -425,6 +479,47 @@ def test_metric_scores_a_generated_copy_of_the_reference_one(astronaut):
     assert result.value == pytest.approx(1.0, abs=1e-9)
     assert result.details["pck"] == 1.0 and "dataset_index" not in result.details
     assert metric.settings()["dataset_index"] is None
+
+
+def test_metric_records_excluded_subjects_and_prefers_references_that_score_all(astronaut, tmp_path):
+    import torch
+
+    from relbench.benchmark import ReferencePose
+    from relbench.metrics.pose.metric import load_reference_poses
+
+    target = two_animals(4)
+    metric = PoseScore(RunContext(**TINY), ReplayBackend(target * 512))  # the generated image: the reference exactly
+    one_keypoint = target.copy()
+    one_keypoint[1, 1:] = np.nan  # the cat shows one keypoint in this reference
+    shifted = target.copy()
+    shifted[1] += 0.02  # both subjects, the cat a little off
+    partial = PoseReference(one_keypoint, "ap10k", source="partial.pth")
+    reason = "subject cat: 1 visible keypoint in the reference, need >= 2"
+
+    alone = metric.score([scoring_sample(astronaut)], [PoseInputs(BOXES, (partial,))])[0]
+    assert alone.value == pytest.approx(1.0, abs=1e-9)  # the dog alone, a perfect copy
+    assert alone.details["excluded"] == [reason] and alone.details["ref0/excluded"] == [reason]
+    assert alone.details["oks/dog"] == pytest.approx(1.0) and "oks/cat" not in alone.details and "pck/cat" not in alone.details
+    assert math.isnan(alone.details["inter_subject"])
+
+    # The partial reference scores higher (1.0) only by leaving the cat out: the one that scores
+    # both subjects is chosen.
+    both = metric.score([scoring_sample(astronaut)], [PoseInputs(BOXES, (partial, PoseReference(shifted, "ap10k")))])[0]
+    assert both.details["ref0/value"] == pytest.approx(1.0, abs=1e-9)
+    assert both.details["ref1/value"] < 0.99
+    assert both.details["reference"] == 1.0 and both.value == both.details["ref1/value"]
+    assert "excluded" not in both.details and both.details["ref0/excluded"] == [reason]
+
+    # A reference with no keypoints (an empty keypoints file) is a recorded NaN, not an error.
+    torch.save(torch.zeros((0, 17, 2)), tmp_path / "empty.pth")
+    empty = load_reference_poses([ReferencePose("empty.pth", "ap10k")], tmp_path, None)
+    assert empty[0].keypoints.shape == (0, 17, 2)
+    nothing = metric.score([scoring_sample(astronaut)], [PoseInputs(BOXES, empty)])[0]
+    assert math.isnan(nothing.value)
+    assert nothing.details["reason"] == (
+        f"no subject can be scored against the reference poses: ref0 ({tmp_path / 'empty.pth'}) "
+        "subject dog: 0 visible keypoints in the reference, need >= 2, subject cat: 0 visible keypoints in the reference, need >= 2"
+    )
 
 
 def test_metric_reads_reference_poses_from_the_sample(astronaut, tmp_path):

@@ -33,6 +33,11 @@ Definitions (d_i: distance between predicted and reference keypoint i, both in t
   The term is the mean over pairs; it keeps two well-posed subjects standing apart from scoring as
   "hugging" when the reference shows them overlapping.
 * Configuration score: mean over subjects of OKS, times the inter-subject term (S >= 2), in [0, 1].
+* Scorable subjects: a subject whose reference instance has fewer than ``MIN_VISIBLE_KEYPOINTS``
+  (2) visible keypoints (present and compared), or whose visible keypoints all lie on one point,
+  has no size: its OKS area, PCK threshold and radius would be 0 and even a perfect copy would
+  score 0. Such a subject is excluded, with its reason, and the configuration is scored over the
+  other subjects (alignment, OKS, PCK, inter-subject term); with none left the score is NaN.
 * Association: reference instances are given to subjects by mask containment: C[s, n] = fraction of
   instance n's keypoints that fall inside subject s's mask; ``scipy.optimize.linear_sum_assignment``
   maximises the total. The keypoint order of a file is not trusted (in DreamRelation's ``shake``
@@ -45,6 +50,7 @@ Definitions (d_i: distance between predicted and reference keypoint i, both in t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,6 +58,8 @@ import numpy as np
 
 PCK_ALPHA = 0.1
 INTER_KAPPA = 0.5
+# A reference instance needs this many visible keypoints to have a size (box, radius) to score against.
+MIN_VISIBLE_KEYPOINTS = 2
 
 # Names in the spelling of transformers' ViTPose configs (COCO) and the AP-10K annotations.
 COCO_KEYPOINTS = (
@@ -311,13 +319,37 @@ def associate_instances(instances: np.ndarray, masks: Sequence[np.ndarray]) -> t
     return tuple(int(c) for _, c in sorted(zip(rows_, cols_)))
 
 
+def unscorable_reason(target: np.ndarray, compared: np.ndarray | None = None) -> str | None:
+    """Why one reference instance (K, 2) cannot be scored against, or None when it can.
+
+    It needs ``MIN_VISIBLE_KEYPOINTS`` visible keypoints (present, and ``compared`` when given) that
+    do not all lie on one point: fewer give a box and a radius of 0, which no prediction can meet.
+    """
+    target = np.asarray(target, dtype=np.float64)
+    visible = _present(target) if compared is None else _present(target) & np.asarray(compared, dtype=bool)
+    count = int(visible.sum())
+    if count < MIN_VISIBLE_KEYPOINTS:
+        noun = "keypoint" if count == 1 else "keypoints"
+        return f"{count} visible {noun} in the reference, need >= {MIN_VISIBLE_KEYPOINTS}"
+    points = target[visible]
+    if np.ptp(points, axis=0).max() <= 0.0:
+        return f"its {count} visible keypoints in the reference lie on one point"
+    return None
+
+
 @dataclass(frozen=True)
 class ConfigurationScore:
-    value: float  # mean OKS x inter-subject term (mean OKS alone for one subject)
-    oks: tuple[float, ...]  # per subject
-    pck: tuple[float, ...]  # per subject
-    inter_subject: float  # NaN for one subject
+    value: float  # mean OKS x inter-subject term (mean OKS alone for one subject); NaN: no subject scorable
+    oks: tuple[float, ...]  # per subject (NaN for an excluded subject)
+    pck: tuple[float, ...]  # per subject (NaN for an excluded subject)
+    inter_subject: float  # NaN for fewer than 2 scored subjects
     transform: Similarity  # prediction -> reference frame
+    excluded: tuple[tuple[int, str], ...] = ()  # (subject index, why) of the subjects not scored
+
+    @property
+    def scored(self) -> int:
+        """The number of subjects scored."""
+        return len(self.oks) - len(self.excluded)
 
 
 def score_configuration(
@@ -334,7 +366,9 @@ def score_configuration(
     Both are in the target's skeleton order, subject s of one being subject s of the other. NaN in
     ``pred`` is a keypoint the estimator did not find (a miss); ``compared`` (K,) bool leaves out
     the keypoints the prediction's skeleton does not have (default: all compared). The reference
-    boxes (OKS area, PCK threshold) use every present ``target`` keypoint.
+    boxes (OKS area, PCK threshold) use every present ``target`` keypoint. Subjects whose reference
+    instance is unscorable (``unscorable_reason``) are left out of every term and listed in
+    ``excluded``.
     """
     pred = np.asarray(pred, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
@@ -343,15 +377,22 @@ def score_configuration(
     compared_ = np.ones(pred.shape[1], dtype=bool) if compared is None else np.asarray(compared, dtype=bool)
     if compared_.shape != (pred.shape[1],):
         raise ValueError(f"score_configuration: expected compared of shape ({pred.shape[1]},), got {compared_.shape}")
-    pred = np.where(compared_[None, :, None], pred, np.nan)  # never fitted or scored
+    n_subjects = pred.shape[0]
+    excluded = tuple((s, reason) for s in range(n_subjects) if (reason := unscorable_reason(target[s], compared_)) is not None)
+    kept = [s for s in range(n_subjects) if s not in dict(excluded)]
+    oks_values = [math.nan] * n_subjects
+    pck_values = [math.nan] * n_subjects
+    if not kept:
+        return ConfigurationScore(math.nan, tuple(oks_values), tuple(pck_values), math.nan, IDENTITY, excluded)
+    pred = np.where(compared_[None, :, None], pred[kept], np.nan)  # never fitted or scored
+    target = target[kept]
     both = _present(pred) & _present(target)
     transform = fit_similarity(pred[both], target[both])
     aligned = transform.apply(pred)
-    oks_values, pck_values = [], []
-    for s in range(pred.shape[0]):
-        oks_values.append(oks(aligned[s], target[s], sigmas, box_area(target[s]), visible=compared_))
-        pck_values.append(pck(aligned[s], target[s], pck_threshold(target[s], pck_alpha), visible=compared_))
+    for i, s in enumerate(kept):
+        oks_values[s] = oks(aligned[i], target[i], sigmas, box_area(target[i]), visible=compared_)
+        pck_values[s] = pck(aligned[i], target[i], pck_threshold(target[i], pck_alpha), visible=compared_)
     inter = inter_subject_agreement(aligned, target, inter_kappa)
-    mean_oks = float(np.mean(oks_values))
-    value = mean_oks if pred.shape[0] < 2 else mean_oks * inter
-    return ConfigurationScore(value, tuple(oks_values), tuple(pck_values), inter, transform)
+    mean_oks = float(np.mean([oks_values[s] for s in kept]))
+    value = mean_oks if len(kept) < 2 else mean_oks * inter
+    return ConfigurationScore(value, tuple(oks_values), tuple(pck_values), inter, transform, excluded)

@@ -16,9 +16,12 @@ relation (DreamRelation's motion keypoints):
    formula is in ``relbench.metrics.functional.keypoints``.
 
 Value: mean OKS over subjects x inter-subject term, in [0, 1], for the reference example that gives
-the highest value (a relation can be performed in several valid ways; the others stay in
-``details`` as ``ref<i>/...``). A case whose relation has no reference poses gets NaN with
-``details["reason"]``; reports skip NaN values when they average.
+the highest value among those that score the most subjects (a relation can be performed in several
+valid ways; the others stay in ``details`` as ``ref<i>/...``). A subject whose reference instance has
+fewer than 2 visible keypoints (or all on one point) is not scored against that reference: its
+reason is in ``details["excluded"]`` (``ref<i>/excluded`` per reference). A case whose relation has
+no reference poses, or whose references leave no subject to score (a reference with no keypoints),
+gets NaN with ``details["reason"]``; reports skip NaN values when they average.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from relbench.errors import RelbenchError
 from relbench.metrics.base import Metric, MetricResult, ScoringSample
 from relbench.metrics.functional.keypoints import (
     INTER_KAPPA,
+    MIN_VISIBLE_KEYPOINTS,
     PCK_ALPHA,
     SKELETONS,
     associate_instances,
@@ -127,6 +131,8 @@ def load_reference_poses(poses: Sequence["ReferencePose"], data_root: Path, spec
 def reference_configuration(reference: PoseReference, n_subjects: int, case_id: str) -> np.ndarray:
     """(S, K, 2): the reference's instances in subject order, in the aspect-kept frame."""
     instances = reference.keypoints
+    if instances.shape[0] == 0:  # a reference with no keypoints: every subject is excluded when scored
+        return np.full((n_subjects, instances.shape[1], 2), np.nan)
     if instances.shape[0] < n_subjects:
         raise RelbenchError(f"{reference.source}: {instances.shape[0]} instances for the {n_subjects} subjects of case {case_id}")
     if reference.masks:
@@ -212,8 +218,11 @@ class PoseScore(Metric):
             "pck_alpha": self.pck_alpha,
             "pck_threshold": f"{self.pck_alpha} x max(w, h) of that box",
             "inter_kappa": self.inter_kappa,
-            "value": "mean OKS over subjects x inter-subject term; best over the relation's reference examples",
-            "no_reference_poses": "NaN with details.reason",
+            "value": "mean OKS over subjects x inter-subject term; best over the relation's reference examples "
+                     "that score the most subjects",
+            "min_visible_keypoints": f"a subject with fewer than {MIN_VISIBLE_KEYPOINTS} visible reference keypoints "
+                                     "(or all on one point) is excluded, reason in details.excluded",
+            "no_reference_poses": "NaN with details.reason (also when no subject is scorable)",
         }
 
     # ----------------------------------------------------------------------------------------
@@ -275,7 +284,7 @@ class PoseScore(Metric):
         labels = _subject_labels(sample.subject_ids)
         n_subjects = len(labels)
         scale = 1.0 / max(sample.image.size)
-        details: dict[str, float] = {}
+        details: dict[str, Any] = {}
         per_reference = []
         for r, reference in enumerate(given.references):
             index = self.dataset_index_for(reference.skeleton)
@@ -288,21 +297,39 @@ class PoseScore(Metric):
             )
             per_reference.append((result, index))
             details[f"ref{r}/value"] = result.value
-            details[f"ref{r}/oks"] = float(np.mean(result.oks))
-            details[f"ref{r}/pck"] = float(np.mean(result.pck))
+            details[f"ref{r}/oks"] = _nanmean(result.oks)
+            details[f"ref{r}/pck"] = _nanmean(result.pck)
             details[f"ref{r}/inter_subject"] = result.inter_subject
-        # The best reference example; max keeps the first of equal values.
-        best = max(range(len(per_reference)), key=lambda r: per_reference[r][0].value)
+            if result.excluded:
+                details[f"ref{r}/excluded"] = [f"subject {labels[s]}: {why}" for s, why in result.excluded]
+        scorable = [r for r, (result, _) in enumerate(per_reference) if result.scored > 0]
+        if not scorable:
+            reasons = "; ".join(f"ref{r} ({reference.source or 'given'}) " + ", ".join(details[f"ref{r}/excluded"])
+                                for r, reference in enumerate(given.references))
+            details["reason"] = f"no subject can be scored against the reference poses: {reasons}"
+            return MetricResult(value=math.nan, details=details)
+        # The best reference example among those that score the most subjects (a reference that
+        # leaves a subject out must not win by dropping it); max keeps the first of equal keys.
+        best = max(scorable, key=lambda r: (per_reference[r][0].scored, per_reference[r][0].value))
         chosen, index = per_reference[best]
-        details.update({"reference": float(best), "oks": float(np.mean(chosen.oks)), "pck": float(np.mean(chosen.pck)),
+        details.update({"reference": float(best), "oks": _nanmean(chosen.oks), "pck": _nanmean(chosen.pck),
                         "inter_subject": chosen.inter_subject})
+        if chosen.excluded:
+            details["excluded"] = details[f"ref{best}/excluded"]
         if index is not None:
             details["dataset_index"] = float(index)
         for s, label in enumerate(labels):
-            details[f"oks/{label}"] = chosen.oks[s]
-            details[f"pck/{label}"] = chosen.pck[s]
+            if not math.isnan(chosen.oks[s]):  # an excluded subject has no OKS or PCK
+                details[f"oks/{label}"] = chosen.oks[s]
+                details[f"pck/{label}"] = chosen.pck[s]
             details[f"keypoint_score/{label}"] = float(estimates[index].scores[s].mean())
         return MetricResult(value=chosen.value, details=details)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean over the scored subjects (excluded ones are NaN); NaN when none is scored."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
 
 
 def _pixel_boxes(boxes: Sequence[Box], size: tuple[int, int]) -> np.ndarray:
