@@ -230,11 +230,45 @@ def test_attention_loss_hand_computed_on_a_2x2_map() -> None:
     maps = [torch.tensor(PROBS_2X2).unsqueeze(0)]
     tokens = torch.tensor([[False, True, True]])
     loss, stats = relation_attention_loss(maps, tokens, mask_4x4().view(1, 1, 4, 4), latent_hw=(4, 4))
-    # inside: (0.4 + 0.3) / 4; outside: (0.2 + 0.45) / 4.
-    assert loss.item() == pytest.approx((0.65 - 0.7) / 4, abs=1e-7)
-    assert stats["attn/inside"].item() == pytest.approx(0.7 / 4, abs=1e-7)
-    assert stats["attn/outside"].item() == pytest.approx(0.65 / 4, abs=1e-7)
+    # Each region averaged over its own 2 positions (+ 1e-5): inside (0.4 + 0.3) / 2, outside (0.2 + 0.45) / 2.
+    area = 2 + 1e-5
+    assert loss.item() == pytest.approx((0.65 - 0.7) / area, abs=1e-7)
+    assert stats["attn/inside"].item() == pytest.approx(0.7 / area, abs=1e-7)
+    assert stats["attn/outside"].item() == pytest.approx(0.65 / area, abs=1e-7)
     assert stats["attn/layers"].item() == 1 and stats["attn/samples"].item() == 1
+
+
+def test_attention_loss_averages_each_region_over_its_own_area() -> None:
+    # Unequal areas: the subject covers 1 of the 4 positions, the background 3 (the reference's
+    # sum(A * (1 - M)) / (sum(1 - M) + 1e-5) - sum(A * M) / (sum(M) + 1e-5)); float64 for exactness.
+    maps = [torch.tensor(PROBS_2X2, dtype=torch.float64).unsqueeze(0)]  # A = 0.4, 0.2, 0.45, 0.3
+    mask = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    mask[0, 0, 0, 0] = 1.0
+    loss, stats = relation_attention_loss(maps, torch.tensor([[False, True, True]]), mask, latent_hw=(2, 2))
+    inside, outside = 0.4 / (1 + 1e-5), (0.2 + 0.45 + 0.3) / (3 + 1e-5)
+    assert loss.item() == pytest.approx(outside - inside, rel=1e-12)  # -0.0833; the h * w mean gave +0.1375
+    assert stats["attn/inside"].item() == pytest.approx(inside, rel=1e-6)
+    assert stats["attn/outside"].item() == pytest.approx(outside, rel=1e-6)
+
+
+def test_uniform_attention_gives_zero_at_any_mask_coverage() -> None:
+    # Three samples, one layer of 4 x 4, uniform predicate attention of different strengths and
+    # subject masks covering 1, 9 and 15 of 16 positions: the loss responds to where the attention
+    # is, never to how much of it there is (mean over the whole map gave 0.05 * (15 - 1) / 16 etc.).
+    probs = torch.zeros(3, 16, 2, dtype=torch.float64)
+    for sample, value in enumerate((0.05, 0.3, 0.9)):
+        probs[sample, :, 1], probs[sample, :, 0] = value, 1 - value
+    masks = torch.zeros(3, 1, 4, 4, dtype=torch.float64)
+    masks[0, 0, 0, 0] = 1.0
+    masks[1, 0, :3, :3] = 1.0
+    masks[2, 0] = 1.0
+    masks[2, 0, 3, 3] = 0.0
+    tokens = torch.tensor([[False, True]] * 3)
+    loss, _ = relation_attention_loss([probs], tokens, masks, latent_hw=(4, 4))
+    assert abs(loss.item()) < 1e-5  # 0 up to the 1e-5 added to each area
+    for sample in range(3):  # and each sample on its own
+        alone, _ = relation_attention_loss([probs[sample:sample + 1]], tokens[:1], masks[sample:sample + 1], latent_hw=(4, 4))
+        assert abs(alone.item()) < 1e-5, sample
 
 
 def test_attention_loss_unites_subjects_averages_layers_and_masks_samples_without_predicate() -> None:
@@ -245,8 +279,8 @@ def test_attention_loss_unites_subjects_averages_layers_and_masks_samples_withou
     layer_4x4 = torch.full((2, 16, 3), 1 / 3)  # A = 1/3 everywhere; M has 3 of 16 pixels
     tokens = torch.tensor([[False, True, True], [False, False, False]])  # sample 1: no predicate
     loss, stats = relation_attention_loss([layer_2x2, layer_4x4], tokens, subject_masks, latent_hw=(4, 4))
-    sample_0 = ((0.65 - 0.7) / 4 + (13 / 16 - 3 / 16) / 3) / 2  # mean over the two layers
-    assert loss.item() == pytest.approx(sample_0 / 2, abs=1e-7)  # sample 1 adds 0, B = 2
+    sample_0 = ((0.65 - 0.7) / (2 + 1e-5) + 0.0) / 2  # mean over the two layers; uniform attention gives 0
+    assert loss.item() == pytest.approx(sample_0 / 2, abs=1e-6)  # sample 1 adds 0, B = 2
     assert stats["attn/samples"].item() == 1 and stats["attn/layers"].item() == 2
 
 
@@ -258,7 +292,7 @@ def test_attention_loss_reshapes_with_the_latent_aspect_ratio() -> None:
     mask = torch.zeros(1, 1, 2, 4)
     mask[0, 0, 0, 3] = 1.0
     loss, _ = relation_attention_loss([probs], torch.tensor([[False, True]]), mask, latent_hw=(2, 4))
-    assert loss.item() == pytest.approx(-1 / 8)
+    assert loss.item() == pytest.approx(-1 / (1 + 1e-5), abs=1e-7)  # inside: 1 over 1 position; outside: 0 over 7
     with pytest.raises(ValueError, match="6 queries"):
         relation_attention_loss([torch.zeros(1, 6, 2)], torch.tensor([[False, True]]), mask, latent_hw=(2, 4))
 

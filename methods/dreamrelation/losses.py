@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 # Paper: KML only on the less noisy third of the 1000 DDPM steps, where x0_pred is reliable.
 KML_MAX_TIMESTEP = 333
+# L_attn divides each region's attention by its area plus this (the reference's constant).
+ATTN_AREA_EPS = 1e-5
 # CLIP BPE marks the last token of every word with this suffix.
 _CLIP_WORD_END = "</w>"
 
@@ -218,8 +220,11 @@ def relation_attention_loss(
     (h, w), which gives each layer's (h, w) with the same aspect ratio.
 
     Per layer and sample: A = the predicate columns averaged, reshaped (h, w); M = the union mask,
-    nearest-downsampled to (h, w); value = mean(A * (1 - M)) - mean(A * M), means over the h * w
-    positions. Values are averaged over layers, then over all B samples. A sample with no
+    nearest-downsampled to (h, w); value = sum(A * (1 - M)) / (sum(1 - M) + eps) - sum(A * M) /
+    (sum(M) + eps), eps = 1e-5: the mean attention over the background minus the mean over the
+    subjects, each averaged over its own area (the reference's normalisation). So the value
+    measures where the attention is, not how much there is: a uniform map gives 0 at any mask
+    coverage. Values are averaged over layers, then over all B samples. A sample with no
     predicate token has no map to shape: it contributes 0 (per-sample mask), and
     ``attn/samples`` in the stats counts the samples that do contribute.
     """
@@ -249,8 +254,10 @@ def relation_attention_loss(
         attention = attention.view(batch, height, width)
         mask = F.interpolate(union.to(probs.device, probs.dtype), size=(height, width), mode="nearest")
         mask = mask.view(batch, height, width)
-        outside = (attention * (1.0 - mask)).mean(dim=(1, 2))  # (B,)
-        inside = (attention * mask).mean(dim=(1, 2))
+        background = 1.0 - mask
+        # Each region's mean over its own area; eps keeps an empty region at 0 instead of NaN.
+        outside = (attention * background).sum(dim=(1, 2)) / (background.sum(dim=(1, 2)) + ATTN_AREA_EPS)  # (B,)
+        inside = (attention * mask).sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)) + ATTN_AREA_EPS)
         layer_values.append(outside - inside)
         inside_values.append(inside.detach())
         outside_values.append(outside.detach())
@@ -259,7 +266,7 @@ def relation_attention_loss(
     per_sample = torch.where(has_predicate.to(per_sample.device), per_sample, torch.zeros_like(per_sample))
     loss = per_sample.sum() / batch
 
-    # Mean attention inside / outside the subjects, over contributing samples and all layers.
+    # Area-averaged attention inside / outside the subjects, over contributing samples and all layers.
     denominator = max(int(has_predicate.sum()), 1) * len(maps)
     stats = {
         "attn/layers": _stat(len(maps)),
