@@ -18,7 +18,9 @@ Where things go (``build_report``):
 ``formats`` (``csv``, ``parquet``) also writes the report's tables next to the page:
 ``samples``, ``leaderboard``, ``per_relation``, ``per_category`` (``.csv`` / ``.parquet``).
 
-Sections: leaderboard (mean, 95% CI, direction arrow, best per column; a warning when two
+Sections: leaderboard (mean, 95% CI and n cases per cell, direction arrow, best per column under
+the rule of ``stats``; rows sorted by the headline metric, named on the page with why it is that
+one; the case view and any metric whose configurations scored different cases; a warning when two
 configurations' CIs overlap on the headline metric, see ``stats``), plots, the paper-comparable
 table, per-relation and per-category breakdowns, the runs' settings, and a grid of every case with
 every method side by side (scores, judge verdicts and failure flags under each image; checkboxes
@@ -43,10 +45,12 @@ import pandas as pd
 
 from relbench.errors import RelbenchError
 from relbench.reports import plots
-from relbench.reports.leaderboard import RunSet, leaderboard, load_runs, save_csv
+from relbench.reports.leaderboard import (
+    RunSet, best_mask, board_notes, build_leaderboard, case_set_note, load_runs, save_csv,
+)
 from relbench.reports.stats import (
-    BOOTSTRAP_METHOD, CONFIDENCE, GROUP_COLUMNS, N_RESAMPLES, SEED, breakdown, headline_metric, metric_summary,
-    overlapping_pairs,
+    BOOTSTRAP_METHOD, COMMON, CONFIDENCE, DIFFER, GROUP_COLUMNS, MIN_CASES_FOR_BEST, N_RESAMPLES, SEED, Headline,
+    breakdown, overlapping_pairs,
 )
 from relbench.reports.tables import (
     FAILURE_FLAGS, FLAG_RULES, VERDICT_KEY, detail_number, failure_flags, judge_metrics,
@@ -205,6 +209,8 @@ class ReportData:
     directions: dict[str, bool | None]
     headline: str | None
     labels: dict[Key, str] = field(default_factory=dict)
+    headline_reason: str = ""  # why ``headline`` is that metric (or none)
+    cases: str = COMMON  # the case view (stats.CASE_VIEWS)
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -234,38 +240,31 @@ def _with_labels(frame: pd.DataFrame, labels: dict[Key, str]) -> pd.DataFrame:
     return frame.assign(label=[labels.get(_key(r), str(r["method"])) for r in frame.to_dict("records")])
 
 
-def collect(run_dirs: Sequence[str | Path]) -> ReportData:
-    """Read and merge the runs and compute every table the page and the exports show."""
+def collect(run_dirs: Sequence[str | Path], headline: str | None = None, cases: str = COMMON) -> ReportData:
+    """Read and merge the runs and compute every table the page and the exports show, in the case
+    view ``cases``, sorted by ``headline`` (``--headline``; default: ``stats.choose_headline``)."""
     run_set = load_runs(run_dirs)
     samples = run_set.samples
     metrics = metric_columns(samples)
-    summary = metric_summary(samples, metrics)
-    table = leaderboard(samples, run_set.runs, summary)
+    board = build_leaderboard(run_set, headline, cases)
     return ReportData(
         run_set=run_set,
-        summary=summary,
-        table=table,
-        per_relation=breakdown(samples, "relation", metrics),
-        per_category=breakdown(samples, "category", metrics),
+        summary=board.summary,
+        table=board.table,
+        per_relation=breakdown(samples, "relation", metrics, cases=cases),
+        per_category=breakdown(samples, "category", metrics, cases=cases),
         flags=failure_flags(samples),
         metrics=metrics,
         directions=run_set.directions(),
-        headline=headline_metric(samples),
-        labels=config_labels(table),
+        headline=board.headline.metric,
+        labels=config_labels(board.table),
+        headline_reason=board.headline.reason,
+        cases=cases,
     )
 
 
 # --------------------------------------------------------------------------------------------
 # Sections
-
-
-def _best_rows(values: pd.Series, direction: bool | None) -> set[int]:
-    """Row positions holding the best value (all of them on a tie)."""
-    values = values.astype("float64")
-    if direction is None or values.notna().sum() == 0:
-        return set()
-    best = values.max() if direction else values.min()
-    return {i for i, value in enumerate(values) if value == best}
 
 
 def _ci_text(low: Any, high: Any) -> str:
@@ -291,16 +290,56 @@ def _overlap_warning(data: ReportData) -> str:
     )
 
 
+HEADLINE_CLASS = ' class="headline" title="the headline metric"'
+
+
+def _case_set_flag(table: pd.DataFrame, metric: str) -> str:
+    """The header's mark for a metric whose configurations scored different cases."""
+    sets = set(table[f"{metric}_case_set"])
+    if DIFFER in sets:
+        return ' <span class="flag" title="means over different cases; not comparable">(different cases)</span>'
+    if COMMON in sets:
+        return ' <span class="muted" title="means over the cases all configurations scored">(common cases)</span>'
+    return ""
+
+
+def _headline_text(data: ReportData) -> str:
+    if data.headline is None:
+        return f"No headline metric ({_e(data.headline_reason)}); rows sorted by method."
+    return (f"Headline metric: <code>{_e(data.headline)}</code> ({_e(data.headline_reason)}); rows sorted by it, "
+            "best first (<code>--headline METRIC</code> picks another).")
+
+
+def _view_text(data: ReportData) -> str:
+    view = (
+        "common cases: where the configurations scored different cases for a metric, every mean in that column is over "
+        "the cases all of them scored (<code>--all-cases</code> shows each one's own cases)"
+        if data.cases == COMMON else
+        "all cases (<code>--all-cases</code>): every mean is over the configuration's own cases; a column marked "
+        "(different cases) compares different cases and has no best"
+    )
+    note = case_set_note(data.summary)
+    return f"Case view: {view}." + (f' <span id="case-sets">{_e(note)}.</span>' if note else "")
+
+
 def _leaderboard_section(data: ReportData, leaderboard_link: str) -> str:
     table, metrics = data.table, data.metrics
-    best = {metric: _best_rows(table[metric], data.directions.get(metric)) for metric in metrics}
+    best = {metric: best_mask(table, metric, data.directions.get(metric)).tolist() for metric in metrics}
     nan_counts = {(_key(r), r["metric"]): r["n_nan"] for r in data.summary.to_dict("records")}
-    head = "".join(f"<th>{_e(metric)}{_arrow(data.directions.get(metric))}</th>" for metric in metrics)
+    head = "".join(
+        f"<th{HEADLINE_CLASS if metric == data.headline else ''}>{_e(metric)}{_arrow(data.directions.get(metric))}"
+        f"{_case_set_flag(table, metric)}</th>"
+        for metric in metrics
+    )
     parts = [
         '<h2 id="leaderboard">Leaderboard</h2>',
-        f'<p class="muted">Mean over cases (seeds averaged within a case first) and its bootstrap {CONFIDENCE:.0%} '
-        f"confidence interval over cases [low, high] ({BOOTSTRAP_METHOD} method, {N_RESAMPLES} resamples, seed {SEED}); "
-        "best mean per column in bold; &uarr; higher is better, &darr; lower is better; "
+        f'<p id="headline">{_headline_text(data)}</p>',
+        f'<p id="case-view">{_view_text(data)}</p>',
+        f'<p class="muted">Mean over cases (seeds averaged within a case first), its bootstrap {CONFIDENCE:.0%} '
+        f"confidence interval over cases [low, high] ({BOOTSTRAP_METHOD} method, {N_RESAMPLES} resamples, seed {SEED}) "
+        "and n, the number of cases it is over; "
+        "best mean per column in bold, among the configurations of one benchmark and profile scored on the same cases "
+        f"with n &ge; {MIN_CASES_FOR_BEST} (so that a CI exists); &uarr; higher is better, &darr; lower is better; "
         "&ldquo;n/a&rdquo;: images the metric scored without a value (skipped). "
         f'Also as <a href="{_e(leaderboard_link)}">{LEADERBOARD_CSV}</a>.</p>',
         f'<table class="leaderboard"><tr><th>method</th><th>settings hash</th><th>images</th><th>scored</th>'
@@ -311,10 +350,11 @@ def _leaderboard_section(data: ReportData, leaderboard_link: str) -> str:
         for metric in metrics:
             n_nan = nan_counts.get((_key(record), metric), 0)
             note = f' <span class="muted">({n_nan} n/a)</span>' if n_nan else ""
-            cls = "num best" if position in best[metric] else "num"
+            cls = "num best" if best[metric][position] else "num"
             cells.append(
                 f'<td class="{cls}"><span class="mean">{_fmt(record[metric])}</span>'
-                f"{_ci_text(record[f'{metric}_ci_low'], record[f'{metric}_ci_high'])}{note}</td>"
+                f"{_ci_text(record[f'{metric}_ci_low'], record[f'{metric}_ci_high'])}"
+                f' <span class="n">n={int(record[f"{metric}_n"])}</span>{note}</td>'
             )
         parts.append(
             f"<tr><td>{_e(data.labels.get(_key(record), record['method']))}</td><td><code>{_e(record['settings_hash'])}</code></td>"
@@ -388,13 +428,15 @@ def _breakdown_section(data: ReportData, frame: pd.DataFrame, by: str, title: st
     head = "".join(f"<th>{_e(metric)}{_arrow(data.directions.get(metric))}</th>" for metric in data.metrics)
     parts = [
         f'<h2 id="{anchor}">{title}</h2>',
-        '<p class="muted">Mean over cases (seeds averaged first) per method; a case with subjects of several '
-        "categories counts in each.</p>" if by == "category" else '<p class="muted">Mean over cases (seeds averaged first) per method.</p>',
+        '<p class="muted">Mean over cases (seeds averaged first) per method and n, the cases it is over, in the '
+        "leaderboard's case view; a case with subjects of several categories counts in each.</p>" if by == "category" else
+        '<p class="muted">Mean over cases (seeds averaged first) per method and n, the cases it is over, in the '
+        "leaderboard's case view.</p>",
         f'<table class="breakdown {anchor}"><tr>{head_keys}<th>method</th><th>cases</th>{head}</tr>',
     ]
     for record in frame.to_dict("records"):
         keys = "".join(f"<td>{'&ndash;' if _is_missing(record[c]) else _e(record[c])}</td>" for c in key_columns)
-        values = "".join(f'<td class="num">{_fmt(record[m])}</td>' for m in data.metrics)
+        values = "".join(f'<td class="num">{_fmt(record[m])} <span class="n">n={int(record[f"{m}_n"])}</span></td>' for m in data.metrics)
         parts.append(
             f"<tr>{keys}<td>{_e(data.labels.get(_key(record), record['method']))}</td>"
             f'<td class="num">{int(record["n_cases"])}</td>{values}</tr>'
@@ -644,15 +686,21 @@ class ReportFiles:
     page: Path
     leaderboard: Path
     exports: tuple[Path, ...] = ()
+    notes: tuple[str, ...] = ()  # lines for the command to print: the headline, differing case sets
 
 
 def build_report(
-    run_dirs: str | Path | Sequence[str | Path], output: str | Path | None = None, formats: str | Sequence[str] | None = ()
+    run_dirs: str | Path | Sequence[str | Path],
+    output: str | Path | None = None,
+    formats: str | Sequence[str] | None = (),
+    headline: str | None = None,
+    cases: str = COMMON,
 ) -> ReportFiles:
-    """Write the report of one or more runs (locations in the module docstring)."""
+    """Write the report of one or more runs (locations in the module docstring); ``headline`` and
+    ``cases`` as ``--headline`` and ``--common-cases/--all-cases``."""
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
     formats = parse_formats(formats)
-    data = collect(dirs)
+    data = collect(dirs, headline, cases)
     page_dir = Path(output) if output is not None else dirs[0] / REPORT_DIR
     if page_dir.exists() and not page_dir.is_dir():
         raise RelbenchError(f"{page_dir}: --output exists and is not a directory")
@@ -668,11 +716,16 @@ def build_report(
         "per_relation": data.per_relation,
         "per_category": data.per_category,
     }, formats)
-    return ReportFiles(page, board, tuple(exports))
+    notes = board_notes(Headline(data.headline, data.headline_reason), data.summary)
+    return ReportFiles(page, board, tuple(exports), tuple(notes))
 
 
 def write_report(
-    run_dirs: str | Path | Sequence[str | Path], output: str | Path | None = None, formats: str | Sequence[str] | None = ()
+    run_dirs: str | Path | Sequence[str | Path],
+    output: str | Path | None = None,
+    formats: str | Sequence[str] | None = (),
+    headline: str | None = None,
+    cases: str = COMMON,
 ) -> Path:
     """``build_report``, returning the page's path."""
-    return build_report(run_dirs, output, formats).page
+    return build_report(run_dirs, output, formats, headline, cases).page

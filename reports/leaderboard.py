@@ -1,7 +1,9 @@
 """The leaderboard: one row per method configuration with every metric's mean and 95% CI.
 
 CSV schema (``leaderboard.csv``), STABLE: columns in this order, one row per (method, settings
-hash, benchmark, benchmark version, profile), rows sorted by those columns.
+hash, benchmark, benchmark version, profile). Rows are sorted by benchmark, benchmark version and
+profile, then by the headline metric's mean, best first (``stats.choose_headline``; descending
+when its direction is unknown; rows without a value last), then by method and settings hash.
 
 ==================  ==========================================================================
 method              method name as registered (``sdxl``, ``reference-collage``, ...)
@@ -19,6 +21,12 @@ n_cases             distinct cases with an image
 <metric>_ci_high    values skipped), and its bootstrap 95% CI over cases (percentile method,
                     9999 resamples, seed 0; see ``relbench.reports.stats``); empty when no case
                     has a value, CI empty with fewer than 2 cases
+<metric>_n          the number of cases that mean is over (0: no value)
+<metric>_case_set   ``same``: every configuration of this benchmark, version and profile that
+                    scored the metric scored the same cases; ``common``: they scored different
+                    cases and every mean is over the cases all of them scored (the default
+                    view); ``differ``: they scored different cases and every mean is over the
+                    configuration's own cases (``--all-cases``): not comparable
 relbench_version    relbench version(s) of the run(s) the row's images come from (run.json),
 git_commit          likewise the git commit(s); several distinct values are joined with ";"
 ==================  ==========================================================================
@@ -44,7 +52,10 @@ from typing import Any
 import pandas as pd
 
 from relbench.errors import RelbenchError
-from relbench.reports.stats import GROUP_COLUMNS, metric_summary
+from relbench.reports.stats import (
+    COMMON, COMPARISON_COLUMNS, DIFFER, GROUP_COLUMNS, MIN_CASES_FOR_BEST, SAME, Headline, choose_headline,
+    comparison_key, metric_summary, nan_free,
+)
 from relbench.reports.tables import RUN_FILE, SAMPLE_COLUMNS, load_run, metric_columns
 
 COUNT_COLUMNS: tuple[str, ...] = ("n_images", "n_scored", "n_cases")
@@ -53,6 +64,7 @@ LEADING_COLUMNS: tuple[str, ...] = (
 )
 TRAILING_COLUMNS: tuple[str, ...] = ("relbench_version", "git_commit")
 CI_SUFFIXES: tuple[str, str] = ("_ci_low", "_ci_high")
+METRIC_SUFFIXES: tuple[str, ...] = ("", *CI_SUFFIXES, "_n", "_case_set")
 
 # Identity of one generated image across runs.
 MERGE_KEY: tuple[str, ...] = ("method", "settings_hash", "benchmark", "benchmark_version", "case_id", "seed")
@@ -62,7 +74,7 @@ Run = tuple[Path, dict[str, Any]]  # (run directory, its run.json)
 
 def leaderboard_columns(metrics: Sequence[str]) -> list[str]:
     """The CSV header for these metrics (schema above)."""
-    per_metric = [f"{metric}{suffix}" for metric in metrics for suffix in ("", *CI_SUFFIXES)]
+    per_metric = [f"{metric}{suffix}" for metric in metrics for suffix in METRIC_SUFFIXES]
     return [*LEADING_COLUMNS, *per_metric, *TRAILING_COLUMNS]
 
 
@@ -84,23 +96,27 @@ def _provenance(runs: Sequence[Run], run_dirs: set[str], field: str) -> str:
     return ";".join(dict.fromkeys(str(v) for v in values if v not in (None, "")))
 
 
-def _key(values: Sequence[Any]) -> tuple[Any, ...]:
-    # Group keys may hold NaN (old files without a benchmark or profile); NaN != NaN, so map it.
-    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
-
-
-def leaderboard(samples: pd.DataFrame, runs: Sequence[Run] = (), summary: pd.DataFrame | None = None) -> pd.DataFrame:
+def leaderboard(
+    samples: pd.DataFrame,
+    runs: Sequence[Run] = (),
+    summary: pd.DataFrame | None = None,
+    *,
+    headline: str | None = None,
+    directions: dict[str, bool | None] | None = None,
+    cases: str = COMMON,
+) -> pd.DataFrame:
     """The leaderboard table (schema above) of a samples table.
 
     ``runs`` (directory and run.json of each run the samples come from) give the settings and
-    provenance columns; ``summary`` is ``stats.metric_summary(samples)`` when already computed.
+    provenance columns; ``summary`` is ``stats.metric_summary(samples, cases=cases)`` when already
+    computed; rows are sorted by ``headline`` (a metric, in its direction from ``directions``).
     """
     metrics = metric_columns(samples)
     columns = leaderboard_columns(metrics)
     if samples.empty:
         return pd.DataFrame(columns=columns)
-    summary = metric_summary(samples, metrics) if summary is None else summary
-    stats = {(_key([r[c] for c in GROUP_COLUMNS]), r["metric"]): r for r in summary.to_dict("records")}
+    summary = metric_summary(samples, metrics, cases=cases) if summary is None else summary
+    stats = {(nan_free(r[c] for c in GROUP_COLUMNS), r["metric"]): r for r in summary.to_dict("records")}
     rows: list[dict[str, Any]] = []
     # dropna=False keeps rows whose benchmark or profile is missing from old files.
     for key, group in samples.groupby(list(GROUP_COLUMNS), dropna=False, sort=True):
@@ -111,10 +127,12 @@ def leaderboard(samples: pd.DataFrame, runs: Sequence[Run] = (), summary: pd.Dat
         row["n_scored"] = int(group[metrics].notna().any(axis=1).sum()) if metrics else 0
         row["n_cases"] = int(group["case_id"].nunique())
         for metric in metrics:
-            entry = stats.get((_key(key), metric), {})
+            entry = stats.get((nan_free(key), metric), {})
             row[metric] = entry.get("mean", math.nan)
             row[f"{metric}_ci_low"] = entry.get("ci_low", math.nan)
             row[f"{metric}_ci_high"] = entry.get("ci_high", math.nan)
+            row[f"{metric}_n"] = entry.get("n_cases", 0)
+            row[f"{metric}_case_set"] = entry.get("case_set", SAME)
         run_dirs = set(group["run_dir"].dropna().astype(str))
         row["relbench_version"] = _provenance(runs, run_dirs, "relbench_version")
         row["git_commit"] = _provenance(runs, run_dirs, "git_commit")
@@ -125,7 +143,58 @@ def leaderboard(samples: pd.DataFrame, runs: Sequence[Run] = (), summary: pd.Dat
     for metric in metrics:
         for suffix in ("", *CI_SUFFIXES):
             table[f"{metric}{suffix}"] = table[f"{metric}{suffix}"].astype("float64")
-    return table
+        table[f"{metric}_n"] = table[f"{metric}_n"].astype("int64")
+    return _sort_by_headline(table, headline, (directions or {}).get(headline) if headline else None)
+
+
+def _sort_by_headline(table: pd.DataFrame, headline: str | None, direction: bool | None) -> pd.DataFrame:
+    """Rows by comparison group, then the headline's mean best first (NaN last), then configuration."""
+    order = [*COMPARISON_COLUMNS]
+    keyed = table
+    if headline is not None:
+        keyed = table.assign(_headline=table[headline] if direction is False else -table[headline])
+        order.append("_headline")
+    keyed = keyed.sort_values([*order, "method", "settings_hash"], na_position="last", kind="stable")
+    return keyed[table.columns].reset_index(drop=True)
+
+
+def best_mask(table: pd.DataFrame, metric: str, direction: bool | None) -> pd.Series:
+    """Which leaderboard rows hold the best mean of ``metric`` (the rule in ``relbench.reports.stats``).
+
+    Within each comparison group: among rows scored on the same cases (case set ``same`` or
+    ``common``, never ``differ``) with at least ``MIN_CASES_FOR_BEST`` cases and a CI, the highest
+    mean (lowest when lower is better); all of them on a tie; none without a direction.
+    """
+    best = pd.Series(False, index=table.index)
+    if direction is None or table.empty:
+        return best
+    eligible = (
+        (table[f"{metric}_n"] >= MIN_CASES_FOR_BEST)
+        & table[f"{metric}_ci_low"].notna()
+        & table[f"{metric}_ci_high"].notna()
+        & (table[f"{metric}_case_set"] != DIFFER)
+    )
+    groups = [comparison_key(record) for record in table.to_dict("records")]
+    for group in dict.fromkeys(groups):
+        rows = eligible & pd.Series([g == group for g in groups], index=table.index)
+        values = table.loc[rows, metric].astype("float64")
+        if values.notna().any():
+            target = values.max() if direction else values.min()
+            best |= rows & (table[metric] == target)
+    return best
+
+
+def case_set_note(summary: pd.DataFrame) -> str | None:
+    """One line on the metrics whose configurations scored different cases (None when all agree)."""
+    notes = []
+    for case_set, text in (
+        (COMMON, "each mean is over the cases all of them scored (the default; --all-cases: each one's own cases)"),
+        (DIFFER, "each mean is over that configuration's own cases (--all-cases): not comparable, no best marked"),
+    ):
+        names = list(dict.fromkeys(summary.loc[summary["case_set"] == case_set, "metric"]))
+        if names:
+            notes.append(f"{', '.join(names)}: the configurations scored different cases; {text}")
+    return "; ".join(notes) or None
 
 
 def _check_metric_settings(runs: Sequence[tuple[Path, dict[str, Any]]]) -> None:
@@ -209,12 +278,41 @@ def merge_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     return load_runs(run_dirs).samples
 
 
-def write_leaderboard_csv(run_dirs: Sequence[str | Path], output: str | Path) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Board:
+    """A leaderboard with what it was computed from: the metric summary and the headline."""
+
+    table: pd.DataFrame
+    summary: pd.DataFrame  # stats.metric_summary in the same case view
+    headline: Headline
+    cases: str  # the case view: COMMON or ALL
+
+    def notes(self) -> list[str]:
+        return board_notes(self.headline, self.summary)
+
+
+def board_notes(headline: Headline, summary: pd.DataFrame) -> list[str]:
+    """What the commands print besides the files: the headline and why, and case sets that differ."""
+    note = case_set_note(summary)
+    return [headline.line(), *([f"cases: {note}"] if note else [])]
+
+
+def build_leaderboard(run_set: RunSet, headline: str | None = None, cases: str = COMMON) -> Board:
+    """The leaderboard of merged runs in a case view, sorted by the headline (``--headline`` or the default)."""
+    samples = run_set.samples
+    chosen = choose_headline(samples, headline)
+    summary = metric_summary(samples, metric_columns(samples), cases=cases)
+    table = leaderboard(samples, run_set.runs, summary, headline=chosen.metric, directions=run_set.directions())
+    return Board(table, summary, chosen, cases)
+
+
+def write_leaderboard_csv(
+    run_dirs: Sequence[str | Path], output: str | Path, headline: str | None = None, cases: str = COMMON
+) -> Board:
     """Write the leaderboard of one or more runs to ``output`` (CSV, schema above); returns it."""
-    run_set = load_runs(run_dirs)
-    table = leaderboard(run_set.samples, run_set.runs)
-    save_csv(table, output)
-    return table
+    board = build_leaderboard(load_runs(run_dirs), headline, cases)
+    save_csv(board.table, output)
+    return board
 
 
 def save_csv(table: pd.DataFrame, output: str | Path) -> Path:

@@ -18,17 +18,32 @@ images share prompt and subjects, so they are not independent draws), then cases
 * Paired comparison (``compare``): on the cases both configurations have a value for, the
   difference a - b per case (seed means), its mean with the same bootstrap CI, and a two-sided
   sign test (``scipy.stats.binomtest`` with p = 0.5 on the number of cases where a is higher
-  among those where a and b differ; exactly equal cases are ties: dropped and counted).
-* Headline metric (``headline_metric``): the relation judge's metric when one is present (the
-  benchmark is about relations; see ``tables.judge_metrics``), else ``clip_t`` (the prompt
-  including the relation), else the first metric. The report and ``compare`` warn when two
-  configurations' CIs overlap on it: their order may be noise.
+  among those where a and b differ; exactly equal cases are ties: dropped and counted). A winner
+  (``better``) is named only when that CI excludes 0; otherwise no difference is detected.
+* Case sets (``case_view``): configurations are compared only within one benchmark, version and
+  profile (``COMPARISON_COLUMNS``). For each metric, the configurations that scored it (at least
+  one value) may have scored different cases. The default view, ``common``, then restricts every
+  configuration to the cases all of them scored for that metric (``case_set`` ``common``); the
+  ``all`` view keeps each configuration's own cases (``case_set`` ``differ``: means over different
+  cases, not comparable). ``same``: they all scored the same cases, both views agree.
+* Best (``leaderboard.best_mask``): a mean is marked best in its column when it is the best (by the metric's
+  direction) among the configurations of its comparison group scored on the same cases (``same``
+  or ``common``; never ``differ``) that have at least ``MIN_CASES_FOR_BEST`` (2) cases and so a
+  computable CI. Ties are all best; a metric without a direction has no best.
+* Headline metric (``choose_headline``): ``--headline METRIC`` when given (it must have a value in
+  the runs), else ``DEFAULT_HEADLINE`` (``relation_vqa``, the relation judge's VQAScore: the
+  benchmark is about relations) when it has a value, else the fallback: the first other relation
+  judge metric with a value (its details carry the verdict, e.g. ``relation_acc``, ``relation_mc``;
+  see ``tables.judge_metrics``), else ``clip_t`` (the prompt including the relation), else none.
+  The leaderboard is sorted by it (best first); the report and ``compare`` warn when two
+  configurations' CIs overlap on it: their order may be noise. Two point intervals at the same
+  value ([c, c] and [c, c]: every case scored the same constant) are a tie, not an overlap.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +65,23 @@ _BATCH_VALUES = 2_000_000
 GROUP_COLUMNS: tuple[str, ...] = ("method", "settings_hash", "benchmark", "benchmark_version", "profile")
 # A case across configurations (the pairing key of ``compare``).
 CASE_COLUMNS: tuple[str, ...] = ("benchmark", "benchmark_version", "case_id")
+# Configurations are compared (common cases, best, CI overlap) only with those sharing these values.
+COMPARISON_COLUMNS: tuple[str, ...] = ("benchmark", "benchmark_version", "profile")
 
-SUMMARY_COLUMNS: tuple[str, ...] = (*GROUP_COLUMNS, "metric", "mean", "ci_low", "ci_high", "n_cases", "n_values", "n_nan")
+# Case views and case sets (see the module docstring).
+COMMON, ALL = "common", "all"
+CASE_VIEWS: tuple[str, ...] = (COMMON, ALL)
+SAME, DIFFER = "same", "differ"  # a case set is SAME, COMMON or DIFFER
+MIN_CASES_FOR_BEST = 2  # fewer cases: no CI, so no claim to be best
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    *GROUP_COLUMNS, "metric", "mean", "ci_low", "ci_high", "n_cases", "n_values", "n_nan", "case_set",
+)
 COMPARE_COLUMNS: tuple[str, ...] = (
     "metric", "higher_is_better", "n_cases", "mean_a", "mean_b", "mean_diff", "diff_ci_low", "diff_ci_high",
     "n_a_higher", "n_b_higher", "n_ties", "sign_test_p", "better",
 )
+DEFAULT_HEADLINE = "relation_vqa"
 HEADLINE_FALLBACK = "clip_t"
 
 Config = tuple[str, str]  # (method, settings_hash)
@@ -91,6 +117,56 @@ def case_means(samples: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table.reset_index()
 
 
+def nan_free(values: Iterable[Any]) -> tuple[Any, ...]:
+    """Group-key values with NaN as None: old files may lack a benchmark or profile, and NaN != NaN."""
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
+
+
+def comparison_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The comparison group (COMPARISON_COLUMNS) of a row of any table that has those columns."""
+    return nan_free(record[c] for c in COMPARISON_COLUMNS)
+
+
+@dataclass(frozen=True)
+class CaseView:
+    """Which rows count for each metric in a case view (``case_view``), and every case set."""
+
+    view: str  # COMMON or ALL
+    mask: pd.DataFrame  # one boolean column per metric, aligned with the samples: True = counted
+    case_sets: dict[tuple[tuple[Any, ...], str], str]  # (comparison key, metric) -> SAME, COMMON or DIFFER
+
+
+def check_case_view(cases: str) -> str:
+    if cases not in CASE_VIEWS:
+        raise RelbenchError(f"cases: expected {' or '.join(CASE_VIEWS)}, got {cases!r}")
+    return cases
+
+
+def case_view(samples: pd.DataFrame, metrics: Sequence[str] | None = None, cases: str = COMMON) -> CaseView:
+    """Per comparison group and metric: the case set (see the module docstring) and, in the
+    ``common`` view where the configurations scored different cases, the rows of the cases all
+    of them scored. A configuration without any value for the metric does not take part."""
+    cases = check_case_view(cases)
+    metrics = metric_columns(samples) if metrics is None else list(metrics)
+    mask = pd.DataFrame(True, index=samples.index, columns=metrics)
+    case_sets: dict[tuple[tuple[Any, ...], str], str] = {}
+    if samples.empty:
+        return CaseView(cases, mask, case_sets)
+    for key, group in samples.groupby(list(COMPARISON_COLUMNS), dropna=False, sort=False):
+        comparison = nan_free(key)
+        for metric in metrics:
+            scored = group.loc[group[metric].notna()]
+            sets = {frozenset(rows["case_id"]) for _, rows in scored.groupby(["method", "settings_hash"], sort=False)}
+            if len(sets) <= 1:
+                case_sets[(comparison, metric)] = SAME
+            elif cases == ALL:
+                case_sets[(comparison, metric)] = DIFFER
+            else:
+                case_sets[(comparison, metric)] = COMMON
+                mask.loc[group.index, metric] = group["case_id"].isin(frozenset.intersection(*sets)).to_numpy()
+    return CaseView(cases, mask, case_sets)
+
+
 def _summary_row(group: pd.DataFrame, metric: str, seed: int, n_resamples: int) -> dict[str, Any]:
     per_case = group.loc[group[metric].notna()].groupby("case_id", sort=True)[metric].mean()
     low, high = bootstrap_ci(per_case.to_numpy(), seed=seed, n_resamples=n_resamples)
@@ -106,37 +182,54 @@ def _summary_row(group: pd.DataFrame, metric: str, seed: int, n_resamples: int) 
 
 
 def metric_summary(
-    samples: pd.DataFrame, metrics: Sequence[str] | None = None, *, seed: int = SEED, n_resamples: int = N_RESAMPLES
+    samples: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    *,
+    cases: str = COMMON,
+    seed: int = SEED,
+    n_resamples: int = N_RESAMPLES,
 ) -> pd.DataFrame:
     """One row per (configuration, metric): mean over cases, bootstrap CI, counts (SUMMARY_COLUMNS).
 
-    ``n_cases``: cases with a value; ``n_values``: images with a value; ``n_nan``: images scored by
-    the metric that gave NaN/null (skipped). Rows are sorted by configuration, metrics in order.
+    Over the cases of the view ``cases`` (``common`` or ``all``, see ``case_view``): ``n_cases``:
+    cases with a value; ``n_values``: images with a value; ``n_nan``: images scored by the metric
+    that gave NaN/null (skipped); ``case_set``: SAME, COMMON or DIFFER. Rows are sorted by
+    configuration, metrics in order.
     """
     metrics = metric_columns(samples) if metrics is None else list(metrics)
+    view = case_view(samples, metrics, cases)
     rows: list[dict[str, Any]] = []
     if not samples.empty:
         for key, group in samples.groupby(list(GROUP_COLUMNS), dropna=False, sort=True):
+            config = dict(zip(GROUP_COLUMNS, key))
             for metric in metrics:
-                rows.append({**dict(zip(GROUP_COLUMNS, key)), **_summary_row(group, metric, seed, n_resamples)})
+                in_view = group.loc[view.mask.loc[group.index, metric]]
+                rows.append({
+                    **config, **_summary_row(in_view, metric, seed, n_resamples),
+                    "case_set": view.case_sets[(comparison_key(config), metric)],
+                })
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
-def breakdown(samples: pd.DataFrame, by: str, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+def breakdown(samples: pd.DataFrame, by: str, metrics: Sequence[str] | None = None, *, cases: str = COMMON) -> pd.DataFrame:
     """Mean of every metric per configuration and relation (``by="relation"``) or subject category
-    (``by="category"``), over cases (seeds averaged first, NaN skipped).
+    (``by="category"``), over the cases of the view ``cases`` (seeds averaged first, NaN skipped).
 
     Columns: GROUP_COLUMNS, then ``relation``, ``relation_kind`` or ``category``, then ``n_cases``
-    (cases generated in the group) and one column per metric. A case counts once towards each
-    distinct category among its subjects (a person-and-animal case is in both groups).
+    (cases generated in the group) and per metric its mean and ``<metric>_n`` (cases with a value
+    in the view). A case counts once towards each distinct category among its subjects (a
+    person-and-animal case is in both groups).
     """
     if by not in ("relation", "category"):
         raise ValueError(f"breakdown: by must be 'relation' or 'category', got {by!r}")
     metrics = metric_columns(samples) if metrics is None else list(metrics)
     labels = ["relation", "relation_kind"] if by == "relation" else ["category"]
-    columns = [*GROUP_COLUMNS, *labels, "n_cases", *metrics]
+    per_metric = [column for name in metrics for column in (name, f"{name}_n")]
+    columns = [*GROUP_COLUMNS, *labels, "n_cases", *per_metric]
     if samples.empty:
         return pd.DataFrame(columns=columns)
+    view = case_view(samples, metrics, cases)
+    samples = samples.assign(**{name: samples[name].where(view.mask[name]) for name in metrics})
     keys = [*GROUP_COLUMNS, "case_id"]
     cases = samples.groupby(keys, dropna=False, sort=True).agg(
         relation=("relation", "first"),
@@ -148,38 +241,74 @@ def breakdown(samples: pd.DataFrame, by: str, metrics: Sequence[str] | None = No
         cases["category"] = cases["subject_categories"].map(lambda c: list(dict.fromkeys(c or ())) or [None])
         cases = cases.explode("category", ignore_index=True)
     table = cases.groupby([*GROUP_COLUMNS, *labels], dropna=False, sort=True).agg(
-        n_cases=("case_id", "size"), **{name: (name, "mean") for name in metrics}
+        n_cases=("case_id", "size"),
+        **{name: (name, "mean") for name in metrics},
+        **{f"{name}_n": (name, "count") for name in metrics},
     ).reset_index()
-    table["n_cases"] = table["n_cases"].astype("int64")
+    for column in ["n_cases", *(f"{name}_n" for name in metrics)]:
+        table[column] = table[column].astype("int64")
     return table[columns]
 
 
-def headline_metric(samples: pd.DataFrame) -> str | None:
-    """The metric the CI-overlap warning looks at (see the module docstring); None without metrics."""
-    judges = judge_metrics(samples)
-    if judges:
-        return judges[0]
-    metrics = metric_columns(samples)
-    if HEADLINE_FALLBACK in metrics:
-        return HEADLINE_FALLBACK
-    return metrics[0] if metrics else None
+def computed_metrics(samples: pd.DataFrame) -> list[str]:
+    """The metrics with at least one value in ``samples``, in table order."""
+    return [name for name in metric_columns(samples) if samples[name].notna().any()]
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The headline metric (None: there is none) and why it is that one, for people."""
+
+    metric: str | None
+    reason: str
+
+    def line(self) -> str:
+        return f"headline metric: {self.metric or 'none'} ({self.reason})"
+
+
+def choose_headline(samples: pd.DataFrame, requested: str | None = None) -> Headline:
+    """``requested`` (``--headline``), else the default, else the fallback (module docstring).
+
+    Only a metric with a value in ``samples`` can be the headline; ``requested`` naming any other
+    is a RelbenchError listing the ones there are.
+    """
+    available = computed_metrics(samples)
+    listed = ", ".join(available) or "none"
+    if requested is not None:
+        if requested not in available:
+            raise RelbenchError(f"--headline {requested!r}: not computed in these runs (metrics with values: {listed})")
+        return Headline(requested, "chosen with --headline")
+    if DEFAULT_HEADLINE in available:
+        return Headline(DEFAULT_HEADLINE, "the default")
+    for name in [*judge_metrics(samples), HEADLINE_FALLBACK]:
+        if name in available:
+            return Headline(name, f"fallback: the default {DEFAULT_HEADLINE} was not computed in these runs")
+    return Headline(None, (
+        f"the default {DEFAULT_HEADLINE} and its fallbacks (another relation judge metric, {HEADLINE_FALLBACK}) "
+        f"were not computed in these runs; pick one with --headline from: {listed}"
+    ))
 
 
 def cis_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Whether two intervals share a point; False when either is undefined (NaN)."""
+    """Whether two intervals share a point; False when either is undefined (NaN) and when both
+    are points ([c, c]: every case scored the same constant; equal points are a tie, not noise)."""
     if any(math.isnan(v) for v in (*a, *b)):
+        return False
+    if a[0] == a[1] and b[0] == b[1]:
         return False
     return a[0] <= b[1] and b[0] <= a[1]
 
 
 def overlapping_pairs(summary: pd.DataFrame, metric: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Pairs of configurations (summary rows, in table order) whose CIs on ``metric`` overlap."""
+    """Pairs of configurations of one comparison group (summary rows, in table order) whose CIs on
+    ``metric`` overlap."""
     rows = summary.loc[summary["metric"] == metric].to_dict("records")
     return [
         (first, second)
         for i, first in enumerate(rows)
         for second in rows[i + 1:]
-        if cis_overlap((first["ci_low"], first["ci_high"]), (second["ci_low"], second["ci_high"]))
+        if comparison_key(first) == comparison_key(second)
+        and cis_overlap((first["ci_low"], first["ci_high"]), (second["ci_low"], second["ci_high"]))
     ]
 
 
@@ -225,16 +354,47 @@ class Comparison:
     headline_ci_a: tuple[float, float]
     headline_ci_b: tuple[float, float]
     warning: str | None
+    headline_reason: str = ""
+    headline_row: dict[str, Any] | None = None  # the headline's COMPARE_COLUMNS, also when not in ``table``
 
 
-def _better(diff: float, direction: bool | None) -> str:
-    if direction is None or math.isnan(diff) or diff == 0:
+def _better(low: float, high: float, direction: bool | None) -> str:
+    """'a' or 'b' when the CI of a - b excludes 0 and the direction is known, else ''."""
+    if direction is None or math.isnan(low) or math.isnan(high) or low <= 0 <= high:
         return ""
-    return "a" if (diff > 0) == direction else "b"
+    return "a" if (low > 0) == direction else "b"
 
 
 def label(config: Config) -> str:
     return f"{config[0]}@{config[1]}"
+
+
+def _paired(
+    samples: pd.DataFrame, config_a: Config, config_b: Config, metric: str, direction: bool | None, seed: int, n_resamples: int
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """One metric's COMPARE_COLUMNS row and the per-case values of a and b on their common cases."""
+    values_a, values_b = _paired_case_means(samples, config_a, metric), _paired_case_means(samples, config_b, metric)
+    common = values_a.index.intersection(values_b.index)
+    va, vb = values_a.loc[common].to_numpy(), values_b.loc[common].to_numpy()
+    diff = va - vb
+    n_a, n_b = int((diff > 0).sum()), int((diff < 0).sum())
+    low, high = bootstrap_ci(diff, seed=seed, n_resamples=n_resamples)
+    row = {
+        "metric": metric,
+        "higher_is_better": direction,
+        "n_cases": int(diff.size),
+        "mean_a": float(va.mean()) if va.size else math.nan,
+        "mean_b": float(vb.mean()) if vb.size else math.nan,
+        "mean_diff": float(diff.mean()) if diff.size else math.nan,
+        "diff_ci_low": low,
+        "diff_ci_high": high,
+        "n_a_higher": n_a,
+        "n_b_higher": n_b,
+        "n_ties": int(diff.size - n_a - n_b),
+        "sign_test_p": float(scipy_stats.binomtest(n_a, n_a + n_b, 0.5).pvalue) if n_a + n_b else math.nan,
+        "better": _better(low, high, direction),
+    }
+    return row, va, vb
 
 
 def compare(
@@ -252,9 +412,11 @@ def compare(
 
     Per metric, on the cases both have a value for (seeds averaged per case): the mean of each, the
     mean difference a - b with its bootstrap CI, how many cases a / b is higher and ties, the sign
-    test's p-value, and which one is better by the mean (from ``directions``; empty when unknown).
-    ``warning`` is set when, on the headline metric's common cases, the two CIs overlap or cannot
-    be computed.
+    test's p-value, and which one is better (``better``: only when the CI of a - b excludes 0 and
+    ``directions`` gives the metric's direction; empty otherwise: no difference detected).
+    ``headline`` (``--headline``; default per ``choose_headline`` over a and b's rows) is checked
+    even when not among ``metrics``: ``warning`` is set when, on its common cases, the two CIs
+    overlap or cannot be computed.
     """
     config_a, config_b = resolve_config(samples, a), resolve_config(samples, b)
     if config_a == config_b:
@@ -266,42 +428,26 @@ def compare(
     directions = directions or {}
     keys = list(zip(samples["method"], samples["settings_hash"]))
     pair = samples.loc[[key in (config_a, config_b) for key in keys]]
-    headline = headline or headline_metric(pair)
+    chosen = choose_headline(pair, headline)
     rows: list[dict[str, Any]] = []
-    paired: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for metric in metrics:
-        values_a, values_b = _paired_case_means(samples, config_a, metric), _paired_case_means(samples, config_b, metric)
-        common = values_a.index.intersection(values_b.index)
-        va, vb = values_a.loc[common].to_numpy(), values_b.loc[common].to_numpy()
-        paired[metric] = (va, vb)
-        diff = va - vb
-        n_a, n_b = int((diff > 0).sum()), int((diff < 0).sum())
-        low, high = bootstrap_ci(diff, seed=seed, n_resamples=n_resamples)
-        mean_diff = float(diff.mean()) if diff.size else math.nan
-        rows.append({
-            "metric": metric,
-            "higher_is_better": directions.get(metric),
-            "n_cases": int(diff.size),
-            "mean_a": float(va.mean()) if va.size else math.nan,
-            "mean_b": float(vb.mean()) if vb.size else math.nan,
-            "mean_diff": mean_diff,
-            "diff_ci_low": low,
-            "diff_ci_high": high,
-            "n_a_higher": n_a,
-            "n_b_higher": n_b,
-            "n_ties": int(diff.size - n_a - n_b),
-            "sign_test_p": float(scipy_stats.binomtest(n_a, n_a + n_b, 0.5).pvalue) if n_a + n_b else math.nan,
-            "better": _better(mean_diff, directions.get(metric)),
-        })
+    paired: dict[str, tuple[dict[str, Any], np.ndarray, np.ndarray]] = {}
+    for metric in dict.fromkeys([*metrics, *([chosen.metric] if chosen.metric else [])]):
+        paired[metric] = _paired(samples, config_a, config_b, metric, directions.get(metric), seed, n_resamples)
+        if metric in metrics:
+            rows.append(paired[metric][0])
     ci_a = ci_b = (math.nan, math.nan)
     warning = None
-    if headline is not None and headline in paired:
-        va, vb = paired[headline]
+    headline_row = None
+    if chosen.metric is not None:
+        headline_row, va, vb = paired[chosen.metric]
         ci_a = bootstrap_ci(va, seed=seed, n_resamples=n_resamples)
         ci_b = bootstrap_ci(vb, seed=seed, n_resamples=n_resamples)
         if cis_overlap(ci_a, ci_b):
-            warning = (f"the 95% CIs of {label(config_a)} and {label(config_b)} on the headline metric {headline} overlap "
+            warning = (f"the 95% CIs of {label(config_a)} and {label(config_b)} on the headline metric {chosen.metric} overlap "
                        f"([{ci_a[0]:.4g}, {ci_a[1]:.4g}] and [{ci_b[0]:.4g}, {ci_b[1]:.4g}]); their order may be noise")
         elif math.isnan(ci_a[0]) or math.isnan(ci_b[0]):
-            warning = f"fewer than 2 common cases with {headline}: no confidence interval, the two cannot be told apart"
-    return Comparison(config_a, config_b, pd.DataFrame(rows, columns=list(COMPARE_COLUMNS)), headline, ci_a, ci_b, warning)
+            warning = f"fewer than 2 common cases with {chosen.metric}: no confidence interval, the two cannot be told apart"
+    return Comparison(
+        config_a, config_b, pd.DataFrame(rows, columns=list(COMPARE_COLUMNS)), chosen.metric, ci_a, ci_b, warning,
+        chosen.reason, headline_row,
+    )

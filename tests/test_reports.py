@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 
 from relbench.errors import RelbenchError
-from relbench.reports.compare import compare_runs, comparison_table, format_comparison
+from relbench.reports.compare import compare_runs, comparison_table, format_comparison, verdict
 from relbench.reports.html import (
     PAPER_RESULTS, SCRIPT, TINY_BANNER, build_report, collect, parse_formats, samples_for_export, write_report,
 )
 from relbench.reports.leaderboard import leaderboard, load_runs, merge_runs, write_leaderboard_csv
 from relbench.reports.stats import (
-    bootstrap_ci, breakdown, case_means, compare, headline_metric, metric_summary, resolve_config,
+    bootstrap_ci, breakdown, case_means, choose_headline, compare, metric_summary, resolve_config,
 )
 from relbench.reports.tables import SAMPLE_COLUMNS, failure_flags, judge_metrics, load_run
 
@@ -172,7 +172,7 @@ def test_failure_flags_come_from_documented_detail_keys(tmp_path: Path) -> None:
         [None, None, None],  # no metric reports on any flag: nothing is known
     ]
     assert judge_metrics(samples) == ["judge"]
-    assert headline_metric(samples) == "judge"
+    assert choose_headline(samples).metric == "judge"  # the fallback: no relation_vqa here
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,24 +236,32 @@ def test_breakdowns_per_relation_and_per_category(tmp_path: Path) -> None:
         sample("reference-collage", "astronaut-hug-cat", 0, clip_t=1.0),
     ]
     samples = frame(rows, tmp_path)
-    relation = breakdown(samples, "relation", ["clip_t"])
+    relation = breakdown(samples, "relation", ["clip_t"], cases="all")
     assert list(relation.columns) == [
-        "method", "settings_hash", "benchmark", "benchmark_version", "profile", "relation", "relation_kind", "n_cases", "clip_t",
+        "method", "settings_hash", "benchmark", "benchmark_version", "profile", "relation", "relation_kind", "n_cases",
+        "clip_t", "clip_t_n",
     ]
-    assert relation[["method", "relation", "relation_kind", "n_cases", "clip_t"]].values.tolist() == [
-        ["reference-collage", "hug", "interaction", 1, 1.0],
-        ["sdxl", "hug", "interaction", 1, 15.0],
-        ["sdxl", "on-top-of", "spatial", 1, 40.0],
+    assert relation[["method", "relation", "relation_kind", "n_cases", "clip_t", "clip_t_n"]].values.tolist() == [
+        ["reference-collage", "hug", "interaction", 1, 1.0, 1],
+        ["sdxl", "hug", "interaction", 1, 15.0, 1],
+        ["sdxl", "on-top-of", "spatial", 1, 40.0, 1],
     ]
-    category = breakdown(samples, "category", ["clip_t"])
+    category = breakdown(samples, "category", ["clip_t"], cases="all")
     # astronaut-hug-cat is person + animal, cat-on-rocket animal + object: a case counts in each.
-    assert category[["method", "category", "n_cases", "clip_t"]].values.tolist() == [
-        ["reference-collage", "animal", 1, 1.0],
-        ["reference-collage", "person", 1, 1.0],
-        ["sdxl", "animal", 2, 27.5],
-        ["sdxl", "object", 1, 40.0],
-        ["sdxl", "person", 1, 15.0],
+    assert category[["method", "category", "n_cases", "clip_t", "clip_t_n"]].values.tolist() == [
+        ["reference-collage", "animal", 1, 1.0, 1],
+        ["reference-collage", "person", 1, 1.0, 1],
+        ["sdxl", "animal", 2, 27.5, 2],
+        ["sdxl", "object", 1, 40.0, 1],
+        ["sdxl", "person", 1, 15.0, 1],
     ]
+    # The default view: only astronaut-hug-cat, the one case both methods scored, counts.
+    common = breakdown(samples, "category", ["clip_t"])
+    assert common[["method", "category", "n_cases", "clip_t_n"]].values.tolist() == [
+        ["reference-collage", "animal", 1, 1], ["reference-collage", "person", 1, 1],
+        ["sdxl", "animal", 2, 1], ["sdxl", "object", 1, 0], ["sdxl", "person", 1, 1],
+    ]
+    assert common["clip_t"].tolist()[2] == 15.0 and math.isnan(common["clip_t"].tolist()[3])
 
 
 def test_sign_test_on_a_hand_built_example(tmp_path: Path) -> None:
@@ -274,8 +282,11 @@ def test_sign_test_on_a_hand_built_example(tmp_path: Path) -> None:
     assert row["sign_test_p"] == pytest.approx(14 / 64)
     diffs = np.subtract(a_values, b_values)
     assert row["mean_diff"] == pytest.approx(diffs.mean())
-    assert (row["diff_ci_low"], row["diff_ci_high"]) == bootstrap_ci(diffs, **BOOT)
-    assert row["better"] == "a"
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == bootstrap_ci(diffs, **BOOT) == (0.0, 1.0)
+    # a's mean is higher, but the CI of a - b includes 0: no winner is named.
+    assert row["better"] == "" and verdict(row) == "no difference detected"
+    text = format_comparison(result)
+    assert re.search(r"^clip_t .* 0\.219 +no difference detected$", text, flags=re.M), text
 
 
 def _two_method_samples(tmp_path: Path, offset: float) -> pd.DataFrame:
@@ -342,9 +353,12 @@ def test_compare_runs_reads_directions_from_run_json(run_dir: Path) -> None:
         result = compare_runs([run_dir], "sdxl", "reference-collage", metrics=["clip_t", "pose_error"])
     table = result.table.set_index("metric")
     assert table["higher_is_better"].tolist() == [True, False]
-    assert table.loc["clip_t", ["n_cases", "mean_diff", "better"]].tolist() == [1, 10.0, "a"]
-    assert table.loc["pose_error", "better"] == "a"  # 0.2 against 0.5, lower is better
+    # One common case: no CI of a - b, so no winner however far apart the two values are.
+    assert table.loc["clip_t", ["n_cases", "mean_diff", "better"]].tolist() == [1, 10.0, ""]
+    assert table.loc["pose_error", "better"] == ""
     assert result.warning is not None and "fewer than 2 common cases" in result.warning
+    assert "headline metric clip_t (fallback: the default relation_vqa was not computed in these runs): no difference detected " \
+           "(fewer than 2 common cases, no CI of a - b)" in format_comparison(result)
     with pytest.warns(UserWarning), pytest.raises(RelbenchError, match=r"metric 'vqa': not in these runs"):
         compare_runs([run_dir], "sdxl", "reference-collage", metrics=["vqa"])
 
@@ -355,37 +369,50 @@ def test_compare_runs_reads_directions_from_run_json(run_dir: Path) -> None:
 
 LEADERBOARD_HEADER = [
     "method", "settings", "settings_hash", "benchmark", "benchmark_version", "profile", "n_images", "n_scored", "n_cases",
-    "clip_t", "clip_t_ci_low", "clip_t_ci_high",
-    "clip_i", "clip_i_ci_low", "clip_i_ci_high",
-    "pose_error", "pose_error_ci_low", "pose_error_ci_high",
+    "clip_t", "clip_t_ci_low", "clip_t_ci_high", "clip_t_n", "clip_t_case_set",
+    "clip_i", "clip_i_ci_low", "clip_i_ci_high", "clip_i_n", "clip_i_case_set",
+    "pose_error", "pose_error_ci_low", "pose_error_ci_high", "pose_error_n", "pose_error_case_set",
     "relbench_version", "git_commit",
 ]
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == LEADERBOARD_HEADER
+    return [dict(zip(rows[0], row)) for row in rows[1:]]
 
 
 def test_leaderboard_csv_header_is_pinned(run_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "out" / "leaderboard.csv"
     with pytest.warns(UserWarning, match="truncated"):
-        write_leaderboard_csv([run_dir], output)
-    with output.open() as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == LEADERBOARD_HEADER
-    assert len(rows) == 3
-    collage, sdxl = (dict(zip(rows[0], row)) for row in rows[1:])
+        board = write_leaderboard_csv([run_dir], output)
+    assert board.headline.metric == "clip_t"  # the fallback: no relation_vqa, no judge
+    # Sorted by the headline, best first; collage scored one case (astronaut-hug-cat), sdxl two.
+    sdxl, collage = read_csv_rows(output)
     assert [collage[c] for c in LEADERBOARD_HEADER[:9]] == [
         "reference-collage", '{"steps":2}', "bbbb2222", "demo", "1", "tiny", "2", "1", "2",
     ]
-    assert [sdxl[c] for c in ("clip_t", "clip_i", "pose_error")] == ["25", "55", "0.3"]  # 10 significant digits
-    # Two cases: an interval; one case (collage): none.
-    assert float(sdxl["clip_t_ci_low"]) == 20.0 and float(sdxl["clip_t_ci_high"]) == 30.0
-    assert (collage["clip_t"], collage["clip_t_ci_low"], collage["clip_t_ci_high"]) == ("10", "", "")
+    # The default view: every mean over the one case both scored, each cell with its n and case set.
+    assert [sdxl[c] for c in LEADERBOARD_HEADER[9:14]] == ["20", "", "", "1", "common"]
+    assert [collage[c] for c in LEADERBOARD_HEADER[9:14]] == ["10", "", "", "1", "common"]
+    assert [sdxl[c] for c in ("clip_i", "clip_i_n", "pose_error", "pose_error_n")] == ["60", "1", "0.2", "1"]
     assert (sdxl["relbench_version"], sdxl["git_commit"]) == ("0.1.0", "")
+
+    # --all-cases: each method's own cases, flagged as different.
+    with pytest.warns(UserWarning, match="truncated"):
+        write_leaderboard_csv([run_dir], output, cases="all")
+    sdxl, collage = read_csv_rows(output)
+    assert [sdxl[c] for c in ("clip_t", "clip_t_n", "clip_t_case_set", "clip_i", "pose_error")] == ["25", "2", "differ", "55", "0.3"]
+    assert float(sdxl["clip_t_ci_low"]) == 20.0 and float(sdxl["clip_t_ci_high"]) == 30.0  # 10 significant digits
+    assert [collage[c] for c in LEADERBOARD_HEADER[9:14]] == ["10", "", "", "1", "differ"]
 
 
 def test_leaderboard_means_and_cis_by_hand(run_dir: Path) -> None:
     _, samples = load(run_dir)
-    table = leaderboard(samples)
+    table = leaderboard(samples, cases="all")
     assert list(table.columns) == LEADERBOARD_HEADER
-    assert table["method"].tolist() == ["reference-collage", "sdxl"]  # sorted
+    assert table["method"].tolist() == ["reference-collage", "sdxl"]  # no headline: by configuration
     collage, sdxl = table.to_dict("records")
     assert (sdxl["settings_hash"], sdxl["benchmark"], sdxl["benchmark_version"], sdxl["profile"]) == (
         "aaaa1111", "demo", "1", "tiny",
@@ -494,19 +521,24 @@ def test_report_has_leaderboard_with_cis_images_and_tiny_banner(run_dir: Path) -
     html = page.read_text()
 
     with (run_dir / "leaderboard.csv").open() as f:
-        assert [row[0] for row in csv.reader(f)] == ["method", "reference-collage", "sdxl"]
+        assert [row[0] for row in csv.reader(f)] == ["method", "sdxl", "reference-collage"]  # by clip_t, best first
 
     parser = _Cells()
     parser.feed(html)
-    header, collage, sdxl = parser.rows
+    header, sdxl, collage = parser.rows
     assert [text for text, _ in header] == [
-        "method", "settings hash", "images", "scored", "cases", "clip_t ↑", "clip_i ↑", "pose_error ↓",
+        "method", "settings hash", "images", "scored", "cases",
+        "clip_t ↑ (common cases)", "clip_i ↑ (common cases)", "pose_error ↓ (common cases)",
     ]
-    assert [text for text, _ in sdxl] == ["sdxl", "aaaa1111", "2", "2", "2", "25 [20, 30]", "55 [50, 60]", "0.3 [0.2, 0.4]"]
-    assert [text for text, _ in collage][5:] == ["10", "80", "0.5"]  # one case: no interval
-    # Best per column: highest clip_t/clip_i, lowest pose_error.
-    best = {(row[0][0], header[i][0]) for row in (collage, sdxl) for i, (_, cls) in enumerate(row) if "best" in cls}
-    assert best == {("sdxl", "clip_t ↑"), ("reference-collage", "clip_i ↑"), ("sdxl", "pose_error ↓")}
+    assert header[5][1] == "headline"
+    # collage scored one case: both methods over that case (n=1, so no interval and no best).
+    assert [text for text, _ in sdxl] == ["sdxl", "aaaa1111", "2", "2", "2", "20 n=1", "60 n=1", "0.2 n=1"]
+    assert [text for text, _ in collage][5:] == ["10 n=1", "80 n=1", "0.5 n=1"]
+    assert not any("best" in cls for row in (sdxl, collage) for _, cls in row)
+    assert '<p id="headline">Headline metric: <code>clip_t</code> (fallback: the default relation_vqa was not computed ' \
+           "in these runs); rows sorted by it, best first" in html
+    assert "clip_t, clip_i, pose_error: the configurations scored different cases; each mean is over the cases all of " \
+           "them scored" in html
 
     sources = re.findall(r'<img src="([^"]+)"', html)
     assert len(sources) == 4
@@ -547,7 +579,8 @@ def test_report_plots_are_inline_svg(run_dir: Path) -> None:
     for text in ("clip_t ↑", "pose_error ↓", "sdxl", "reference-collage"):
         assert f">{text}</text>" in bars
     assert ">hug</text>" in heat and ">on-top-of</text>" in heat
-    assert ">20</text>" in heat and ">30</text>" in heat  # sdxl's clip_t per relation, annotated
+    # clip_t per relation, annotated, over the one case both methods scored (the common cases).
+    assert ">20</text>" in heat and ">10</text>" in heat and ">30</text>" not in heat
     assert "No identity-against-relation scatter" in html
     assert "<?xml" not in html and "<metadata>" not in html
     ids = re.findall(r'\bid="([^"]+)"', html)
@@ -589,7 +622,7 @@ def test_paper_table_is_labelled_and_scaled(run_dir: Path) -> None:
     assert rows[1:8] == [["paper", name, *(f"{v:.1f}" for v in values)] for name, *values in PAPER_RESULTS]
     assert rows[7] == ["paper", "DreamRelation", "28.9", "20.4", "75.4", "62.1"]
     # Ours: clip_t / clip_i are x100 already (range -100..100); no CLIP-R or DINO in this run.
-    assert rows[9] == ["this report", "sdxl (tiny)", "25.0", "–", "55.0", "–"]
+    assert rows[8] == ["this report", "sdxl (tiny)", "20.0", "–", "60.0", "–"]
 
 
 def test_paper_table_scales_a_plain_cosine_metric(tmp_path: Path) -> None:
@@ -603,11 +636,17 @@ def test_breakdown_tables_in_the_report(run_dir: Path) -> None:
         html = write_report(run_dir).read_text()
     relations = cells(html, "relations")
     assert relations[0] == ["relation", "relation kind", "method", "cases", "clip_t ↑", "clip_i ↑", "pose_error ↓"]
-    assert ["on-top-of", "spatial", "sdxl", "1", "30", "50", "0.4"] in relations
-    assert ["on-top-of", "spatial", "reference-collage", "1", "–", "–", "–"] in relations
+    # The leaderboard's view: only astronaut-hug-cat, the one case both methods scored; n per cell.
+    assert ["hug", "interaction", "sdxl", "1", "20 n=1", "60 n=1", "0.2 n=1"] in relations
+    assert ["on-top-of", "spatial", "sdxl", "1", "– n=0", "– n=0", "– n=0"] in relations
+    assert ["on-top-of", "spatial", "reference-collage", "1", "– n=0", "– n=0", "– n=0"] in relations
     categories = cells(html, "categories")
-    assert ["animal", "sdxl", "2", "25", "55", "0.3"] in categories
-    assert ["person", "reference-collage", "1", "10", "80", "0.5"] in categories
+    assert ["animal", "sdxl", "2", "20 n=1", "60 n=1", "0.2 n=1"] in categories
+    assert ["person", "reference-collage", "1", "10 n=1", "80 n=1", "0.5 n=1"] in categories
+    with pytest.warns(UserWarning, match="truncated"):
+        every = write_report(run_dir, cases="all").read_text()
+    assert ["on-top-of", "spatial", "sdxl", "1", "30 n=1", "50 n=1", "0.4 n=1"] in cells(every, "relations")
+    assert ["animal", "sdxl", "2", "25 n=2", "55 n=2", "0.3 n=2"] in cells(every, "categories")
 
 
 def test_filters_are_disabled_without_flag_metrics_and_work_with_them(run_dir: Path, tmp_path: Path) -> None:
@@ -642,7 +681,7 @@ def test_report_escapes_everything_from_run_files_including_plot_labels(tmp_path
     info = json.loads((run / "run.json").read_text())
     info["methods"][hostile_method]["settings"] = {"note": "<img src=y onerror=alert(2)>"}
     (run / "run.json").write_text(json.dumps(info))
-    html = write_report(run).read_text()
+    html = write_report(run, headline=hostile_metric).read_text()  # its per-relation heat map names the relation
     for raw in ("<script>alert(1)</script>", "<img src=x", "<img src=y", 'a"b<i>', "<b>hug</b>", "<u>cat</u>",
                 "<s>animal</s>", 'm"<i>'):
         assert raw not in html, raw
@@ -651,8 +690,9 @@ def test_report_escapes_everything_from_run_files_including_plot_labels(tmp_path
     # In the leaderboard, the paper table, the breakdowns, the case grid and the plots' labels.
     assert cells(html, "leaderboard")[1][0] == hostile_method
     assert cells(html, "paper")[8][1] == f"{hostile_method} (tiny)"
-    assert ["<b>hug</b>", "interaction", hostile_method, "1", "1", "–", "–", "2"] in cells(html, "relations")
-    assert ["<s>animal</s>", hostile_method, "1", "1", "–", "–", "2"] in cells(html, "categories")
+    # clip_t: no case both methods scored (common cases), so no value.
+    assert ["<b>hug</b>", "interaction", hostile_method, "1", "– n=0", "– n=0", "– n=0", "2 n=1"] in cells(html, "relations")
+    assert ["<s>animal</s>", hostile_method, "1", "– n=0", "– n=0", "– n=0", "2 n=1"] in cells(html, "categories")
     svgs = "".join(re.findall(r"<svg .*?</svg>", html, flags=re.S))
     assert ">&lt;img src=x onerror=alert(1)&gt;</text>" in svgs
     assert ">m\"&lt;i&gt;</text>" in svgs and ">&lt;b&gt;hug&lt;/b&gt;</text>" in svgs
