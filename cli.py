@@ -320,6 +320,7 @@ def data_validate(
     no_files: Annotated[bool, typer.Option("--no-files", help="Check the spec only, not the files it names.")] = False,
     triplets: Annotated[Optional[Path], typer.Option("--triplets", help="Check DreamRelation training triplets under this folder instead (<dir>/<relation>/prompts.json, videos/, masks/).")] = None,
     relation: Annotated[Optional[list[str]], typer.Option("--relation", help="With --triplets: only these relation folders.")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", help="Also check that the reference files of this run folder's cases still have the sha256 its run.json recorded (what a resume checks).")] = None,
 ) -> None:
     """Check a spec and every file it names; each problem as `<file>: <field>: <problem>`, exit 2."""
     from relbench.benchmarks import builtin_spec_path
@@ -334,6 +335,12 @@ def data_validate(
     path = spec if spec is not None else builtin_spec_path(benchmark or "")
     root = resolve_data_root(data_root)
     bench, problems, n_images = validate_spec(path, root, files=not no_files)
+    run_note = ""
+    if run is not None and bench is not None and not problems:
+        from relbench.input_files import check_run_inputs
+
+        run_problems, run_note = check_run_inputs(run, bench, root)
+        problems = [*problems, *run_problems]
     for problem in problems:
         typer.echo(str(problem))
     if problems:
@@ -342,7 +349,7 @@ def data_validate(
     if bench is None:  # unreachable: validate_spec reports a problem whenever it returns no benchmark
         raise typer.Exit(2)
     checked = "files not checked" if no_files else f"{n_images} images checked in {root}"
-    typer.echo(f"{bench.label}: {len(bench.cases)} cases, {len(bench.relations)} relations, {len(bench.subjects)} subjects, {checked}")
+    typer.echo(f"{bench.label}: {len(bench.cases)} cases, {len(bench.relations)} relations, {len(bench.subjects)} subjects, {checked}{run_note}")
 
 
 def _validate_triplets(root: Path, relations: list[str] | None) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from relbench.benchmark import Benchmark, Case
 from relbench.data_root import load_image, resolve_data_root
 from relbench.errors import RelbenchError
+from relbench.input_files import input_digests
 from relbench.profiles import RunContext
 from relbench.runstore import RunStore, RunWriter, atomic_save_image, settings_hash
 
@@ -191,6 +192,9 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
         "seeds": list(options.seeds),
         "resolution": [width, height],
         "cases": [case.id for case in cases],
+        # The sha256 of every file the cases read (relbench.input_files): a resume with a replaced
+        # reference image is refused. Only the main process writes run.json, so only it hashes.
+        "inputs": input_digests(benchmark, cases, data_root) if shard.rank == 0 else {},
         # Generating computes no metric; a later --stage score adds the ones it computes.
         "metrics": {} if options.stage == "generate" else {name: {"model": _metric_model(context, name)} for name in metric_names},
         # Scoring an existing run touches no method: its methods stay as run.json has them.

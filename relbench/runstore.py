@@ -21,7 +21,11 @@ Guarantees:
   ends with exactly one row per key;
 * an output directory made with other settings is refused, naming the setting that differs.
   New methods and metrics may be added to an existing run; one already there must keep its
-  settings hash (methods) or model (metrics).
+  settings hash (methods) or model (metrics);
+* the reference files the cases read are part of the run: run.json's ``inputs`` holds their sha256
+  (``relbench.input_files``) and a resume that finds one with other bytes is refused, naming the
+  file. A run.json without ``inputs`` (an older relbench) gets them on its next resume, with a
+  warning: changes made before that resume cannot be detected.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,9 +224,11 @@ CONFIG_KEYS = ("benchmark", "profile", "seeds", "resolution", "cases", "metrics"
 
 
 def identity(run: dict[str, Any]) -> dict[str, Any]:
-    """The part of run.json that a resumed command must match (metrics: names and models only)."""
+    """The part of run.json that a resumed command must match (metrics: names and models only;
+    inputs: the reference files' sha256, None in a run.json written before they were recorded)."""
     config = {key: run.get(key) for key in CONFIG_KEYS}
     config["metrics"] = {name: {"model": entry.get("model")} for name, entry in (run.get("metrics") or {}).items()}
+    config["inputs"] = run.get("inputs")
     return config
 
 
@@ -230,10 +237,13 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path) -> dict[s
 
     Benchmark, profile, seeds, resolution and cases must match. Methods and metrics may be added
     (a new method joins the run; a new metric scores the stored images), but one already in the
-    run must keep its settings hash (methods) or its model (metrics).
+    run must keep its settings hash (methods) or its model (metrics). Every reference file recorded
+    in ``inputs`` must keep its sha256; files not recorded yet are added.
     """
+    from relbench.input_files import changed_inputs, changed_message
+
     for key in sorted(set(old) | set(new)):
-        if key in ("methods", "metrics"):
+        if key in ("methods", "metrics", "inputs"):
             continue
         if old.get(key) != new.get(key):
             raise RelbenchError(
@@ -256,7 +266,14 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path) -> dict[s
                 f"{_short(entry.get('model'))}); use a new --output directory"
             )
         metrics[name] = entry
-    return {**new, "methods": methods, "metrics": metrics}
+    recorded, current = old.get("inputs"), new.get("inputs") or {}
+    changed = changed_inputs(recorded, current)
+    if changed:
+        raise RelbenchError(changed_message(changed[0], recorded or {}, current, root))
+    if recorded is None and current:
+        warnings.warn(f"{root}: run.json records no sha256 of the reference files (written by an older relbench); "
+                      "recording them now: a file replaced before this resume cannot be detected", stacklevel=2)
+    return {**new, "methods": methods, "metrics": metrics, "inputs": {**(recorded or {}), **current}}
 
 
 def _short(value: Any) -> str:

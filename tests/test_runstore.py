@@ -139,6 +139,24 @@ def test_methods_may_be_added_but_not_changed(tmp_path: Path) -> None:
         store.open_for_writing(changed, ENV)
 
 
+def test_reference_files_may_be_added_but_not_changed(tmp_path: Path) -> None:
+    def inputs(**digests: str) -> dict[str, Any]:
+        return {"inputs": {f"{name}.png": {"path": f"/data/{name}.png", "sha256": sha * 64} for name, sha in digests.items()}}
+
+    store = RunStore(tmp_path / "run")
+    with store.open_for_writing(config(**inputs(a="1")), ENV):
+        pass
+    with store.open_for_writing(config(**inputs(a="1", b="2")), ENV):  # a file not recorded yet joins
+        pass
+    assert json.loads(store.run_json.read_text())["inputs"] == inputs(a="1", b="2")["inputs"]
+    with pytest.raises(RelbenchError) as info:
+        store.open_for_writing(config(**inputs(a="1", b="3")), ENV)
+    assert str(info.value) == (
+        f"/data/b.png: reference file 'b.png' changed since the run in {tmp_path / 'run'} read it (sha256 222222222222... now "
+        "333333333333...); its stored images and scores used the old file: put the old file back or use a new --output directory"
+    )
+
+
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "run")
     with store.open_for_writing(config(), ENV):
