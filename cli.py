@@ -194,16 +194,30 @@ def train(
     typer.echo(f"weights: {path}")
 
 
+HeadlineOption = Annotated[
+    Optional[str],
+    typer.Option("--headline", help="Metric to sort by and check CI overlap on (default: relation_vqa, else another relation judge metric, else clip_t)."),
+]
+CasesOption = Annotated[
+    bool,
+    typer.Option("--common-cases/--all-cases", help="Where methods scored different cases for a metric: means over the cases all of them scored (default), or over each one's own cases."),
+]
+
+
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, or folders holding runs (a sweep's output); merged like `relbench leaderboard`.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for index.html and leaderboard.csv (default: the first run's report/).")] = None,
     formats: Annotated[Optional[str], typer.Option("--format", help="Also write the tables next to the page: csv, parquet or csv,parquet.")] = None,
+    headline: HeadlineOption = None,
+    common_cases: CasesOption = True,
 ) -> None:
     """Write the HTML report and leaderboard CSV of one or more runs."""
     from relbench.reports.html import build_report
 
-    files = build_report(_expand_run_dirs(list(run_dirs)), output, formats)
+    files = build_report(_expand_run_dirs(list(run_dirs)), output, formats, headline, "common" if common_cases else "all")
+    for note in files.notes:
+        typer.echo(note)
     typer.echo(f"leaderboard: {files.leaderboard}")
     typer.echo(f"report: {files.page}")
     for path in files.exports:
@@ -253,11 +267,12 @@ def compare(
     b: Annotated[str, typer.Option("--b", "-b", help="METHOD or METHOD@HASH.")],
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metric names (default: all).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the per-metric table as CSV.")] = None,
+    headline: HeadlineOption = None,
 ) -> None:
     """Compare two method configurations case by case (paired bootstrap CI, sign test)."""
     from relbench.reports.compare import compare_runs, format_comparison, write_comparison_csv
 
-    result = compare_runs(_expand_run_dirs(list(run_dirs)), a, b, _split([metrics]) if metrics else None)
+    result = compare_runs(_expand_run_dirs(list(run_dirs)), a, b, _split([metrics]) if metrics else None, headline)
     typer.echo(format_comparison(result))
     if output:
         write_comparison_csv(result, output)
@@ -268,11 +283,15 @@ def compare(
 def leaderboard(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV file to write.")],
+    headline: HeadlineOption = None,
+    common_cases: CasesOption = True,
 ) -> None:
-    """Merge several runs into one leaderboard CSV (one row per method and settings)."""
+    """Merge several runs into one leaderboard CSV (one row per method and settings, sorted by the headline metric)."""
     from relbench.reports.leaderboard import write_leaderboard_csv
 
-    write_leaderboard_csv(_expand_run_dirs(list(run_dirs)), output)
+    board = write_leaderboard_csv(_expand_run_dirs(list(run_dirs)), output, headline, "common" if common_cases else "all")
+    for note in board.notes():
+        typer.echo(note)
     typer.echo(f"leaderboard: {output}")
 
 

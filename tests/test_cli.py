@@ -324,6 +324,30 @@ def test_sweep_dry_run_and_report_over_a_sweep_tree(tmp_path: Path) -> None:
         assert len(list(csv.DictReader(handle))) == 2  # two settings of one method, one row each
 
 
+def test_report_leaderboard_and_compare_name_their_headline_and_case_sets(tmp_path: Path) -> None:
+    from test_reports import BASE_SAMPLES, make_run
+
+    run = make_run(tmp_path / "run", BASE_SAMPLES)  # collage scored one case of two; no relation_vqa
+    report = relbench("report", str(run))
+    assert report.stdout.splitlines()[:2] == [
+        "headline metric: clip_t (fallback: the default relation_vqa was not computed in these runs)",
+        "cases: clip_t, clip_i, pose_error: the configurations scored different cases; each mean is over the cases all "
+        "of them scored (the default; --all-cases: each one's own cases)",
+    ]
+    board = relbench("leaderboard", str(run), "-o", str(tmp_path / "b.csv"), "--headline", "pose_error", "--all-cases")
+    assert board.stdout.splitlines()[0] == "headline metric: pose_error (chosen with --headline)"
+    with open(tmp_path / "b.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["method"], r["pose_error"], r["pose_error_n"], r["pose_error_case_set"]) for r in rows] == [
+        ("sdxl", "0.3", "2", "differ"), ("reference-collage", "0.5", "1", "differ"),
+    ]
+    compared = relbench("compare", str(run), "-a", "sdxl", "-b", "reference-collage", "--metrics", "clip_t")
+    assert "no difference detected" in compared.stdout and " is better" not in compared.stdout  # one common case
+    for command in (["report", str(run)], ["leaderboard", str(run), "-o", str(tmp_path / "c.csv")]):
+        assert_one_line_error(relbench(*command, "--headline", "relation_vqa", check=False),
+                              "--headline 'relation_vqa': not computed in these runs (metrics with values: clip_t, clip_i, pose_error)")
+
+
 def test_generate_one_image_for_a_case_and_for_own_inputs(tmp_path: Path) -> None:
     case = relbench("generate", "-m", "reference-collage", "--case", "cat-next-to-rocket", "-o", str(tmp_path / "a.png"))
     assert case.stdout.strip() == f"image: {tmp_path / 'a.png'}"

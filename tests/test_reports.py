@@ -22,9 +22,9 @@ from relbench.reports.compare import compare_runs, comparison_table, format_comp
 from relbench.reports.html import (
     PAPER_RESULTS, SCRIPT, TINY_BANNER, build_report, collect, parse_formats, samples_for_export, write_report,
 )
-from relbench.reports.leaderboard import leaderboard, load_runs, merge_runs, write_leaderboard_csv
+from relbench.reports.leaderboard import best_mask, case_set_note, leaderboard, load_runs, merge_runs, write_leaderboard_csv
 from relbench.reports.stats import (
-    bootstrap_ci, breakdown, case_means, choose_headline, compare, metric_summary, resolve_config,
+    Headline, bootstrap_ci, breakdown, case_means, choose_headline, cis_overlap, compare, metric_summary, resolve_config,
 )
 from relbench.reports.tables import SAMPLE_COLUMNS, failure_flags, judge_metrics, load_run
 
@@ -331,6 +331,21 @@ def test_compare_no_warning_when_the_cis_are_apart(tmp_path: Path) -> None:
     assert result.headline_ci_a[0] > result.headline_ci_b[1]
 
 
+def test_identical_point_intervals_are_a_tie_not_an_overlap(tmp_path: Path) -> None:
+    assert not cis_overlap((100.0, 100.0), (100.0, 100.0))
+    assert cis_overlap((100.0, 100.0), (90.0, 100.0)) and cis_overlap((1.0, 3.0), (2.0, 4.0))
+    # Both methods score 100 on every case: CIs [100, 100] and [100, 100]; no warning, no winner.
+    run = make_run(tmp_path / "run", [sample(m, c, 0, clip_t=100.0) for m in HASHES for c in CASES])
+    assert 'id="ci-overlap"' not in write_report(run).read_text()
+    result = compare_runs([run], "sdxl", "reference-collage", metrics=["clip_t"])
+    assert result.headline_ci_a == result.headline_ci_b == (100.0, 100.0) and result.warning is None
+    row = result.table.iloc[0].to_dict()
+    assert (row["diff_ci_low"], row["diff_ci_high"], row["better"]) == (0.0, 0.0, "")
+    assert verdict(row) == "no difference detected"
+    assert "headline metric clip_t (fallback: the default relation_vqa was not computed in these runs): no difference " \
+           "detected (95% CI of a - b [0, 0] includes 0)" in format_comparison(result)
+
+
 def test_selectors_name_exactly_one_configuration(tmp_path: Path) -> None:
     samples = pd.DataFrame([
         {"method": "sdxl", "settings_hash": "aaaa1111"}, {"method": "sdxl", "settings_hash": "abcd0000"},
@@ -425,6 +440,55 @@ def test_leaderboard_means_and_cis_by_hand(run_dir: Path) -> None:
     assert (collage["n_images"], collage["n_scored"], collage["n_cases"]) == (2, 1, 2)
     assert collage["clip_i"] == pytest.approx(80.0)
     assert sdxl["settings"] == "" and sdxl["relbench_version"] == ""  # no run.json given
+
+
+def _coverage_samples() -> pd.DataFrame:
+    """On demo, sdxl scored c0-c3 and reference-collage c0-c2 (not c3); on another benchmark, ms-diffusion one case."""
+    rows = [{"method": "sdxl", "benchmark": "demo", "case_id": f"c{i}", "clip_t": v} for i, v in enumerate([10.0, 20.0, 30.0, 40.0])]
+    rows += [{"method": "reference-collage", "benchmark": "demo", "case_id": f"c{i}", "clip_t": v} for i, v in enumerate([15.0, 25.0, 35.0])]
+    rows += [{"method": "ms-diffusion", "benchmark": "other", "case_id": "c0", "clip_t": 99.0}]
+    table = pd.DataFrame(rows).assign(benchmark_version="1", profile="tiny", seed=0, run_dir=None)
+    return table.assign(settings_hash=table["method"].map(lambda m: HASHES.get(m, "cccc3333")))
+
+
+def test_common_cases_by_default_and_best_only_among_same_cases_with_two_or_more() -> None:
+    samples = _coverage_samples()
+    columns = ["method", "benchmark", "clip_t", "clip_t_n", "clip_t_case_set"]
+    # Common cases (default): on demo both over c0-c2 (sdxl 20, collage 25); sorted by clip_t, best first.
+    common = leaderboard(samples, headline="clip_t", directions={"clip_t": True})
+    assert common[columns].values.tolist() == [
+        ["reference-collage", "demo", 25.0, 3, "common"], ["sdxl", "demo", 20.0, 3, "common"], ["ms-diffusion", "other", 99.0, 1, "same"],
+    ]
+    # Best within demo; ms-diffusion's 99 is one case on another benchmark: not best.
+    assert best_mask(common, "clip_t", True).tolist() == [True, False, False]
+    assert best_mask(common, "clip_t", None).tolist() == [False, False, False]  # no direction, no best
+    # --all-cases: each one's own cases (sdxl 25 over 4, collage 25 over 3): different cases, no best.
+    every = leaderboard(samples, headline="clip_t", directions={"clip_t": True}, cases="all")
+    assert every[columns].values.tolist() == [
+        ["reference-collage", "demo", 25.0, 3, "differ"], ["sdxl", "demo", 25.0, 4, "differ"], ["ms-diffusion", "other", 99.0, 1, "same"],
+    ]
+    assert best_mask(every, "clip_t", True).tolist() == [False, False, False]
+    assert case_set_note(metric_summary(samples, cases="all", **BOOT)).startswith(
+        "clip_t: the configurations scored different cases; each mean is over that configuration's own cases"
+    )
+    # The same cases on both sides: both views agree and the best is marked.
+    same = leaderboard(samples.loc[samples["case_id"] != "c3"], directions={"clip_t": True}, cases="all")
+    assert same["clip_t_case_set"].tolist() == ["same", "same", "same"]
+    assert same["method"].tolist() == ["reference-collage", "sdxl", "ms-diffusion"]  # no headline: by benchmark, method
+    assert best_mask(same, "clip_t", True).tolist() == [True, False, False]
+
+
+def test_leaderboard_is_sorted_by_the_headline_in_its_direction(run_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "board.csv"
+    for headline, order in (("clip_i", ["reference-collage", "sdxl"]), ("pose_error", ["sdxl", "reference-collage"])):
+        with pytest.warns(UserWarning, match="truncated"):
+            board = write_leaderboard_csv([run_dir], output, headline=headline, cases="all")
+        assert [row["method"] for row in read_csv_rows(output)] == order, headline  # clip_i 80 > 55; pose_error 0.3 < 0.5
+        assert board.notes()[0] == f"headline metric: {headline} (chosen with --headline)"
+    with pytest.warns(UserWarning, match="truncated"), pytest.raises(
+        RelbenchError, match=r"^--headline 'relation_vqa': not computed in these runs \(metrics with values: clip_t, clip_i, pose_error\)$"
+    ):
+        write_leaderboard_csv([run_dir], output, headline="relation_vqa")
 
 
 def test_merge_counts_a_duplicated_image_once_and_averages_seeds_per_case(run_dir: Path, tmp_path: Path) -> None:
@@ -611,6 +675,42 @@ def test_ci_overlap_warning_only_when_the_headline_cis_overlap(tmp_path: Path) -
     assert 'id="ci-overlap"' in close
     assert "overlap</strong> on the headline metric <code>clip_t</code>: reference-collage and sdxl" in close
     assert 'id="ci-overlap"' not in run("apart", 20.0)
+
+
+def test_headline_default_fallback_or_none_never_one_not_computed() -> None:
+    def table(details: dict[str, Any] | None = None, **values: float) -> pd.DataFrame:
+        return pd.DataFrame([{"method": "sdxl", "settings_hash": "a", "case_id": "c", "metric_details": details or {}, **values}])
+
+    full = table({"relation_vqa": {"relation_shown": 1}, "relation_acc": {"relation_shown": 1}},
+                 relation_acc=100.0, relation_vqa=80.0, clip_t=20.0)
+    assert choose_headline(full) == Headline("relation_vqa", "the default")
+    assert choose_headline(full, "clip_t") == Headline("clip_t", "chosen with --headline")
+    fallback = "fallback: the default relation_vqa was not computed in these runs"
+    # relation_vqa listed but without a value (not computed): the next judge metric, else clip_t.
+    assert choose_headline(table({"relation_acc": {"relation_shown": 0}}, relation_vqa=math.nan, relation_acc=0.0)) == Headline("relation_acc", fallback)
+    assert choose_headline(table(clip_t=20.0, pose=0.5)) == Headline("clip_t", fallback)
+    # Neither the default nor a fallback: none (not the first metric there is).
+    none = choose_headline(table(pose=0.5, clip_i=70.0))
+    assert none.metric is None and none.line() == (
+        "headline metric: none (the default relation_vqa and its fallbacks (another relation judge metric, clip_t) were not "
+        "computed in these runs; pick one with --headline from: pose, clip_i)"
+    )
+    with pytest.raises(RelbenchError, match=r"^--headline 'relation_vqa': not computed in these runs \(metrics with values: pose\)$"):
+        choose_headline(table(pose=0.5, relation_vqa=math.nan), "relation_vqa")
+
+
+def test_report_without_a_headline_says_so_and_sorts_by_method(tmp_path: Path) -> None:
+    metrics = {"pose_error": METRICS["pose_error"]}
+    rows = [sample(m, c, 0, pose_error=0.1 * (i + 1)) for i, (m, c) in enumerate((m, c) for m in HASHES for c in CASES)]
+    run = make_run(tmp_path / "run", rows, metrics=metrics)
+    html = write_report(run).read_text()
+    assert '<p id="headline">No headline metric (the default relation_vqa and its fallbacks' in html
+    assert "pick one with --headline from: pose_error); rows sorted by method.</p>" in html
+    assert [row[0] for row in cells(html, "leaderboard")[1:]] == ["reference-collage", "sdxl"]
+    assert "per method and relation" not in html  # no headline: no heat map of it
+    chosen = write_report(run, headline="pose_error").read_text()
+    assert [row[0] for row in cells(chosen, "leaderboard")[1:]] == ["sdxl", "reference-collage"]  # 0.15 < 0.35
+    assert "Headline metric: <code>pose_error</code> (chosen with --headline)" in chosen
 
 
 def test_paper_table_is_labelled_and_scaled(run_dir: Path) -> None:
