@@ -10,11 +10,17 @@ An image reference in a spec is one of:
 
 The data root is, in order: the ``--data-root`` option, the ``RELBENCH_DATA_ROOT`` environment
 variable, ``$XDG_CACHE_HOME/relbench/data`` (``~/.cache/relbench/data``).
+
+Every image a spec names is opened by ``open_image``: ``relbench data validate`` and evaluation read
+it the same way (fully decoded, at most ``MAX_IMAGE_PIXELS``), so what validates also evaluates and
+a bad file gives the same one-line error in both.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +30,12 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DATA_ROOT_ENV = "RELBENCH_DATA_ROOT"
+# The largest image a spec may name: 64 megapixels (8192 x 8192 = 67,108,864 pixels), far above any
+# benchmark photo and any resolution the methods use. It is checked on the header, before a pixel
+# is decoded, so a small file that claims to be huge (a decompression bomb) costs neither time nor
+# memory. PIL's own guard (Image.MAX_IMAGE_PIXELS, about 89 megapixels) only warns there and
+# raises at twice that; this one is a clean error at exactly this size.
+MAX_IMAGE_PIXELS = 8192 * 8192
 SKIMAGE_SCHEME = "skimage:"
 
 # Photos that ship inside scikit-image's wheel (no pooch download). Grey-scale ones are converted
@@ -84,15 +96,36 @@ def _skimage_file(ref: str) -> Path:
 
 def load_image(ref: str, data_root: Path, spec_dir: Path | None = None) -> "Image.Image":
     """Load a reference as an RGB PIL image, with a one-line error naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
     path = resolve_path(ref, data_root, spec_dir)
     if not path.is_file():
         hint = "" if is_bundled(ref) else f" (data root: {data_root}; run `relbench data download` or pass --data-root)"
         raise RelbenchError(f"{path}: image not found{hint}")
+    return open_image(path).convert("RGB")
+
+
+def open_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> "Image.Image":
+    """Open and fully decode an existing image file (mode as stored); any failure is one line.
+
+    A file over ``max_pixels``, truncated, corrupt or not an image raises ``RelbenchError`` naming
+    the file: ``<path>: cannot read image: <why>``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    limit = f"the limit is {max_pixels:,} pixels; resize it"
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            # PIL warns from ~89 megapixels; the size is refused just below, with one clean line.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise RelbenchError(f"{path}: cannot read image: {width} x {height} pixels is too large; {limit}")
+            image.load()  # decodes every pixel: a truncated or corrupt file fails here, not later
+            return image
+    except Image.DecompressionBombError as exc:  # over twice PIL's limit: refused inside Image.open
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "its size"
+        raise RelbenchError(f"{path}: cannot read image: {size} is too large; {limit}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RelbenchError(f"{path}: cannot read image: {exc}") from exc

@@ -15,8 +15,11 @@ commit. The commit is recorded in ``<data_root>/<name>/.relbench-download.json``
 
 Every file is downloaded to ``<file>.part``, resumed with an HTTP Range request when a part file is
 left over, checked against its size and checksum, then renamed into place. Files already present
-with the right checksum are not downloaded again. Connection errors, timeouts and 5xx/429 answers
-are retried with exponential backoff; a checksum mismatch is never retried.
+with the right checksum are not downloaded again. Connection errors and 5xx/429 answers are
+retried with exponential backoff; a checksum mismatch is never retried. A server that stays silent
+for ``timeout`` seconds (no connection, no answer, or a transfer that stalls) ends the command at
+once with one line saying what it waited for: retrying a silent server only multiplies the wait,
+and the same command resumes later. With ``HF_HUB_OFFLINE=1`` nothing is fetched at all.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Protocol, Sequence
-from urllib.parse import quote, urljoin
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
@@ -53,6 +56,9 @@ PART_SUFFIX = ".part"
 _HUB_SKIP = {".gitattributes"}
 _CHUNK = 1 << 16
 _MAX_BACKOFF_S = 30.0
+# Values huggingface_hub reads as true in HF_HUB_OFFLINE.
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_RESUME = "gave up; run the same command again to resume"
 
 
 @dataclass(frozen=True)
@@ -99,17 +105,25 @@ def download(
     retries: int = 4,
     backoff: float = 1.0,
     echo: Callable[[str], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> list[SourceSummary]:
     """Fetch ``sources`` (default: dreambench and dreamrelation) into ``data_root``.
 
     ``hf_endpoint`` defaults to ``$HF_ENDPOINT``, then https://huggingface.co. ``echo`` receives
-    each source's summary line as soon as that source is complete. Raises ``RelbenchError`` with
-    one line on any failure; finished files stay, and a rerun resumes where this one stopped.
+    each source's summary line as soon as that source is complete; ``notice`` a line saying what
+    is asked of which server before each wait. ``timeout`` bounds the connection and each wait
+    for data, in seconds. Raises ``RelbenchError`` with one line on any failure; finished files
+    stay, and a rerun resumes where this one stopped.
     """
     names = list(sources) if sources else list(DEFAULT_SOURCES)
     for name in names:
         if name not in ALL_SOURCES:
             raise RelbenchError(f"--only: unknown source {name!r}; expected one of {', '.join(ALL_SOURCES)}")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE:
+        raise RelbenchError(
+            "HF_HUB_OFFLINE is set: downloading needs the network; unset it (or set HF_HUB_OFFLINE=0) for this command"
+        )
+    say = notice or (lambda line: None)
     endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or HF_DEFAULT_ENDPOINT).rstrip("/")
     summaries = []
     for name in dict.fromkeys(names):  # keep order, drop repeats
@@ -120,9 +134,11 @@ def download(
         else:
             token = os.environ.get("HF_TOKEN")  # only needed for gated or private repositories
             fetcher = _Fetcher(timeout, retries, backoff, {"Authorization": f"Bearer {token}"} if token else {})
+            say(f"{name}: asking {endpoint} for the files of {HF_DATASETS[name]} at revision {hf_revision} "
+                f"(gives up after {timeout:g} s without an answer)")
             revision, files = _hub_files(fetcher, endpoint, HF_DATASETS[name], hf_revision)
             origin = f"hf-dataset:{HF_DATASETS[name]}"
-        summary = _fetch_all(fetcher, name, revision, files, Path(data_root) / name, progress)
+        summary = _fetch_all(fetcher, name, revision, files, Path(data_root) / name, progress, say)
         _write_state(Path(data_root) / name, name, origin, summary)
         summaries.append(summary)
         if echo is not None:
@@ -236,10 +252,20 @@ def _check_relative(path: str, where: str) -> None:
 
 
 def _fetch_all(
-    fetcher: "_Fetcher", name: str, revision: str, files: list[RemoteFile], folder: Path, progress: bool
+    fetcher: "_Fetcher",
+    name: str,
+    revision: str,
+    files: list[RemoteFile],
+    folder: Path,
+    progress: bool,
+    say: Callable[[str], None],
 ) -> SourceSummary:
     todo = [f for f in files if not _is_intact(folder / f.target, f)]
     todo_bytes = sum(f.size for f in todo)
+    if todo:
+        hosts = ", ".join(dict.fromkeys(urlsplit(f.url).netloc for f in todo))
+        say(f"{name}: downloading {len(todo)} file{'' if len(todo) == 1 else 's'} ({todo_bytes / 1e6:.1f} MB) from "
+            f"{hosts} (gives up after {fetcher.timeout:g} s without data)")
     from tqdm import tqdm  # lazy: only the download command draws a progress bar
 
     with tqdm(
@@ -329,14 +355,28 @@ class _Fetcher:
         raise RelbenchError(f"{what}: {reason} (gave up after {self.retries + 1} attempts)")
 
     def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
+        host = urlsplit(url).netloc
         try:
             response = self.session.get(url, headers=headers, stream=True, timeout=self.timeout)
+        except requests.ConnectTimeout as exc:  # before ConnectionError: it is both
+            raise RelbenchError(f"{url}: could not connect to {host} within {self.timeout:g} s; {_RESUME}") from exc
+        except requests.Timeout as exc:
+            raise RelbenchError(
+                f"{url}: {host} took the request but sent no answer within {self.timeout:g} s; {_RESUME}"
+            ) from exc
         except requests.RequestException as exc:
-            raise _Transient(_describe(exc, self.timeout)) from exc
+            raise _Transient(_describe(exc)) from exc
         if response.status_code >= 500 or response.status_code == 429:
             response.close()
             raise _Transient(f"HTTP {response.status_code} {response.reason}")
         return response
+
+    def _raise_if_stalled(self, exc: requests.RequestException, url: str) -> None:
+        """A body that stopped coming for ``timeout`` s (requests wraps that read timeout in a ConnectionError)."""
+        if isinstance(exc, requests.Timeout) or "timed out" in str(exc).lower():
+            raise RelbenchError(
+                f"{url}: {urlsplit(url).netloc} stopped sending data for {self.timeout:g} s; {_RESUME}"
+            ) from exc
 
     def get_json(self, url: str) -> tuple[Any, requests.Response]:
         def attempt() -> tuple[Any, requests.Response]:
@@ -345,7 +385,8 @@ class _Fetcher:
                 try:
                     return response.json(), response
                 except requests.RequestException as exc:
-                    raise _Transient(_describe(exc, self.timeout)) from exc
+                    self._raise_if_stalled(exc, url)
+                    raise _Transient(_describe(exc)) from exc
                 except ValueError as exc:
                     raise RelbenchError(f"{url}: expected a JSON answer: {exc}") from exc
 
@@ -392,7 +433,8 @@ class _Fetcher:
                             fh.write(chunk)
                             show(counted + len(chunk))
                     except requests.RequestException as exc:
-                        raise _Transient(_describe(exc, self.timeout)) from exc
+                        self._raise_if_stalled(exc, item.url)
+                        raise _Transient(_describe(exc)) from exc
 
         self._retrying(item.url, attempt)
         got_size = part.stat().st_size
@@ -416,11 +458,9 @@ def _raise_for_client_error(response: requests.Response, url: str) -> None:
         raise RelbenchError(f"{url}: HTTP {response.status_code} {response.reason}{hint}")
 
 
-def _describe(exc: requests.RequestException, timeout: float) -> str:
+def _describe(exc: requests.RequestException) -> str:
     """One short line for a network failure (requests' own messages nest several reprs)."""
     text = str(exc)
-    if isinstance(exc, requests.Timeout) or "timed out" in text.lower():
-        return f"no answer within {timeout:g} s"
     errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
     if errno:
         return f"connection failed: {errno.group(0)}"

@@ -8,6 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The most characters an error shows of what the user wrote: a field (ids included), a message
+# with the value it quotes, a file name, the whole `error:` line. A longer text keeps its start,
+# then "…" and its original length: a huge or hostile value (a 2 GB string in a spec) must never
+# flood the terminal. Applied where errors are formatted (Problem, cli.main), not per call site.
+MAX_QUOTED_CHARS = 200
+MAX_MESSAGE_CHARS = 400
+MAX_LINE_CHARS = 1000
+
+
+def clip(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters with "…" and the original length."""
+    if len(text) <= limit:
+        return text.replace("\r", " ").replace("\n", " ")
+    kept = text[:limit].replace("\r", " ").replace("\n", " ")
+    return f"{kept}… ({len(text):,} characters)"
+
 
 class RelbenchError(Exception):
     """A user-facing error: bad input, a missing file, a refused operation."""
@@ -37,7 +53,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.field}: {self.message}"
+        return f"{clip(self.file, MAX_MESSAGE_CHARS)}: {clip(self.field)}: {clip(self.message, MAX_MESSAGE_CHARS)}"
 
 
 class SpecError(RelbenchError):

@@ -11,6 +11,14 @@ Spec layout (see ``benchmark_data/demo/benchmark.yaml`` for a complete example):
     subjects:  [{id, class_noun, category, images: [ref, ...], masks: [ref, ...]?}]
     relations: [{id, phrase, kind, fits: [[category, ...], ...], reference_poses: [...]?}]
     cases:     [{id, subjects: [id, ...], relation, prompt, boxes: [[x0, y0, x1, y1], ...]}]
+
+Ids (and the name) become file and folder names (``images/<method>/<case>/``, per-subject and
+per-relation weights), so they must be safe as names on Linux, macOS and Windows: at most
+``MAX_ID_CHARS`` characters of lowercase letters, digits, '_', '.', '-', starting with a letter or
+digit, not ending with '.', and not a name Windows reserves (``con``, ``nul``, ``com1``, ...).
+
+A spec file is untrusted input: YAML anchors and aliases are refused (a few hundred bytes of them
+expand to gigabytes), and so is nesting deeper than ``MAX_NESTING`` lists or mappings.
 """
 
 from __future__ import annotations
@@ -22,10 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from relbench.benchmark import Benchmark, Case, ReferencePose, Relation, RelationKind, Subject
-from relbench.data_root import is_bundled, resolve_path
+from relbench.data_root import is_bundled, open_image, resolve_path
 from relbench.errors import Problem, RelbenchError, SpecError
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+# Ids name files and folders; 100 keeps <output>/images/<method>/<case>/<seed>.png far from the
+# 255-byte name and 260-character Windows path limits.
+MAX_ID_CHARS = 100
+# Device names Windows reserves, also with any extension ("nul.png"): such a file cannot be made.
+WINDOWS_RESERVED = frozenset(
+    {"con", "prn", "aux", "nul"} | {f"{port}{n}" for port in ("com", "lpt") for n in range(10)}
+)
+# Lists and mappings inside one another; a spec needs 6, a sweep file about as many.
+MAX_NESTING = 32
 # Keypoints per instance for each skeleton a reference pose may use.
 SKELETON_SIZES = {"ap10k": 17, "coco": 17}
 
@@ -39,12 +56,91 @@ def read_spec_file(path: Path) -> Any:
         raise RelbenchError(f"{path}: unsupported spec format; expected .yaml, .yml or .json")
     import yaml
 
+    too_deep = f"nested more than {MAX_NESTING} levels of lists or mappings deep"
     try:
         text = path.read_text(encoding="utf-8")
-        return json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        if suffix != ".json":
+            return _load_yaml(text)
+        try:
+            data = json.loads(text)
+        except RecursionError:  # the decoder recurses once per level: thousands of '[' end here
+            raise RelbenchError(f"{path}: {too_deep}") from None
+        if _nesting(data) > MAX_NESTING:
+            raise RelbenchError(f"{path}: {too_deep}")
+        return data
+    except _Refused as exc:
+        message = too_deep if exc.too_deep else exc.message
+        raise RelbenchError(f"{path}: line {exc.mark.line + 1}: {message}") from None
     except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         first_line = " ".join(str(exc).split()) or type(exc).__name__
         raise RelbenchError(f"{path}: not valid {suffix[1:].upper()}: {first_line}") from exc
+
+
+class _Refused(Exception):
+    """A YAML construct that specs do not allow, at ``mark`` (the parser knows no file name)."""
+
+    def __init__(self, mark: Any, message: str = "", too_deep: bool = False):
+        super().__init__(message)
+        self.mark, self.message, self.too_deep = mark, message, too_deep
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load without anchors and aliases, and with a depth limit.
+
+    Aliases let a 1 KB file describe gigabytes (each level of "*a, *a, ..." multiplies the last),
+    and PyYAML's composer recurses once per level; so the event stream (flat, cheap) is checked
+    first, and only a spec that passes is built. libyaml parses when installed: it is about ten
+    times faster than the pure-Python parser on large specs.
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise _Refused(event.start_mark, "YAML anchors and aliases (&name, *name) are not allowed in a spec; "
+                                                 "write each value out")
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise _Refused(event.start_mark, too_deep=True)
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+    except yaml.MarkedYAMLError as exc:
+        # libyaml's scanner reads flow collections ahead and stops at its own limit (1000 levels)
+        # before we see the events: the same refusal, in the same words.
+        if "nesting depth" in (exc.problem or "") and exc.problem_mark is not None:
+            raise _Refused(exc.problem_mark, too_deep=True) from None
+        raise
+    return yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader)
+
+
+def _nesting(data: Any) -> int:
+    """How many lists or mappings deep ``data`` goes (iterative: no recursion limit to hit)."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth > MAX_NESTING:
+                break
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an id (it names files and folders), or None when it can."""
+    if len(value) > MAX_ID_CHARS:
+        return f"expected at most {MAX_ID_CHARS} characters (it names files), got {len(value)}"
+    if not ID_PATTERN.match(value):
+        return "expected lowercase letters, digits, '_', '.', '-', starting with a letter or digit"
+    if value.endswith("."):
+        return "must not end with '.' (Windows drops it from file names)"
+    if value.split(".", 1)[0] in WINDOWS_RESERVED:
+        return f"{value.split('.', 1)[0]!r} is a device name Windows reserves; it cannot name a file"
+    return None
 
 
 class _Checker:
@@ -72,8 +168,9 @@ class _Checker:
 
     def identifier(self, obj: dict[str, Any], where: str) -> str | None:
         value = self.string(obj, "id", where)
-        if value is not None and not ID_PATTERN.match(value):
-            self.add(f"{where}.id", f"{value!r} is not a valid id; expected lowercase letters, digits, '_', '.', '-'")
+        problem = id_problem(value) if value is not None else None
+        if problem:
+            self.add(f"{where}.id", f"{value!r} is not a valid id: {problem}")
             return None
         return value
 
@@ -121,8 +218,9 @@ def parse_spec(data: Any, file: str, spec_path: Path | None = None) -> tuple[Ben
         return None, check.problems
 
     name = check.string(data, "name", "")
-    if name is not None and not ID_PATTERN.match(name):
-        check.add("name", f"{name!r} is not a valid name; expected lowercase letters, digits, '_', '.', '-'")
+    name_problem = id_problem(name) if name is not None else None
+    if name_problem:
+        check.add("name", f"{name!r} is not a valid name: {name_problem}")
     version = check.string(data, "version", "")
     description = data.get("description") or ""
     if not isinstance(description, str):
@@ -317,8 +415,6 @@ def load_spec(path: str | Path) -> Benchmark:
 
 def check_files(benchmark: Benchmark, data_root: Path) -> tuple[list[Problem], int]:
     """Check every file the benchmark names; returns (problems, number of images checked)."""
-    from PIL import Image, UnidentifiedImageError
-
     file = str(benchmark.spec_path) if benchmark.spec_path else benchmark.name
     problems: list[Problem] = []
     sizes: dict[str, tuple[int, int]] = {}
@@ -336,11 +432,11 @@ def check_files(benchmark: Benchmark, data_root: Path) -> tuple[list[Problem], i
             problems.append(Problem(file, field, f"image not found: {path}{where}"))
             return None
         try:
-            with Image.open(path) as image:
-                image.verify()  # reads the whole file: catches truncated images
+            # Decoded in full, as evaluation will: a header that parses is not enough.
+            with open_image(path) as image:
                 size = image.size
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            problems.append(Problem(file, field, f"not a readable image: {path}: {exc}"))
+        except RelbenchError as exc:  # the line evaluation would end with
+            problems.append(Problem(file, field, str(exc)))
             return None
         sizes[ref] = size
         return size

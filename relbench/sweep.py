@@ -172,6 +172,10 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
 def run_sweep(sweep: Sweep, runs: list[PlannedRun], progress: bool = True) -> list[Any]:
     from relbench.runner import EvaluateOptions, evaluate
 
+    try:  # before the first run, not when a later one (hours in) would find out
+        sweep.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RelbenchError(f"{sweep.path}: output: cannot create {sweep.output}: {exc.strerror or exc}") from exc
     summaries = []
     for run in runs:
         summaries.append(evaluate(EvaluateOptions(

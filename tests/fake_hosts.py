@@ -39,6 +39,7 @@ class FakeHosts:
         self.fail: dict[str, list[int]] = {}  # URL path -> statuses to answer first, one per request
         self.stall: set[str] = set()  # URL paths that never answer
         self.cut_after: dict[str, int] = {}  # URL path -> send only N body bytes then hang up (once)
+        self.stall_after: dict[str, int] = {}  # URL path -> send only N body bytes then go silent (once)
         self.ignore_range = False
         self.log: list[Logged] = []
         self._lock = threading.Lock()
@@ -190,6 +191,16 @@ def _handler_for(hosts: FakeHosts) -> type[BaseHTTPRequestHandler]:
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
             with hosts._lock:
                 cut = hosts.cut_after.pop(path, None)
+                stall = hosts.stall_after.pop(path, None)
+            if stall is not None:
+                # Promise the whole body, send part of it, then nothing (until the hosts stop).
+                record(status, min(stall, len(body)))
+                self._send_head(status, len(body), headers)
+                self.wfile.write(body[:stall])
+                self.wfile.flush()
+                hosts._stop.wait(30)
+                self.close_connection = True
+                return
             if cut is not None:
                 # Promise the whole body, send part of it, hang up: a dropped connection.
                 record(status, min(cut, len(body)))

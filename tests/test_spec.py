@@ -178,7 +178,7 @@ def test_check_files_reports_missing_truncated_and_mismatched_files(tmp_path: Pa
     _, problems, _ = validate_spec(spec_dir / "mini.yaml", root)
     by_field = {p.field: p.message for p in problems}
     assert "image not found" in by_field["subjects[dog].images[1]"]
-    assert "not a readable image" in by_field["relations[hug].reference_poses[0].image"]
+    assert by_field["relations[hug].reference_poses[0].image"] == f"{root / 'poses/hug0.png'}: cannot read image: image file is truncated"
     assert by_field["subjects[dog].masks[0]"] == "mask size (10, 10) does not match image size (40, 30)"
     assert "expected shape (instances, keypoints, 2), got (2, 17, 3)" in by_field["relations[hug].reference_poses[0].keypoints"]
 
