@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from relbench.errors import Interrupted, RelbenchError
+from relbench.errors import MAX_LINE_CHARS, Interrupted, RelbenchError, clip
 
 app = typer.Typer(
     name="relbench",
@@ -401,7 +401,8 @@ def data_download(
     root = resolve_data_root(data_root)
     typer.echo(f"data root: {root}")
     try:
-        download(_split(only) or None, root, hf_revision=revision, progress=not quiet, echo=typer.echo)
+        download(_split(only) or None, root, hf_revision=revision, progress=not quiet, echo=typer.echo,
+                 notice=None if quiet else _echo_err)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; run the same command again to resume the download") from None
 
@@ -415,7 +416,7 @@ def main() -> None:
     try:
         app()  # standalone mode: Typer reports usage errors itself (exit 2)
     except RelbenchError as exc:
-        _echo_err(f"error: {exc}")
+        _echo_err(f"error: {clip(str(exc), MAX_LINE_CHARS)}")  # one line, however long the user's value
         sys.exit(exc.exit_code)
 
 
