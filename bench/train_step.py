@@ -5,7 +5,7 @@
                                                                     # on a GPU: SDXL-sized random weights
 
 ``--sdxl-shapes`` builds SDXL's UNet, VAE and both text encoders, CLIP ViT-bigG/14 and the
-MS-Diffusion adapter at their public sizes with random weights (relbench.sdxl_shapes; no
+MS-Diffusion adapter at their public sizes with random weights (tests/sdxl_shapes.py; no
 download), so that 1024 px time and memory can be measured anywhere with a GPU. Two steps are
 timed on the same synthetic triplet (2 subjects, 17 keypoints, batch 1):
 
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,7 +51,9 @@ def build_models(args: argparse.Namespace, device: Any, dtype: Any) -> Any:
     if args.sdxl_shapes:
         from transformers import CLIPImageProcessor
 
-        from relbench.sdxl_shapes import bigg_image_encoder, sdxl_components
+        # A test helper, not installed: importable once tests/ is on the path.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from sdxl_shapes import bigg_image_encoder, sdxl_components
 
         parts = sdxl_components(str(device))
         image_encoder, processor, config = bigg_image_encoder(str(device)), CLIPImageProcessor(), MSAdapterConfig.sdxl()

@@ -137,7 +137,7 @@ def lora_state_dict_from_pipe(pipe) -> dict[str, torch.Tensor]:
 
 def test_lora_keys_and_shapes_match_the_public_sdxl_layout() -> None:
     """An SDXL-sized UNet (meta device) gets LoRAs with the released files' key names and shapes."""
-    from relbench.sdxl_shapes import sdxl_unet
+    from sdxl_shapes import sdxl_unet
 
     unet = sdxl_unet("meta")
     add_relation_lora(unet)

@@ -208,7 +208,7 @@ def test_tokens_are_deterministic_and_seeded() -> None:
 def test_sdxl_sizes_give_257_global_plus_16_local_tokens() -> None:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
-    from relbench.sdxl_shapes import BIGG_VISION_CONFIG
+    from sdxl_shapes import BIGG_VISION_CONFIG
 
     config = CLIPVisionConfig(**BIGG_VISION_CONFIG)
     with torch.device("meta"):

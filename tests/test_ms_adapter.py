@@ -25,7 +25,7 @@ from relbench.tiny import seeded, tiny_sdxl_components
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = MSAdapterConfig.tiny()
 
-from relbench.sdxl_shapes import SDXL_UNET_CONFIG  # noqa: E402  (public config facts)
+from sdxl_shapes import SDXL_UNET_CONFIG  # noqa: E402  (public config facts, tests/sdxl_shapes.py)
 
 
 def one_line_error(excinfo: pytest.ExceptionInfo[RelbenchError]) -> str:

@@ -5,6 +5,10 @@ For tests of state-dict key names and shapes (built on the ``meta`` device: no m
 shape each network in the public config files of ``stabilityai/stable-diffusion-xl-base-1.0``
 (``unet/``, ``vae/``, ``text_encoder/``, ``text_encoder_2/``) and of
 ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k`` (vision tower).
+
+A test helper, not part of the installed package: tests import it as ``sdxl_shapes`` (pytest puts
+``tests/`` on ``sys.path``, as for ``fake_hosts``); bench scripts add ``tests/`` to ``sys.path``
+first (see ``bench/train_step.py``).
 """
 
 from __future__ import annotations
