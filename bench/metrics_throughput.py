@@ -271,7 +271,7 @@ def rate(value: float) -> str:
 
 
 def _digest(image: Any) -> str:
-    from relbench.metrics.clip import image_digest
+    from relbench.metrics.embedding_cache import image_digest
 
     return image_digest(image)
 

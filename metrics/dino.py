@@ -20,26 +20,14 @@ each uses, and share the reference-embedding cache of each pooling (memory and d
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.errors import RelbenchError
-from relbench.metrics.clip import (
-    DEFAULT_BATCH_SIZE,
-    ReferenceSimilarityMetric,
-    built_model_name,
-    check_input_size,
-    embed_image_batches,
-    load_component,
-    load_pretrained,
-    model_source,
-    resolve_revision,
-)
-from relbench.metrics.embedding_cache import ReferenceEmbeddings, weights_identity
-from relbench.metrics.functional.preprocess import preprocess_from_processor
+from relbench.metrics.embedder import DEFAULT_BATCH_SIZE, ImageEmbedder, ReferenceSimilarityMetric, per_context
 from relbench.metrics.functional.similarity import SCALE
-from relbench.profiles import RunContext, resolved_revision, torch_dtype
+from relbench.metrics.loading import load_component, load_pretrained
+from relbench.profiles import ModelRef, RunContext, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -54,11 +42,13 @@ def check_pooling(pooling: str, where: str = "dino.pooling") -> None:
         raise RelbenchError(f"{where}: unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
 
 
-class DINOEmbedder:
+class DINOEmbedder(ImageEmbedder):
     """Loads a DINO ``ViTModel`` once and embeds images (L2-normalised, float32, on the CPU).
 
     ``with_pooling`` gives a view with another pooling over the same loaded model.
     """
+
+    model_key: ClassVar[str] = "dino"
 
     def __init__(
         self,
@@ -69,52 +59,34 @@ class DINOEmbedder:
         dtype: str = "float32",
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
-        # No reference to the context is kept: the shared-embedder cache must not keep it alive.
         check_pooling(pooling)
-        torch_dtype_ = torch_dtype(dtype)  # refuse a bad dtype before loading anything
-        self.pooling = pooling
-        self.dtype = dtype
-        self.batch_size = batch_size
-        self.device = context.torch_device()
-        self.seed: int | None = None
-        self.requested_revision: str | None = None
-        source: str | None = None  # what from_pretrained read; None when built in memory
-        where = "dino model"
-        if model is not None:
-            if not isinstance(model, (tuple, list)) or len(model) != 2:
-                raise TypeError("a built DINO model is passed as (ViTModel, image_processor)")
-            self.model, processor = model
-            self.model_id = built_model_name(self.model)
-            self.revision = resolve_revision(self.model, None, None) or resolved_revision(self.model_id)
-        else:
-            ref = context.model("dino")
-            where = f"dino model {ref.id!r}"
-            if ref.is_tiny:
-                from relbench.tiny import tiny_dino
+        self.pooling = pooling  # before loading: the reference cache is keyed by it
+        super().__init__(context, model, dtype=dtype, batch_size=batch_size)
 
-                self.model, processor = tiny_dino(seed=context.seed)
-                self.seed = context.seed
-                self.revision = None
-            else:
-                from transformers import ViTImageProcessor, ViTModel
+    def _from_built(self, model: Any) -> tuple[Any, Any]:
+        if not isinstance(model, (tuple, list)) or len(model) != 2:
+            raise TypeError("a built DINO model is passed as (ViTModel, image_processor)")
+        return model[0], model[1]
 
-                source = model_source(ref)
-                # No pooler: DINO checkpoints have none and neither pooling here uses it.
-                self.model = load_pretrained(ViTModel, ref, source, add_pooling_layer=False)
-                processor = load_component(ViTImageProcessor, ref, source)
-                self.revision = resolve_revision(self.model, source, ref.revision)
-            self.model_id = ref.id
-            self.requested_revision = ref.revision
-        self.preprocess = preprocess_from_processor(processor, where)
-        check_input_size(self.preprocess, int(self.model.config.image_size), where)
-        # Hashed before the move: the tiny model's weights are then float32 on the CPU.
-        self.weights = weights_identity(self.model, source=source, revision=self.revision, tiny_seed=self.seed)
-        self.model.to(device=self.device, dtype=torch_dtype_)
-        self.references = self._reference_cache()
+    def _build_tiny(self, seed: int) -> tuple[Any, Any]:
+        from relbench.tiny import tiny_dino
 
-    def _reference_cache(self) -> ReferenceEmbeddings:
-        identity = None if self.weights is None else {**self._image_settings(), "weights": self.weights}
-        return ReferenceEmbeddings(self.embed_images, int(self.model.config.hidden_size), identity)
+        return tiny_dino(seed=seed)
+
+    def _from_pretrained(self, ref: ModelRef, source: str) -> tuple[Any, Any]:
+        from transformers import ViTImageProcessor, ViTModel
+
+        # No pooler: DINO checkpoints have none and neither pooling here uses it.
+        model = load_pretrained(ViTModel, ref, source, add_pooling_layer=False)
+        return model, load_component(ViTImageProcessor, ref, source)
+
+    @property
+    def input_resolution(self) -> int:
+        return int(self.model.config.image_size)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model.config.hidden_size)
 
     def with_pooling(self, pooling: str) -> "DINOEmbedder":
         """The same loaded model with another pooling (and that pooling's own reference cache)."""
@@ -126,16 +98,10 @@ class DINOEmbedder:
         other.references = other._reference_cache()
         return other
 
-    def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
-        """(N, D) pooled last-layer features, L2-normalised, float32 on the CPU."""
-        pooling = self.pooling
-
-        def forward(pixels: "torch.Tensor") -> "torch.Tensor":
-            hidden = self.model(pixel_values=pixels).last_hidden_state  # (B, 1 + patches, D), layer-normed
-            return hidden[:, 0] if pooling == "cls" else hidden.mean(dim=1)
-
-        return embed_image_batches(images, self.preprocess, forward, self.batch_size, self.device,
-                                   self.model.dtype, int(self.model.config.hidden_size))
+    def _forward(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """Pooled last-layer features."""
+        hidden = self.model(pixel_values=pixels).last_hidden_state  # (B, 1 + patches, D), layer-normed
+        return hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
 
     def _image_settings(self) -> dict[str, Any]:
         """What moves an embedding: the key of the reference-embedding cache."""
@@ -144,7 +110,7 @@ class DINOEmbedder:
             "model": self.model_id,
             "model_class": "transformers.ViTModel",
             "revision": self.revision,
-            "input_resolution": int(self.model.config.image_size),
+            "input_resolution": self.input_resolution,
             "preprocessing": self.preprocess.describe(),
             "pooling": self.pooling,
             "dtype": self.dtype,
@@ -158,7 +124,7 @@ class DINOEmbedder:
             "revision": self.revision,
             "pooling": self.pooling,
             "features": FEATURES[self.pooling],
-            "input_resolution": int(self.model.config.image_size),
+            "input_resolution": self.input_resolution,
             "preprocessing": self.preprocess.describe(),
             "dtype": self.dtype,
         }
@@ -176,16 +142,13 @@ def shared_dino_embedder(context: RunContext, pooling: str = "cls", dtype: str =
     """The DINO embedder of this context for ``pooling`` (built on first use, dropped with the context)."""
     check_pooling(pooling)
     torch_dtype(dtype)
-    per_context = _SHARED_EMBEDDERS.get(id(context))
-    if per_context is None:
-        per_context = _SHARED_EMBEDDERS[id(context)] = {}
-        weakref.finalize(context, _SHARED_EMBEDDERS.pop, id(context), None)
-    if (pooling, dtype) not in per_context:
-        loaded = next((e for (_, d), e in per_context.items() if d == dtype), None)
-        per_context[(pooling, dtype)] = (
+    embedders = per_context(_SHARED_EMBEDDERS, context)
+    if (pooling, dtype) not in embedders:
+        loaded = next((e for (_, d), e in embedders.items() if d == dtype), None)
+        embedders[(pooling, dtype)] = (
             loaded.with_pooling(pooling) if loaded is not None else DINOEmbedder(context, pooling=pooling, dtype=dtype)
         )
-    return per_context[(pooling, dtype)]
+    return embedders[(pooling, dtype)]
 
 
 class DINOScore(ReferenceSimilarityMetric):

@@ -43,6 +43,7 @@ import logging
 import os
 import re
 import tempfile
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,34 @@ def default_cache_dir() -> Path | None:
 def settings_hash(identity: Mapping[str, Any]) -> str:
     canonical = json.dumps({"schema": SCHEMA, **identity}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel digests
+
+
+# Digests of live image objects: a reference image is digested by clip_i, dino and the identity
+# analyser for every case that uses it (a few ms each at 1024 px). Images are treated as immutable
+# while alive: an image changed in place after its first digest keeps its old one.
+_DIGESTS: dict[int, tuple["weakref.ref[Image.Image]", str, str, tuple[int, int]]] = {}
+
+
+def image_digest(image: "Image.Image") -> str:
+    """sha1 of the decoded pixels with mode and size: equal for the same picture from any file."""
+    key = id(image)
+    known = _DIGESTS.get(key)
+    if known is not None and known[0]() is image and known[2] == image.mode and known[3] == image.size:
+        return known[1]
+    digest = hashlib.sha1(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    digest.update(image.tobytes())
+    value = digest.hexdigest()
+    try:
+        # The entry goes when the image does (before its id can be reused).
+        ref = weakref.ref(image, lambda _, key=key: _DIGESTS.pop(key, None))
+    except TypeError:  # an object without weak references: not memoised
+        return value
+    _DIGESTS[key] = (ref, value, image.mode, image.size)
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,8 +271,6 @@ class ReferenceEmbeddings:
     def __call__(self, images: Sequence["Image.Image"], digests: Sequence[str] | None = None) -> "torch.Tensor":
         """(N, dim) embeddings of ``images`` (``digests``: their ``image_digest``, if known)."""
         import torch
-
-        from relbench.metrics.clip import image_digest
 
         if digests is None:
             digests = [image_digest(image) for image in images]

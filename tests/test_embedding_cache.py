@@ -19,12 +19,13 @@ from PIL import Image
 
 from relbench.metrics import embedding_cache as cache_module
 from relbench.metrics.base import ScoringSample
-from relbench.metrics.clip import CLIPIScore, image_digest
+from relbench.metrics.clip import CLIPIScore
 from relbench.metrics.dino import DINOScore
 from relbench.metrics.embedding_cache import (
     EmbeddingStore,
     ReferenceEmbeddings,
     default_cache_dir,
+    image_digest,
     settings_hash,
     weights_identity,
 )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from relbench.errors import RelbenchError
-from relbench.metrics.clip import (
+from relbench.metrics.loading import (
     batched,
     built_model_name,
     load_component,

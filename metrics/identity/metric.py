@@ -30,7 +30,8 @@ import numpy as np
 
 from relbench.errors import RelbenchError
 from relbench.metrics.base import Metric, MetricResult, ScoringSample
-from relbench.metrics.clip import CLIPEmbedder, image_digest, shared_clip_embedder
+from relbench.metrics.clip import CLIPEmbedder, shared_clip_embedder
+from relbench.metrics.embedding_cache import image_digest
 from relbench.metrics.functional.identity import Confusion
 from relbench.metrics.functional.similarity import SCALE, VALUE_RANGE
 from relbench.metrics.identity.detector import DEFAULT_QUERY_TEMPLATE, Detections, OpenVocabularyDetector

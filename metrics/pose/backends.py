@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from relbench.errors import RelbenchError
-from relbench.metrics.clip import batched, built_model_name, load_component, load_pretrained, model_source, resolve_revision
+from relbench.metrics.loading import batched, built_model_name, load_component, load_pretrained, model_source, resolve_revision
 from relbench.metrics.functional.keypoints import COCO_KEYPOINTS, SKELETONS, skeleton_of_labels
 from relbench.profiles import FULL_MODELS, ModelRef, RunContext, resolved_revision, torch_dtype
 

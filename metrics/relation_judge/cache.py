@@ -135,7 +135,7 @@ class CachedJudge:
         ask: Callable[[Sequence[Any]], list[Answer]],
         parse: Callable[[dict[str, Any]], Answer],
     ) -> list[Answer]:
-        from relbench.metrics.clip import image_digest
+        from relbench.metrics.embedding_cache import image_digest
 
         identity = self.identity or f"in-memory judge {id(self.judge)}"
         answers: list[Answer | None] = [None] * len(questions)

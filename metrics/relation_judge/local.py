@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
-from relbench.metrics.clip import (
+from relbench.metrics.loading import (
     batched,
     built_model_name,
     load_component,
