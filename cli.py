@@ -77,6 +77,7 @@ def evaluate(
     model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: see README, e.g. sdxl, clip, dino, judge, detector, pose, ms_adapter, image_encoder, ip_adapter, omnigen, sd15).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE, e.g. sdxl.num_inference_steps=50.")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's relation LoRA: FILE (every relation) or RELATION=FILE, repeatable.")] = None,
+    judge_option: Annotated[Optional[list[str]], typer.Option("--judge-option", help="KEY=VALUE for an API judge's transport (not its answers): timeout, attempts, retry_budget, concurrency; repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Generate and score images for every (method, case, seed); resumable."""
@@ -95,6 +96,7 @@ def evaluate(
         profile=profile, seeds=seed_list, resolution=resolution, data_root=data_root, device=device,
         model_overrides=parse_model_overrides(model), method_overrides=method_overrides, limit=limit,
         relations=_split(relations) or None, stage=stage, progress=not quiet,
+        judge_options=_parse_judge_options(judge_option),
     )
     try:
         summary = run_evaluate(options)
@@ -107,6 +109,30 @@ def evaluate(
         f"{summary.skipped} already done, {summary.scored} stored images scored); methods: {', '.join(summary.methods) or '-'}; "
         f"metrics: {', '.join(summary.metrics) or 'none'}"
     )
+    _echo_judge_failures(summary.output)
+
+
+def _parse_judge_options(values: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values or []:
+        key, sep, raw = value.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise RelbenchError(f"--judge-option {value!r}: expected KEY=VALUE, e.g. timeout=120")
+        out[key.strip()] = raw.strip()
+    return out
+
+
+def _echo_judge_failures(run_dir: Path) -> None:
+    """One line when judge answers failed (they are retried by running the same command again)."""
+    from relbench.metrics.relation_judge import count_failed_questions, failure_line
+    from relbench.runstore import RunStore, read_rows, row_key
+
+    path = RunStore(run_dir).samples_jsonl
+    rows = {row_key(row): row for row in (read_rows(path) if path.is_file() else [])}.values()  # newest version per key
+    details = ({name: result.get("details") for name, result in row.get("metrics", {}).items() if isinstance(result, dict)} for row in rows)
+    line = failure_line(count_failed_questions(details))
+    if line:
+        typer.echo(line)
 
 
 @app.command()

@@ -44,6 +44,12 @@ class ScoringSample:
     data_root: "Path | None" = None
 
 
+# A result whose details hold RETRY_KEY (True) failed for a reason that may pass (a judge API
+# error, an unparseable answer): its value is NaN, ``details["reason"]`` says why, and a resumed
+# run (the same ``relbench evaluate`` command again) scores this metric of the row again.
+RETRY_KEY = "retry"
+
+
 @dataclass(frozen=True)
 class MetricResult:
     value: float

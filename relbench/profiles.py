@@ -67,6 +67,9 @@ class RunContext:
     device: str = "auto"  # "auto" picks cuda when available
     seed: int = 0  # seeds random weights in the tiny profile
     model_overrides: dict[str, str] = field(default_factory=dict)  # key -> "id_or_path[@revision]"
+    # An API judge's transport settings (--judge-option; relation_judge.api.TRANSPORT_OPTIONS):
+    # they change how answers are fetched, not what they are, so no run identity includes them.
+    judge_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:

@@ -20,7 +20,7 @@ from relbench.data_root import load_image, resolve_data_root
 from relbench.errors import RelbenchError
 from relbench.input_files import input_digests
 from relbench.profiles import RunContext
-from relbench.runstore import RunStore, RunWriter, atomic_save_image, settings_hash
+from relbench.runstore import RowKey, RunStore, RunWriter, atomic_save_image, row_key, settings_hash
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -49,6 +49,7 @@ class EvaluateOptions:
     relations: list[str] | None = None  # only the cases of these relations
     stage: str = "all"  # "generate": images only; "score": score stored images; "all": both
     progress: bool = True
+    judge_options: dict[str, str] = field(default_factory=dict)  # --judge-option KEY=VALUE (API judge transport)
 
 
 @dataclass
@@ -162,7 +163,12 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
     device = options.device
     if shard.world > 1 and device == "auto":
         device = str(_partial_state().device)  # each process its own GPU (or the CPU)
-    context = RunContext(profile=options.profile, device=device, model_overrides=dict(options.model_overrides))
+    from relbench.metrics.relation_judge.api import parse_transport_options
+    from relbench.metrics.relation_judge.metric import check_judge_options
+
+    context = RunContext(profile=options.profile, device=device, model_overrides=dict(options.model_overrides),
+                         judge_options=parse_transport_options(options.judge_options))
+    check_judge_options(context)  # before any model loads
     benchmark = load_benchmark(options.benchmark)
     cases = select_cases(benchmark, options.relations, options.limit)
     if not options.seeds:
@@ -274,6 +280,7 @@ def _work(writer: RunWriter, options: EvaluateOptions, method_names: list[str], 
     """Generate the missing images (this process's share), then score rows that lack a metric."""
     from relbench.methods import METHODS
 
+    before = set(writer.rows)  # the rows earlier runs left
     if options.stage != "score":
         pending = {
             name: [(case, seed) for case in cases for seed in options.seeds
@@ -291,7 +298,9 @@ def _work(writer: RunWriter, options: EvaluateOptions, method_names: list[str], 
                           writer, width, height, summary, options.progress, score=options.stage == "all")
                 del method  # free its models before the next method loads
     if options.stage != "generate":
-        summary.scored = scorer.score_missing(writer, {case.id for case in cases}, shard)
+        # Failed results of rows made before this run are retried; this run's own failures are
+        # left for the next run (its judge would only repeat the same failed answers now).
+        summary.scored = scorer.score_missing(writer, {case.id for case in cases}, shard, retry=before)
 
 
 STAGES = ("all", "generate", "score")
@@ -397,13 +406,25 @@ class Scorer:
                 }
         return out
 
-    def score_missing(self, writer: RunWriter, case_ids: set[str], shard: "Shard | None" = None) -> int:
-        """Score every row of the chosen cases that lacks a requested metric; rows are replaced."""
+    def score_missing(self, writer: RunWriter, case_ids: set[str], shard: "Shard | None" = None,
+                      retry: set[RowKey] | None = None) -> int:
+        """Score every row of the chosen cases that lacks a requested metric, or whose result of it
+        failed for a reason that may pass (``RETRY_KEY``) when the row is in ``retry`` (None: every
+        row); rows are replaced."""
         from PIL import Image
         from tqdm import tqdm
 
+        from relbench.metrics.base import RETRY_KEY
+
+        def needs(row: dict[str, Any], name: str) -> bool:
+            result = row.get("metrics", {}).get(name)
+            if result is None:
+                return True
+            details = result.get("details") if isinstance(result, dict) else None
+            return (retry is None or row_key(row) in retry) and isinstance(details, dict) and bool(details.get(RETRY_KEY))
+
         todo = [row for row in writer.iter_rows()
-                if row["case_id"] in case_ids and any(m not in row.get("metrics", {}) for m in self.metric_names)]
+                if row["case_id"] in case_ids and any(needs(row, m) for m in self.metric_names)]
         todo = shard.take(todo) if shard is not None else todo
         if not todo or not self.metric_names:
             return 0
@@ -418,10 +439,10 @@ class Scorer:
                         raise RelbenchError(f"{path}: image of row ({row['method']}, {row['case_id']}, seed {row['seed']}) is missing; run with --stage generate first")
                     with Image.open(path) as stored:
                         images.append(stored.convert("RGB"))
-                missing = sorted({m for row in batch for m in self.metric_names if m not in row.get("metrics", {})})
+                missing = sorted({m for row in batch for m in self.metric_names if needs(row, m)})
                 scores = self.score([self.benchmark.case(row["case_id"]) for row in batch], images, only=missing)
                 for row, new in zip(batch, scores):
-                    writer.replace({**row, "metrics": {**row.get("metrics", {}), **{k: v for k, v in new.items() if k not in row.get("metrics", {})}}})
+                    writer.replace({**row, "metrics": {**row.get("metrics", {}), **{k: v for k, v in new.items() if needs(row, k)}}})
                 bar.update(len(batch))
         finally:
             bar.close()

@@ -290,6 +290,16 @@ def _overlap_warning(data: ReportData) -> str:
     )
 
 
+def _judge_failures_note(data: ReportData) -> str:
+    """How many judge answers failed (those rows' judge metrics are NaN until a rerun retries them)."""
+    from relbench.metrics.relation_judge import count_failed_questions, failure_line
+
+    details = data.samples["metric_details"] if "metric_details" in data.samples.columns else []
+    line = failure_line(count_failed_questions(d for d in details if isinstance(d, dict)),
+                        "their judge metrics are NaN; run the same relbench evaluate command again to retry them")
+    return f'<div class="warning" role="alert" id="judge-failures">{_e(line)}</div>' if line else ""
+
+
 HEADLINE_CLASS = ' class="headline" title="the headline metric"'
 
 
@@ -631,6 +641,7 @@ def render_report(data: ReportData, page_dir: Path, leaderboard_link: str) -> st
         f'<p class="muted">Run director{"ies" if len(runs) > 1 else "y"}: {directories}</p>',
         f'<div class="banner" role="alert">{_e(TINY_BANNER)}</div>' if tiny else "",
         _overlap_warning(data),
+        _judge_failures_note(data),
         _leaderboard_section(data, leaderboard_link),
         _plots_section(data),
         _paper_section(data),

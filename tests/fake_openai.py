@@ -2,9 +2,11 @@
 
 Answers come from a function of the request body (so a test can answer each question as it
 likes), optionally with first-token ``top_logprobs``. Faults are queued and used one per request,
-before any normal answer: an HTTP status (429, 500, ...), ``"garbage"`` (200 with a body that is
-not JSON), ``"no_choices"`` (200 JSON without choices) or ``("slow", seconds)`` (waits, then
-answers normally). Every request is logged with its body and Authorization header.
+before any normal answer: an HTTP status (429, 500, ...; a 429 says ``Retry-After: 0``),
+``(status, "Retry-After value")`` (that status with that header: seconds or an HTTP date),
+``"garbage"`` (200 with a body that is not JSON), ``"no_choices"`` (200 JSON without choices) or
+``("slow", seconds)`` (waits, then answers normally). Every request is logged with its body and
+Authorization header; ``questions()`` lists the question texts asked, in order.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Fault = int | str | tuple[str, float]
+Fault = int | str | tuple[str, float] | tuple[int, str]
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ class FakeOpenAI:
         self._server.server_close()
         self._thread.join(timeout=5)
 
+    def questions(self, status: int | None = None) -> list[str]:
+        """The question text of every logged request (only those answered ``status`` if given)."""
+        with self._lock:
+            return [question_of(e.body) for e in self.log if e.body is not None and (status is None or e.status == status)]
+
     def next_fault(self) -> Fault | None:
         with self._lock:
             return self.faults.pop(0) if self.faults else None
@@ -138,10 +145,15 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if isinstance(fault, tuple) and fault[0] == "slow":
                 server._stop.wait(fault[1])
                 fault = None
-            if isinstance(fault, int):
-                server.record(Logged(self.path, body, auth, fault))
-                headers = {"Retry-After": "0"} if fault == 429 else None
-                self._send(fault, json.dumps({"error": {"message": f"fake error {fault}"}}).encode(), headers=headers)
+            if isinstance(fault, tuple) and isinstance(fault[0], int):
+                status, headers = fault[0], {"Retry-After": str(fault[1])}
+            elif isinstance(fault, int):
+                status, headers = fault, ({"Retry-After": "0"} if fault == 429 else None)
+            else:
+                status = None
+            if status is not None:
+                server.record(Logged(self.path, body, auth, status))
+                self._send(status, json.dumps({"error": {"message": f"fake error {status}"}}).encode(), headers=headers)
                 return
             if fault == "garbage":
                 server.record(Logged(self.path, body, auth, 200))

@@ -42,6 +42,7 @@ from relbench.metrics.functional.judge import (
     parse_yes_no,
     position_bias,
     rotations,
+    unparseable_reason,
     yes_no_probabilities,
 )
 from relbench.metrics.relation_judge import (
@@ -50,9 +51,12 @@ from relbench.metrics.relation_judge import (
     Judge,
     YesNoAnswer,
     YesNoQuestion,
+    count_failed_questions,
+    failure_kind,
+    failure_line,
     templates,
 )
-from relbench.metrics.relation_judge.api import APIJudge
+from relbench.metrics.relation_judge.api import APIJudge, parse_transport_options, retry_after_seconds
 from relbench.metrics.relation_judge.cache import CachedJudge, JudgeCache, default_cache_dir
 from relbench.metrics.relation_judge.local import NO_SPELLINGS, YES_SPELLINGS, LocalVLMJudge, tiny_vlm
 from relbench.metrics.relation_judge.metric import (
@@ -65,6 +69,7 @@ from relbench.metrics.relation_judge.metric import (
     relation_case,
 )
 from relbench.profiles import RunContext
+from relbench.runstore import read_rows
 
 API_KEY = "sk-test-DO-NOT-LEAK-4f1c2b"
 
@@ -221,21 +226,34 @@ def test_distractors_and_option_order_are_seeded_and_deterministic():
     assert sorted(option_order(["hug", *first], 0, "case-1")) == sorted(["hug", *first])
 
 
+# Strict: only the first word counts. "Answer: D" and "The answer is B." used to parse (a search
+# for a letter after "answer"); the same search read "option A is wrong, B is right" as A.
 @pytest.mark.parametrize(
     "text, n, expected",
-    [("B", 4, 1), ("B.", 4, 1), ("(C) riding", 4, 2), ("**A**", 2, 0), ("Answer: D", 4, 3), ("The answer is B.", 3, 1),
-     ("A dog hugging a cat", 4, None), ("the answer is a dog", 4, None), ("E", 4, None), ("b", 4, None), ("", 4, None)],
+    [("B", 4, 1), ("B.", 4, 1), (" C ", 4, 2), ("(C) riding", 4, 2), ("**A**", 2, 0), ("A. a dog hugging a cat", 4, 0),
+     ("D", 4, 3), ("Answer: D", 4, None), ("The answer is B.", 3, None), ("Option A is wrong, B is right", 4, None),
+     ("A dog hugging a cat", 4, None), ("the answer is a dog", 4, None), ("E", 4, None), ("b", 4, None), ("AB", 4, None),
+     ("", 4, None), (None, 4, None)],
 )
 def test_parse_choice(text, n, expected):
     assert parse_choice(text, n) == expected
 
 
+# Strict: "There is no way to tell." used to parse as "no" (the first "no" anywhere).
 @pytest.mark.parametrize(
     "text, expected",
-    [("Yes.", True), ("no", False), ("**Yes**, it does", True), ("NO", False), ("Nope", None), ("I cannot tell", None), (None, None)],
+    [("Yes.", True), (" NO!", False), ("no", False), ("yes, it does", True), ("**Yes**, it does", True), ("NO", False),
+     ('"No."', False), ("Yesterday", None), ("Nope", None), ("Noted: yes", None), ("There is no way to tell.", None),
+     ("I cannot tell", None), ("Yes/No", None), ("", None), ("   ", None), (None, None)],
 )
 def test_parse_yes_no(text, expected):
     assert parse_yes_no(text) is expected
+
+
+def test_unparseable_reason_keeps_the_first_80_characters():
+    text = "There is no way to tell " + "x" * 100
+    assert unparseable_reason(text) == f"unparseable: {text[:80]}" and len(unparseable_reason(text)) == len("unparseable: ") + 80
+    assert unparseable_reason("  Maybe.  ") == "unparseable: Maybe." and unparseable_reason(None) == "unparseable: "
 
 
 # ------------------------------------------------------------------------------------------
@@ -317,16 +335,28 @@ def test_failed_answers_give_nan_not_zero(demo, photos, tmp_path):
     results = RelationVQAScore(RunContext(device="cpu"), ScriptedJudge(yes_no=answer), cache_dir=tmp_path).score(samples)
     assert math.isnan(results[0].value)
     assert results[0].details["errors"] == {"relation": "unparseable answer"} and results[0].details["raw_text"] == {"relation": "Maybe?"}
+    assert results[0].details["reason"] == "judge answer failed: relation: unparseable answer" and results[0].details["retry"] is True
+    assert results[0].details["relation_shown"] is None  # no verdict for the report's filter either
     acc = RelationAccuracy(RunContext(device="cpu"), ScriptedJudge(yes_no=answer), cache_dir=tmp_path / "b").score(samples)
-    assert math.isnan(acc[0].value)
-    # A subject judged absent decides the gated result even when the relation answer failed.
+    assert math.isnan(acc[0].value) and acc[0].details["retry"] is True
+    # A failure is a failure in every metric reading it, even where the other answers would decide
+    # (this pinned 0.0 before: a subject judged absent "decided" the gated result; the row's
+    # relation_vqa was NaN at the same time, and a resumed run would not have retried it).
     absent = ScriptedJudge(yes_no=lambda t: answer(t) if t.startswith("Does") else yes(0.1))
-    assert RelationAccuracy(RunContext(device="cpu"), absent, cache_dir=tmp_path / "c").score(samples)[0].value == 0.0
-    # Failures are not cached: the next scoring asks again.
+    gated = RelationAccuracy(RunContext(device="cpu"), absent, cache_dir=tmp_path / "c").score(samples)[0]
+    assert math.isnan(gated.value) and gated.details["present_cat"] == 0.0 and gated.details["gated_shown"] is None
+    # A failed presence answer makes relation_vqa NaN too: it reads the same answers as relation_acc.
+    presence_fails = ScriptedJudge(yes_no=lambda t: YesNoAnswer(None, None, None, "none", error="HTTP 500") if "cat" in t and t.startswith("Is") else yes(0.9))
+    vqa = RelationVQAScore(RunContext(device="cpu"), presence_fails, cache_dir=tmp_path / "e").score(samples)[0]
+    assert math.isnan(vqa.value) and vqa.details["p_yes_normalized"] == pytest.approx(0.9) and vqa.details["errors"] == {"cat": "HTTP 500"}
+    # Failures are not cached on disk: the next run (a new judge cache) asks again; within one run
+    # the failed answer is the answer (the same metric scoring again asks nothing).
     judge = ScriptedJudge(yes_no=answer)
     metric = RelationVQAScore(RunContext(device="cpu"), judge, cache_dir=tmp_path / "d")
     metric.score(samples)
     metric.score(samples)
+    assert judge.asked.count("Does this image show an astronaut hugging a cat? Answer yes or no.") == 1
+    RelationVQAScore(RunContext(device="cpu"), judge, cache_dir=tmp_path / "d").score(samples)
     assert judge.asked.count("Does this image show an astronaut hugging a cat? Answer yes or no.") == 2
     assert judge.asked.count("Is there a cat in this image? Answer yes or no.") == 1
 
@@ -379,10 +409,22 @@ def test_circular_eval_one_wrong_rotation_is_wrong_and_failures_are_nan(demo, ph
         return (right + 1) % n if calls["n"] == 2 else right
 
     r = RelationMultipleChoice(RunContext(device="cpu"), ScriptedJudge(choice=flaky), benchmark=demo, cache_dir=tmp_path).score(samples)
-    assert r[0].value == 0.0 and r[0].details["rotations_correct"] == 2
+    assert r[0].value == 0.0 and r[0].details["rotations_correct"] == 2 and "retry" not in r[0].details
     failing = ScriptedJudge(choice=lambda text, n: None)
     r = RelationMultipleChoice(RunContext(device="cpu"), failing, benchmark=demo, cache_dir=tmp_path / "b").score(samples)
     assert math.isnan(r[0].value) and set(r[0].details["errors"]) == {"rotation_0", "rotation_1", "rotation_2"}
+    assert r[0].details["retry"] is True and r[0].details["reason"].startswith("judge answer failed: rotation_0: no letter")
+    # One rotation failed, another answered wrong: NaN, not 0 (a failure is never a number).
+    calls["n"] = 0
+
+    def wrong_then_failed(text: str, n: int) -> int | None:
+        calls["n"] += 1
+        right = next(i for i, s in enumerate(option_statements(text)) if s in truths)
+        return (right + 1) % n if calls["n"] == 1 else None if calls["n"] == 2 else right
+
+    r = RelationMultipleChoice(RunContext(device="cpu"), ScriptedJudge(choice=wrong_then_failed), benchmark=demo,
+                               cache_dir=tmp_path / "c").score(samples)
+    assert math.isnan(r[0].value) and set(r[0].details["errors"]) == {"rotation_1"}
 
 
 def test_relation_mc_reads_the_benchmark_from_the_sample_or_the_metric(demo, photos, tmp_path):
@@ -610,7 +652,7 @@ def relation_answers(absent: set[str] = frozenset(), shown: bool = True) -> Call
 
 
 def api_judge(server: FakeOpenAI, **options: Any) -> APIJudge:
-    options = {"api_key": API_KEY, "backoff": 0.01, "timeout": 5.0, "concurrency": 2, **options}
+    options = {"api_key": API_KEY, "backoff": 0.01, "timeout": 5.0, "concurrency": 2, "jitter": lambda: 0.0, **options}
     return APIJudge("fake-vlm", base_url=server.url, **options)
 
 
@@ -669,8 +711,8 @@ def test_api_judge_unparseable_text_is_a_failure_with_raw_text(photos):
     with FakeOpenAI(lambda body: Reply("I would rather not say.")) as server:
         [answer] = api_judge(server).yes_no([YesNoQuestion(photos["astronaut"], "Is there a cat in this image? Answer yes or no.")])
         [choice] = api_judge(server).choice([ChoiceQuestion(photos["astronaut"], "Which?\nA. x\nB. y\nAnswer.", 2)])
-    assert answer.failed and answer.raw_text == "I would rather not say." and "unparseable" in answer.error
-    assert choice.failed and choice.raw_text == "I would rather not say." and "A-B" in choice.error
+    assert answer.failed and answer.raw_text == "I would rather not say." and answer.error == "unparseable: I would rather not say."
+    assert choice.failed and choice.raw_text == "I would rather not say." and choice.error == "unparseable: I would rather not say."
 
 
 def test_api_judge_retries_429_and_500_then_succeeds(photos):
@@ -687,7 +729,7 @@ def test_api_judge_persistent_500_is_a_recorded_failure(photos):
     delays: list[float] = []
     with FakeOpenAI(lambda body: Reply("Yes")) as server:
         server.faults = [500] * 10
-        [answer] = api_judge(server, max_retries=2, sleep=delays.append).yes_no(
+        [answer] = api_judge(server, attempts=3, sleep=delays.append).yes_no(
             [YesNoQuestion(photos["astronaut"], "Is there a cat in this image? Answer yes or no.")])
         assert server.count == 3
     assert answer.failed and answer.error == "HTTP 500 (gave up after 3 attempts)"
@@ -700,7 +742,7 @@ def test_api_judge_slow_answer_times_out(photos):
     with FakeOpenAI(lambda body: Reply("Yes")) as server:
         server.faults = [("slow", 5.0)]
         began = time.perf_counter()
-        [answer] = api_judge(server, timeout=0.3, max_retries=0).yes_no(
+        [answer] = api_judge(server, timeout=0.3, attempts=1).yes_no(
             [YesNoQuestion(photos["astronaut"], "Is there a cat in this image? Answer yes or no.")])
         took = time.perf_counter() - began
     assert answer.failed and answer.error == "timed out after 0.3 s (gave up after 1 attempts)"
@@ -714,7 +756,8 @@ def test_api_judge_unreachable_server_is_a_recorded_failure(photos):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     delays: list[float] = []
-    judge = APIJudge("fake-vlm", base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=1, backoff=0.5, sleep=delays.append)
+    judge = APIJudge("fake-vlm", base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, attempts=2, backoff=0.5,
+                     sleep=delays.append, jitter=lambda: 0.0)
     [answer] = judge.yes_no([YesNoQuestion(photos["astronaut"], "Is there a cat in this image? Answer yes or no.")])
     assert answer.failed and answer.error == "request failed: ConnectionError (gave up after 2 attempts)"
     assert delays == [0.5] and judge.requests_sent == 2
@@ -801,6 +844,199 @@ def test_api_judge_refuses_bad_options():
         APIJudge("m", base_url="ftp://example.org/v1")
     with pytest.raises(RelbenchError, match="revision"):
         build_judge(RunContext(device="cpu", model_overrides={"judge": "api:gpt-4o@2024"}))
+
+
+# ------------------------------------------------------------------------------------------
+# Retries that survive a rate limit; transport settings
+
+
+CAT_QUESTION = "Is there a cat in this image? Answer yes or no."
+
+
+def test_retry_after_seconds_and_http_date():
+    now = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds(" 1.5 ", now) == 1.5
+    assert retry_after_seconds("-3", now) == 0.0
+    assert retry_after_seconds("Fri, 15 Jan 2027 08:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Fri, 15 Jan 2027 07:59:00 GMT", now) == 0.0  # already past
+    for unreadable in (None, "", "soon", "nan", "inf"):
+        assert retry_after_seconds(unreadable, now) is None
+
+
+def test_api_judge_honours_retry_after_in_both_forms(photos):
+    waits: list[float] = []
+    with FakeOpenAI(lambda body: Reply("Yes")) as server:
+        server.faults = [(429, "7"), (503, "Fri, 15 Jan 2027 08:00:30 GMT")]
+        judge = api_judge(server, backoff=1.0, sleep=waits.append, clock=lambda: 1_800_000_000.0)
+        [answer] = judge.yes_no([YesNoQuestion(photos["astronaut"], CAT_QUESTION)])
+        statuses = [entry.status for entry in server.log]
+    assert statuses == [429, 503, 200] and answer.normalized == 1.0
+    assert waits == [7.0, 30.0]  # what the server asked for, not the 1 s / 2 s backoff, nor capped
+
+
+def test_api_judge_backoff_is_exponential_with_jitter_and_capped(photos):
+    for draw, factor in ((0.0, 1.0), (0.5, 0.75), (0.999, 0.5005)):
+        waits: list[float] = []
+        with FakeOpenAI(lambda body: Reply("Yes")) as server:
+            server.faults = [500] * 5
+            api_judge(server, backoff=1.0, max_backoff=5.0, attempts=6, sleep=waits.append, jitter=lambda: draw).yes_no(
+                [YesNoQuestion(photos["astronaut"], CAT_QUESTION)])
+        # 1, 2, 4, 8 -> 5 (cap), 16 -> 5, each scaled by 1 - 0.5 x draw
+        assert waits == pytest.approx([factor * w for w in (1.0, 2.0, 4.0, 5.0, 5.0)])
+
+
+def test_api_judge_gives_up_when_the_retry_budget_is_spent(photos):
+    waits: list[float] = []
+    with FakeOpenAI(lambda body: Reply("Yes")) as server:
+        server.faults = [500] * 10
+        [answer] = api_judge(server, backoff=1.0, attempts=100, retry_budget=7.0, sleep=waits.append).yes_no(
+            [YesNoQuestion(photos["astronaut"], CAT_QUESTION)])
+        assert server.count == 4  # waits 1 + 2 + 4 = 7 s fit the budget exactly; 8 s more would not
+    assert waits == [1.0, 2.0, 4.0]
+    assert answer.failed and answer.error == "HTTP 500 (gave up after 4 attempts: waiting 8 s more would pass the retry budget of 7 s)"
+    # A Retry-After longer than the budget: no point waiting, the question fails at once.
+    waits.clear()
+    with FakeOpenAI(lambda body: Reply("Yes")) as server:
+        server.faults = [(429, "3600")]
+        [answer] = api_judge(server, retry_budget=600.0, sleep=waits.append).yes_no([YesNoQuestion(photos["astronaut"], CAT_QUESTION)])
+        assert server.count == 1
+    assert waits == [] and answer.error == "HTTP 429 (gave up after 1 attempts: waiting 3.6e+03 s more would pass the retry budget of 600 s)"
+
+
+def test_transport_options_parse_and_stay_out_of_settings_and_identity():
+    assert parse_transport_options({"timeout": "120", "attempts": "3", "retry_budget": "0", "concurrency": "8"}) == {
+        "timeout": 120.0, "attempts": 3, "retry_budget": 0.0, "concurrency": 8}
+    for key, value, fragment in (("timeout", "0", "> 0"), ("attempts", "0", ">= 1"), ("attempts", "2.5", "an integer"),
+                                 ("concurrency", "many", "an integer"), ("retry_budget", "-1", ">= 0"), ("timeout", "nan", "a number")):
+        with pytest.raises(RelbenchError, match=re.escape(f"--judge-option {key}={value}: expected")) as info:
+            parse_transport_options({key: value})
+        assert fragment in str(info.value)
+    with pytest.raises(RelbenchError, match="--judge-option logprobs: unknown; expected one of timeout, attempts, retry_budget, concurrency"):
+        parse_transport_options({"logprobs": "off"})
+    plain = APIJudge("m", base_url="http://127.0.0.1:9/v1")
+    tuned = APIJudge("m", base_url="http://127.0.0.1:9/v1", timeout=5, attempts=2, retry_budget=1, concurrency=9)
+    assert plain.settings() == tuned.settings() and plain.identity() == tuned.identity()
+    assert not {"timeout", "timeout_s", "attempts", "max_retries", "retry_budget", "concurrency"} & set(plain.settings())
+    # --judge-option reaches the judge through the run context; a local judge refuses it.
+    context = RunContext(device="cpu", model_overrides={"judge": "api:m"}, judge_options={"timeout": 5.0, "attempts": 2})
+    judge = build_judge(context)
+    assert isinstance(judge, APIJudge) and (judge.timeout, judge.attempts, judge.concurrency) == (5.0, 2, 4)
+    with pytest.raises(RelbenchError, match=r"--judge-option timeout: applies to an API judge \(--model judge=api:MODEL\) only"):
+        build_judge(RunContext(device="cpu", judge_options={"timeout": 5.0}))
+
+
+def test_one_answer_per_question_shared_by_every_judge_metric_when_the_api_fails(demo, photos, tmp_path, monkeypatch):
+    """The audit's case: relation_acc asked again after relation_vqa's answer failed, and got 100."""
+    from relbench.metrics.relation_judge import api
+
+    samples = demo_samples(demo, photos, wired=True)
+    monkeypatch.setattr(api, "default_sleep", lambda seconds: None)  # no real sleeping
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    with FakeOpenAI(relation_answers(), logprobs=False) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        server.faults = [500] * 4  # with 2 tries per question: the first two questions fail
+        # As the runner builds them: one judge for the run context, shared by its metrics.
+        context = RunContext(device="cpu", model_overrides={"judge": "api:fake-vlm"}, judge_options={"attempts": 2, "concurrency": 1})
+        vqa = RelationVQAScore(context, cache_dir=tmp_path).score(samples)
+        asked = server.count
+        acc = RelationAccuracy(context, cache_dir=tmp_path).score(samples)
+        assert server.count == asked == 4 + 12 - 2  # 12 questions, 2 of them tried twice and failed
+    assert [math.isnan(r.value) for r in vqa] == [math.isnan(r.value) for r in acc] == [True, False, False, False]
+    assert vqa[0].details == acc[0].details and vqa[0].details["errors"] == {
+        "relation": "HTTP 500 (gave up after 2 attempts)", "astronaut": "HTTP 500 (gave up after 2 attempts)"}
+    assert [r.value for r in vqa[1:]] == [r.value for r in acc[1:]] == [100.0] * 3
+    assert count_failed_questions([{"relation_vqa": r.details, "relation_acc": a.details} for r, a in zip(vqa, acc)]) == {"HTTP 500": 2}
+
+
+def test_count_failed_questions_and_failure_line():
+    rows = [
+        {"relation_vqa": {"retry": True, "errors": {"relation": "HTTP 500 (gave up after 3 attempts)", "cat": "timed out after 60 s (gave up after 3 attempts)"}},
+         "relation_acc": {"retry": True, "errors": {"relation": "HTTP 500 (gave up after 3 attempts)", "cat": "timed out after 60 s (gave up after 3 attempts)"}},
+         "relation_mc": {"retry": True, "errors": {"rotation_1": "unparseable: C or D"}}},
+        {"relation_mc": {"errors": {"rotation_0": "HTTP 500"}}},  # no retry mark: not a failure of this kind
+        {"clip_t": {}, "relation_vqa": {"retry": True, "errors": {"relation": "HTTP 400: bad request"}}},
+    ]
+    counts = count_failed_questions(rows)
+    assert counts == {"HTTP 500": 1, "timed out": 1, "unparseable": 1, "HTTP 400": 1}
+    assert failure_line(counts) == (
+        "judge: 4 questions failed (HTTP 400 x1, HTTP 500 x1, timed out x1, unparseable x1); run the same command again to retry them")
+    assert failure_line({"HTTP 500": 1}) == "judge: 1 question failed (HTTP 500 x1); run the same command again to retry them"
+    assert failure_line({}) is None and failure_kind("request failed: ConnectionError (gave up after 2 attempts)") == "request failed: ConnectionError"
+
+
+def test_evaluate_with_a_failing_api_judge_agrees_then_a_rerun_retries_only_the_failures(tmp_path, monkeypatch):
+    """The issue's acceptance test: `relbench evaluate` against a server whose first 20 calls fail."""
+    from typer.testing import CliRunner
+
+    import cli
+    from relbench.metrics.relation_judge import api
+    from relbench.reports.html import build_report
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # a judge cache of its own
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    waits: list[float] = []
+    monkeypatch.setattr(api, "default_sleep", waits.append)  # no real sleeping
+
+    def answer(body: dict[str, Any]) -> Reply:
+        question = question_of(body)
+        if question.startswith("Which"):
+            return Reply("A.")
+        return Reply("No." if question.startswith("Does") and "hugging" not in question else "Yes")
+
+    def request_keys(log: list[Any]) -> list[tuple[str, str]]:  # (question, image): one judge question
+        return [(question_of(e.body), image_url_of(e.body)) for e in log]
+
+    out = tmp_path / "run"
+    args = ["evaluate", "-o", str(out), "--method", "reference-collage", "--benchmark", "demo", "--profile", "tiny",
+            "--metrics", "relation_vqa,relation_acc,relation_mc", "--model", "judge=api:fake-vlm", "--device", "cpu", "--quiet"]
+    with FakeOpenAI(answer, logprobs=False) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        server.faults = [500] * 20
+        first = CliRunner().invoke(cli.app, [*args, "--judge-option", "attempts=3", "--judge-option", "concurrency=1"])
+        assert first.exit_code == 0, (first.output, first.exception)
+        first_log = list(server.log)
+        rows_1 = {row["case_id"]: row["metrics"] for row in read_rows(out / "samples.jsonl")}
+        page_1 = build_report(out, tmp_path / "report-1").page.read_text()
+        # The same command again (other transport settings: they are not part of the run's identity).
+        second = CliRunner().invoke(cli.app, [*args, "--judge-option", "attempts=5", "--judge-option", "timeout=30"])
+        assert second.exit_code == 0, (second.output, second.exception)
+        second_log = server.log[len(first_log):]
+    rows_2 = {row["case_id"]: row["metrics"] for row in read_rows(out / "samples.jsonl")}
+
+    # Run 1: 20 failed calls = 6 questions tried 3 times + 2 failed tries of a 7th that then succeeded.
+    answered = {key for key, entry in zip(request_keys(first_log), first_log) if entry.status == 200}
+    failed = set(request_keys(first_log)) - answered
+    assert len(failed) == 6 and sum(e.status == 500 for e in first_log) == 20
+    # Two waits per failed question, two for the 7th: 1 s then 2 s, each with jitter; never real.
+    assert len(waits) == 14 and all(0.5 <= w <= 1.0 for w in waits[::2]) and all(1.0 <= w <= 2.0 for w in waits[1::2])
+    assert "judge: 6 questions failed (HTTP 500 x6); run the same command again to retry them" in first.output
+    assert "judge: 6 questions failed" in page_1
+    nan_rows = set()
+    for case_id, metrics in rows_1.items():
+        vqa, acc = metrics["relation_vqa"], metrics["relation_acc"]
+        if vqa["value"] is None or math.isnan(vqa["value"]):
+            nan_rows.add(case_id)
+            assert acc["value"] is None or math.isnan(acc["value"])
+            assert vqa["details"]["retry"] is True and acc["details"]["errors"] == vqa["details"]["errors"]
+            assert vqa["details"]["reason"].startswith("judge answer failed: relation: HTTP 500 (gave up after 3 attempts)")
+        else:
+            assert acc["value"] == (100.0 if vqa["value"] >= 50 else 0.0)
+    assert len(nan_rows) == 2  # 12 yes/no questions, 3 per row, asked in row order: rows 1-2 hold the 6 failures
+
+    # Run 2: exactly the failed questions were asked again (once each: the server answers now),
+    # nothing else; every row now has a number for every metric, and they agree.
+    assert sorted(request_keys(second_log)) == sorted(failed)
+    assert "judge:" not in second.output and "2 stored images scored" in second.output
+    for case_id, metrics in rows_2.items():
+        vqa, acc, mc = (metrics[name]["value"] for name in ("relation_vqa", "relation_acc", "relation_mc"))
+        assert vqa in (0.0, 100.0) and acc == (100.0 if vqa >= 50 else 0.0) and mc in (0.0, 100.0)
+        assert vqa == (100.0 if case_id == "astronaut-hug-cat" else 0.0)
+        assert "retry" not in metrics["relation_vqa"]["details"]
+        if case_id not in nan_rows:
+            assert metrics == rows_1[case_id]  # untouched
+    assert all(rows_2[c]["relation_vqa"]["settings"] == rows_2[d]["relation_vqa"]["settings"] for c in rows_2 for d in rows_2)
+    assert "judge-failures" not in build_report(out, tmp_path / "report-2").page.read_text()
 
 
 # ------------------------------------------------------------------------------------------

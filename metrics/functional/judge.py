@@ -18,7 +18,6 @@ No models and no state. Conventions:
 from __future__ import annotations
 
 import random
-import re
 import string
 from collections.abc import Iterable, Sequence
 
@@ -175,30 +174,47 @@ def option_order(options: Sequence[str], seed: int, key: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # Parsing text answers (API judges)
+#
+# Strict on purpose: only the FIRST word counts. A lenient search ("the first yes or no anywhere")
+# reads "There is no way to tell." as "no" and turns a refusal into a score. An answer whose
+# first word is not the expected one is unparseable: a failure, never a yes, a no or an option.
 
-_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-# A capital letter alone or followed by punctuation ("B", "B.", "(B) riding", "**B**"); "A dog ..."
-# is an article, not option A. Letters are matched case-sensitively for the same reason.
-_LEADING_LETTER = re.compile(r"^[\s*_`\"'(\[]*([A-Z])(?:[.):\]*_`\"',]|\s*$)")
-_NAMED_LETTER = re.compile(r"\b(?i:answer|option|choice)(?:\s+(?i:is))?\s*[:\-]?\s*[*(\[]*([A-Z])\b")
+_EDGE_PUNCTUATION = string.punctuation + "\u201c\u201d\u2018\u2019"  # ASCII and curly quotes
+UNPARSEABLE_SHOWN = 80  # characters of an unparseable answer kept in its failure reason
+
+
+def first_word(text: str | None) -> tuple[str, str]:
+    """(the first whitespace-separated word, that word with punctuation trimmed from both ends)."""
+    words = (text or "").split(maxsplit=1)
+    if not words:
+        return "", ""
+    return words[0], words[0].strip(_EDGE_PUNCTUATION)
+
+
+def unparseable_reason(text: str | None) -> str:
+    """The failure reason of an answer no parser could read: ``unparseable: <first 80 chars>``."""
+    return f"unparseable: {(text or '').strip()[:UNPARSEABLE_SHOWN]}"
 
 
 def parse_yes_no(text: str | None) -> bool | None:
-    """The first standalone "yes" or "no" in the answer (case-insensitive), else None."""
-    if not text:
-        return None
-    match = _YES_NO.search(text)
-    return None if match is None else match.group(1).lower() == "yes"
+    """True / False when the answer's first word, punctuation trimmed, is "yes" / "no" in any
+    case ("Yes.", " NO!", "**yes**, it does"); None for anything else ("Yesterday", "Nope",
+    "There is no way to tell.", "")."""
+    word = first_word(text)[1].lower()
+    return True if word == "yes" else False if word == "no" else None
 
 
 def parse_choice(text: str | None, n_options: int) -> int | None:
-    """The option index of an answer like "B", "B.", "(B) riding", "**B**", "Answer: B"; None
-    when no letter among the first ``n_options`` is found."""
-    if not text:
+    """The option index when the answer's first word is one of the first ``n_options`` capital
+    letters, alone ("B") or with punctuation ("B.", "(C) riding", "**A**"); None otherwise.
+
+    Letters are case-sensitive and a bare capital followed by more words ("A dog hugging a cat")
+    is read as an article, not as option A. "Answer: B" is unparseable (first word "Answer").
+    """
+    raw, word = first_word(text)
+    if len(word) != 1 or word not in LETTERS:
         return None
-    stripped = text.strip()
-    match = _LEADING_LETTER.match(stripped) or _NAMED_LETTER.search(stripped)
-    if match is None:
+    if raw == word and len((text or "").split()) > 1:  # "A dog ...": an article
         return None
-    index = LETTERS.index(match.group(1))
+    index = LETTERS.index(word)
     return index if index < n_options else None

@@ -8,13 +8,16 @@
 * ``metric``: the ``Metric`` classes (``relation_vqa``, ``relation_acc``, ``relation_mc``).
 * ``relbench.metrics.functional.judge``: the math (probabilities, gating, CircularEval, parsing).
 
-This module holds only the judge interface and its answer records; it imports no torch.
+This module holds only the judge interface, its answer records and the count of failed answers in
+stored rows (``count_failed_questions``); it imports no torch.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -121,3 +124,40 @@ class Judge(ABC):
     @abstractmethod
     def choice(self, questions: Sequence[ChoiceQuestion]) -> list[ChoiceAnswer]:
         """One answer per question, in order; failures are answers, not exceptions."""
+
+
+# --------------------------------------------------------------------------------------------
+# Failed answers in stored rows (the count `relbench evaluate` and the report show)
+
+_KIND = re.compile(r"^(HTTP \d+|unparseable|timed out|request failed: \w+|malformed response)")
+
+
+def failure_kind(error: str) -> str:
+    """'HTTP 500 (gave up after 4 attempts)' -> 'HTTP 500'; 'unparseable: Maybe.' -> 'unparseable'."""
+    match = _KIND.match(error)
+    return match.group(1) if match else error.split(" (", 1)[0][:60]
+
+
+def count_failed_questions(rows: Iterable[Mapping[str, Any]]) -> Counter[str]:
+    """Per failure kind, the judge questions whose answer failed, over rows given as ``{metric:
+    details}``. A question read by several metrics (relation_vqa and relation_acc both list the
+    relation and presence answers under the same names) counts once per row."""
+    from relbench.metrics.base import RETRY_KEY
+
+    counts: Counter[str] = Counter()
+    for metrics in rows:
+        errors: dict[str, Any] = {}
+        for details in metrics.values():
+            if isinstance(details, Mapping) and details.get(RETRY_KEY) and isinstance(details.get("errors"), Mapping):
+                errors.update(details["errors"])
+        counts.update(failure_kind(str(error)) for error in errors.values())
+    return counts
+
+
+def failure_line(counts: Mapping[str, int], hint: str = "run the same command again to retry them") -> str | None:
+    """'judge: 5 questions failed (HTTP 500 x5); run the same command again to retry them', or None."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return f"judge: {total} question{'s' if total != 1 else ''} failed ({kinds}); {hint}"

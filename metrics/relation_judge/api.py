@@ -12,10 +12,18 @@
   lower bounds; their ratio is the normalised P(yes). When the server sends no logprobs, or
   neither word is among them, the text answer is parsed (yes -> 1, no -> 0). ``source`` says
   which. A server that refuses logprobs (HTTP 400) is asked again without them, and from then on.
-* Failures never stop a run: 429, 5xx, timeouts and dropped connections are retried with
-  exponential backoff (``Retry-After`` honoured, capped), then recorded as a failed answer; an
-  unparseable answer is recorded with its raw text. Only 401 / 403 / 404 (a wrong key, base URL
-  or model name, wrong for every request) end the run with one error line.
+* Failures never stop a run: 429, 5xx, timeouts and dropped connections are retried. The wait
+  before each retry is the server's ``Retry-After`` (seconds or an HTTP date) when it sends one,
+  else an exponential backoff (``backoff`` x 2^retry, at most ``max_backoff``) with jitter (each
+  wait drawn from [50 %, 100 %] of that, so concurrent workers do not retry in step). A question
+  gives up after ``attempts`` tries or when the next wait would take its total waiting past
+  ``retry_budget`` seconds, whichever comes first; it is then a failed answer (not cached, asked
+  again when the run is resumed). An answer whose first word is not the expected one is an
+  unparseable failure with its raw text. Only 401 / 403 / 404 (a wrong key, base URL or model
+  name, wrong for every request) end the run with one error line.
+* Transport settings (``TRANSPORT_OPTIONS``: timeout, attempts, retry_budget, concurrency) change
+  how answers are fetched, never what they are: they are not in ``settings()``, the cache key or
+  a run's identity, and ``relbench evaluate --judge-option KEY=VALUE`` sets them.
 """
 
 from __future__ import annotations
@@ -26,11 +34,14 @@ import json
 import logging
 import math
 import os
+import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -47,6 +58,44 @@ LOGPROBS_MODES = ("auto", "on", "off")
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 FATAL_STATUSES = frozenset({401, 403, 404})
 MAX_RECORDED_TEXT = 2000  # characters of a raw answer or error body kept in a result
+# What an APIJudge built without ``sleep=`` waits with (a test of the whole CLI replaces it).
+default_sleep: Callable[[float], None] = time.sleep
+JITTER = 0.5  # a backoff wait is drawn from [(1 - JITTER), 1] x its exponential value
+
+
+@dataclass(frozen=True)
+class TransportOption:
+    kind: type  # int or float
+    minimum: float
+    exclusive: bool  # minimum itself not allowed
+    help: str
+
+
+# How answers are fetched, not what they are (see the module docstring); each is an APIJudge argument.
+TRANSPORT_OPTIONS: dict[str, TransportOption] = {
+    "timeout": TransportOption(float, 0, True, "seconds to wait for one HTTP answer (default 60)"),
+    "attempts": TransportOption(int, 1, False, "tries per question, the first included (default 20)"),
+    "retry_budget": TransportOption(float, 0, False, "seconds one question may spend waiting between tries (default 900)"),
+    "concurrency": TransportOption(int, 1, False, "requests in flight at once (default 4)"),
+}
+
+
+def parse_transport_options(values: Mapping[str, str]) -> dict[str, Any]:
+    """``{"timeout": "120"}`` -> ``{"timeout": 120.0}``; unknown keys and bad values are one-line errors."""
+    out: dict[str, Any] = {}
+    for key, raw in values.items():
+        option = TRANSPORT_OPTIONS.get(key)
+        if option is None:
+            raise RelbenchError(f"--judge-option {key}: unknown; expected one of {', '.join(TRANSPORT_OPTIONS)}")
+        try:
+            value = option.kind(str(raw).strip())
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < option.minimum or (option.exclusive and value == option.minimum):
+            bound = f"{'>' if option.exclusive else '>='} {option.minimum:g}"
+            raise RelbenchError(f"--judge-option {key}={raw}: expected {'an integer' if option.kind is int else 'a number'} {bound} ({option.help})")
+        out[key] = value
+    return out
 
 
 def safe_url(url: str) -> str:
@@ -96,24 +145,31 @@ class APIJudge(Judge):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 60.0,
-        max_retries: int = 4,
+        attempts: int = 20,
+        retry_budget: float = 900.0,
         backoff: float = 1.0,
-        max_backoff: float = 30.0,
+        max_backoff: float = 60.0,
         logprobs: str = "auto",
         top_logprobs: int = 20,
         max_tokens: int = 16,
         concurrency: int = 4,
         image_format: str = "PNG",
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
+        jitter: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
     ):
+        """``sleep`` (default: the module's ``default_sleep`` at construction, ``time.sleep``), ``jitter`` (a draw in [0, 1))
+        and ``clock`` (wall-clock seconds, for HTTP-date ``Retry-After``) are injectable for tests."""
         if not model or not model.strip():
             raise RelbenchError("--model judge=api:MODEL: the model name is empty")
         if logprobs not in LOGPROBS_MODES:
             raise RelbenchError(f"judge logprobs: expected one of {', '.join(LOGPROBS_MODES)}, got {logprobs!r}")
         if image_format.upper() not in ("PNG", "JPEG"):
             raise RelbenchError(f"judge image_format: expected PNG or JPEG, got {image_format!r}")
-        if timeout <= 0 or max_retries < 0 or concurrency < 1 or not 0 <= top_logprobs <= 20:
-            raise RelbenchError("judge API options: timeout > 0, max_retries >= 0, concurrency >= 1, 0 <= top_logprobs <= 20 expected")
+        parse_transport_options({"timeout": str(timeout), "attempts": str(attempts), "retry_budget": str(retry_budget),
+                                 "concurrency": str(concurrency)})  # the same checks as on the command line
+        if backoff < 0 or max_backoff < 0 or not 0 <= top_logprobs <= 20:
+            raise RelbenchError("judge API options: backoff >= 0, max_backoff >= 0, 0 <= top_logprobs <= 20 expected")
         self.model = model.strip()
         self.judge_id = f"api:{self.model}"
         base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -123,7 +179,8 @@ class APIJudge(Judge):
         self.base_url = safe_url(base)
         self._key = _Secret(api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"))
         self.timeout = timeout
-        self.max_retries = max_retries
+        self.attempts = attempts
+        self.retry_budget = retry_budget
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.logprobs_mode = logprobs
@@ -131,7 +188,9 @@ class APIJudge(Judge):
         self.max_tokens = max_tokens
         self.concurrency = concurrency
         self.image_format = image_format.upper()
-        self._sleep = sleep
+        self._sleep = sleep if sleep is not None else default_sleep
+        self._jitter = jitter
+        self._clock = clock
         self._lock = threading.Lock()
         self.logprobs_supported: bool | None = None if logprobs == "auto" else logprobs == "on"
         self.requests_sent = 0
@@ -156,8 +215,9 @@ class APIJudge(Judge):
             "top_logprobs": self.top_logprobs,
             "p_yes": "first-token top_logprobs reading 'yes'/'no' when sent, else the text answer (yes -> 1, no -> 0); see each answer's source",
             "image": f"inline base64 {self.image_format} data URL",
-            "timeout_s": self.timeout,
-            "max_retries": self.max_retries,
+            # Transport settings (timeout, attempts, retry budget, concurrency) are left out on
+            # purpose: they do not move an answer, and run.json's metric settings must not differ
+            # between two runs of the same judge (the leaderboard refuses to merge those).
         }
 
     # --- questions ------------------------------------------------------------------------
@@ -175,7 +235,7 @@ class APIJudge(Judge):
             return list(pool.map(fn, items))  # in order; a fatal RelbenchError propagates
 
     def _yes_no(self, reply: _Reply) -> YesNoAnswer:
-        from relbench.metrics.functional.judge import normalized_yes, parse_yes_no
+        from relbench.metrics.functional.judge import normalized_yes, parse_yes_no, unparseable_reason
 
         common = dict(raw_text=reply.text, served_model=reply.served_model)
         if reply.error is not None:
@@ -188,12 +248,12 @@ class APIJudge(Judge):
                 return YesNoAnswer(p_yes, p_no, normalized, source="logprobs", **common)
         parsed = parse_yes_no(reply.text)
         if parsed is None:
-            return YesNoAnswer(None, None, None, source="text", error="unparseable answer: no 'yes' or 'no'", **common)
+            return YesNoAnswer(None, None, None, source="text", error=unparseable_reason(reply.text), **common)
         value = 1.0 if parsed else 0.0
         return YesNoAnswer(value, 1.0 - value, value, source="text", **common)
 
     def _choice(self, reply: _Reply, n_options: int) -> ChoiceAnswer:
-        from relbench.metrics.functional.judge import option_letter, parse_choice
+        from relbench.metrics.functional.judge import option_letter, parse_choice, unparseable_reason
 
         common = dict(raw_text=reply.text, served_model=reply.served_model)
         if reply.error is not None:
@@ -205,8 +265,7 @@ class APIJudge(Judge):
             probabilities = tuple(masses) if any(masses) else None
         chosen = parse_choice(reply.text, n_options)
         if chosen is None:
-            return ChoiceAnswer(None, probabilities, source="text",
-                                error=f"unparseable answer: no option letter A-{option_letter(n_options - 1)}", **common)
+            return ChoiceAnswer(None, probabilities, source="text", error=unparseable_reason(reply.text), **common)
         return ChoiceAnswer(chosen, probabilities, source="text", **common)
 
     # --- HTTP -----------------------------------------------------------------------------
@@ -251,10 +310,12 @@ class APIJudge(Judge):
         url = f"{self._base_url}/chat/completions"
         with_logprobs = self.logprobs_supported is not False and self.top_logprobs > 0
         body = self._payload(image, question, with_logprobs)
-        attempt = 0
+        tries = 0
+        waited = 0.0  # seconds this question has spent waiting between tries
         while True:
             problem: str
             retry_after: float | None = None
+            tries += 1
             try:
                 with self._lock:
                     self.requests_sent += 1
@@ -277,17 +338,27 @@ class APIJudge(Judge):
                     self.logprobs_supported = False
                     with_logprobs = False
                     body = self._payload(image, question, with_logprobs)
+                    tries -= 1  # not the server failing: this try does not count
                     continue
                 if status not in RETRY_STATUSES:
                     return _Reply(None, None, None, error=f"HTTP {status}: {detail}")
                 problem = f"HTTP {status}"
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-            if attempt >= self.max_retries:
-                return _Reply(None, None, None, error=f"{problem} (gave up after {attempt + 1} attempts)")
-            delay = min(self.max_backoff, retry_after if retry_after is not None else self.backoff * 2**attempt)
-            log.warning("judge API %s: %s; retry %d of %d in %.2f s", self.base_url, problem, attempt + 1, self.max_retries, delay)
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"), self._clock())
+            if tries >= self.attempts:
+                return _Reply(None, None, None, error=f"{problem} (gave up after {tries} attempts)")
+            delay = retry_after if retry_after is not None else self._backoff_delay(tries)
+            if waited + delay > self.retry_budget:
+                return _Reply(None, None, None, error=(
+                    f"{problem} (gave up after {tries} attempts: waiting {delay:.3g} s more would pass "
+                    f"the retry budget of {self.retry_budget:g} s)"))
+            log.warning("judge API %s: %s; try %d of %d in %.2f s", self.base_url, problem, tries + 1, self.attempts, delay)
             self._sleep(delay)
-            attempt += 1
+            waited += delay
+
+    def _backoff_delay(self, tries: int) -> float:
+        """Exponential backoff after the ``tries``-th failed try, with jitter (module docstring)."""
+        full = min(self.max_backoff, self.backoff * 2 ** (tries - 1))
+        return full * (1.0 - JITTER * self._jitter())
 
     def _reply(self, text: str) -> _Reply:
         """Parse a 200 answer; anything malformed is a failure that keeps the raw body."""
@@ -305,11 +376,24 @@ class APIJudge(Judge):
         return _Reply(self._scrub(content), _first_top_logprobs(choice), served)
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:  # an HTTP date: fall back to the backoff schedule
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds ("120") or an HTTP date
+    ("Wed, 21 Oct 2026 07:28:00 GMT", measured from ``now``, wall-clock seconds); never negative;
+    None when absent or unreadable (the backoff schedule applies)."""
+    if value is None or not value.strip():
         return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - now
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _first_top_logprobs(choice: dict[str, Any]) -> list[tuple[str, float]] | None:

@@ -10,7 +10,10 @@ change in any of them misses the cache instead of returning a stale answer.
   file can be read by a person and checked on load.
 * Writes are atomic (temporary file in the same folder, then rename): a killed process leaves no
   half-written answer, and concurrent writers of the same key write the same content.
-* Only successful answers are stored: a failed API call is asked again next time.
+* Only successful answers go to disk: a failed API call is asked again by the next run (a resumed
+  run re-scores the rows that hold one). Within one run a failed answer is kept in memory like any
+  other, so that every metric reading that question (relation_vqa, relation_acc and their
+  presence questions) reads the same failure instead of asking again and getting another answer.
 * Judges without a stable identity (models built in memory) are cached in memory only.
 * API answers are frozen once cached: an API judge varies run to run even at temperature 0
   (MT-Bench), and re-scoring from the cache does not measure that variance.
@@ -107,10 +110,12 @@ Answer = TypeVar("Answer", YesNoAnswer, ChoiceAnswer)
 
 
 class CachedJudge:
-    """A judge behind two caches: in memory (this process) and on disk (``JudgeCache`` or None).
+    """A judge behind two caches: in memory (this run) and on disk (``JudgeCache`` or None).
 
     Questions already answered are served from a cache; the rest go to the judge in one call.
-    ``hits`` and ``misses`` count questions, for tests and logs.
+    The memory cache holds failed answers too (one answer per question per run, shared by every
+    metric); the disk cache only successful ones. ``hits`` and ``misses`` count questions, for
+    tests and logs.
     """
 
     def __init__(self, judge: Judge, cache: JudgeCache | None):
@@ -164,10 +169,8 @@ class CachedJudge:
                 self.misses += 1
                 for i in pending[key]:
                     answers[i] = answer
-                if answer.failed:
-                    continue  # asked again next time
                 record = answer.to_json()
-                self._memory[key] = record
-                if self.disk is not None:
+                self._memory[key] = record  # failures too: every metric of this run reads the same answer
+                if self.disk is not None and not answer.failed:  # the next run asks a failed question again
                     self.disk.put(parts_of[key], record)
         return [answer for answer in answers if answer is not None]

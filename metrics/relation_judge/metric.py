@@ -17,8 +17,14 @@
 The benchmark comes with each sample (``ScoringSample.benchmark``, ``relation_id``,
 ``subject_categories``, as the runner fills them) or is given to ``RelationMultipleChoice``.
 
-A failed judgement (API error, unparseable answer) gives NaN, not 0, with the error and the raw
-answer in ``details``; means over a run skip it. The judge is ``--model judge=...``: a hub id or
+One answer per (image, question) per run: every metric reading a question reads the same answer
+(``CachedJudge`` keeps failures in memory for the run). A metric whose value would rest on a failed
+answer (API error, unparseable text) is NaN, never a number, even where the other answers would
+decide it: ``relation_vqa`` and ``relation_acc`` read the same relation and presence answers and
+are both NaN when any of them failed; ``relation_mc`` is NaN when any rotation failed. Such a
+result carries ``details["errors"]`` (per question), ``details["raw_text"]``, ``details["reason"]``
+and ``details["retry"]`` (``relbench.metrics.base.RETRY_KEY``): a resumed run asks those questions
+again. Means over a run skip NaN. The judge is ``--model judge=...``: a hub id or
 local folder (transformers), ``api:MODEL`` for an OpenAI-compatible endpoint, ``tiny:judge`` (the
 tiny profile's random model). Metrics built from the same run context share one judge.
 """
@@ -33,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.errors import RelbenchError
-from relbench.metrics.base import Metric, MetricResult, ScoringSample
+from relbench.metrics.base import RETRY_KEY, Metric, MetricResult, ScoringSample
 from relbench.metrics.relation_judge import (
     ChoiceAnswer,
     ChoiceQuestion,
@@ -100,10 +106,27 @@ def build_judge(context: RunContext, *, dtype: str | None = None, api_options: M
 
         if ref.revision:
             raise RelbenchError(f"--model judge={ref.id}@{ref.revision}: API models take no @revision; name a dated model instead")
-        return APIJudge(ref.id[len("api:"):], **dict(api_options or {}))
+        return APIJudge(ref.id[len("api:"):], **{**context.judge_options, **dict(api_options or {})})
+    check_judge_options(context)
     from relbench.metrics.relation_judge.local import LocalVLMJudge
 
     return LocalVLMJudge(context, dtype=dtype)
+
+
+def check_judge_options(context: RunContext) -> None:
+    """``--judge-option`` (transport settings) applies to an API judge only."""
+    if context.judge_options and not context.model_overrides.get("judge", "").startswith("api:"):
+        raise RelbenchError(
+            f"--judge-option {', '.join(context.judge_options)}: applies to an API judge (--model judge=api:MODEL) only"
+        )
+
+
+def _failed(details: dict[str, Any], failures: Sequence[tuple[str, YesNoAnswer | ChoiceAnswer]]) -> None:
+    """Record failed answers in ``details``: per question its error and raw text, one reason, retry."""
+    details["errors"] = {what: answer.error for what, answer in failures}
+    details["raw_text"] = {what: answer.raw_text for what, answer in failures}
+    details["reason"] = "judge answer failed: " + "; ".join(f"{what}: {answer.error}" for what, answer in failures)
+    details[RETRY_KEY] = True
 
 
 # One judge per run context (a 7B model is loaded once for all three metrics), and one answer
@@ -197,7 +220,9 @@ class RelationVQAScore(_JudgeMetric):
         results = []
         for sample, (start, end) in zip(samples, spans):
             relation, presence = answers[start], answers[start + 1 : end]
-            gated = gated_answer([answer.answer for answer in presence], relation.answer)
+            failures = [(what, answer) for what, answer in (("relation", relation), *zip(sample.subject_ids, presence)) if answer.failed]
+            # No verdict from an incomplete set of answers (see the module docstring).
+            gated = None if failures else gated_answer([answer.answer for answer in presence], relation.answer)
             details: dict[str, Any] = {
                 "p_yes": relation.p_yes,
                 "p_no": relation.p_no,
@@ -211,14 +236,12 @@ class RelationVQAScore(_JudgeMetric):
             for subject_id, answer in zip(sample.subject_ids, presence):
                 details[f"presence_{subject_id}"] = answer.normalized
                 details[f"present_{subject_id}"] = _flag(answer.answer)
-            failures = [(what, answer) for what, answer in (("relation", relation), *zip(sample.subject_ids, presence)) if answer.failed]
             if failures:
-                details["errors"] = {what: answer.error for what, answer in failures}
-                details["raw_text"] = {what: answer.raw_text for what, answer in failures}
+                _failed(details, failures)
             served = {answer.served_model for answer in answers[start:end] if answer.served_model}
             if served:
                 details["served_model"] = ", ".join(sorted(served))
-            results.append(MetricResult(value=self._value(relation, gated), details=details))
+            results.append(MetricResult(value=math.nan if failures else self._value(relation, gated), details=details))
         return results
 
     def settings(self) -> dict[str, Any]:
@@ -334,11 +357,11 @@ class RelationMultipleChoice(_JudgeMetric):
                 "chosen_letters": letters,
                 "rotations_correct": sum(1 for c, k in zip(chosen, correct) if c == k),
             }
-            failed = [(i, answer) for i, answer in enumerate(rotation_answers) if answer.failed]
-            if failed:
-                details["errors"] = {f"rotation_{i}": answer.error for i, answer in failed}
-                details["raw_text"] = {f"rotation_{i}": answer.raw_text for i, answer in failed}
-            results.append(MetricResult(value=math.nan if outcome is None else 100.0 * float(outcome), details=details))
+            failed = [(f"rotation_{i}", answer) for i, answer in enumerate(rotation_answers) if answer.failed]
+            if failed:  # NaN even when another rotation was answered wrong (see the module docstring)
+                _failed(details, failed)
+            value = math.nan if failed or outcome is None else 100.0 * float(outcome)
+            results.append(MetricResult(value=value, details=details))
         return results
 
     def position_bias(self) -> dict[str, float]:
