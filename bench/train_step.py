@@ -91,8 +91,8 @@ def synthetic_cache(models: Any, resolution: int, device: Any, dtype: Any) -> An
         image_embeds = models.encoder.encode_images([[photo(), photo()]])
         phrase_embeds = models.encoder.encode_phrases([["dog", "stuffed animal"]])
         prompt_embeds, pooled = encode_prompts(models, ["a dog is hugging a stuffed animal"], device)
-    masks = torch.zeros(1, 1, 2, 1, resolution, resolution, device=device)
-    masks[..., :, : resolution // 2] = 1
+    masks = torch.zeros(1, 1, 2, 1, resolution, resolution, dtype=torch.bool, device=device)  # (T, V, N, 1, H, W)
+    masks[..., :, : resolution // 2] = True
     keypoints = torch.rand(1, 1, 2, 17, 2, device=device)
     predicate = torch.zeros(1, 77, dtype=torch.bool, device=device)
     predicate[0, 4] = True
@@ -100,8 +100,9 @@ def synthetic_cache(models: Any, resolution: int, device: Any, dtype: Any) -> An
         motion_mean=motion.mean[None].float(), motion_std=motion.std[None].float(), masks=masks,
         boxes=torch.tensor([[[[0.0, 0.2, 0.55, 0.85], [0.55, 0.26, 0.95, 0.9]]]], device=device),
         rel_keypoints=keypoints, rel_visibility=torch.ones(1, 1, 2, 17, dtype=torch.bool, device=device),
-        concept_latents=concepts[None].float(), concept_keypoints=keypoints[:, 0],
-        concept_visibility=torch.ones(1, 2, 17, dtype=torch.bool, device=device), image_embeds=image_embeds.to(dtype),
+        time_ids=torch.tensor([[[resolution, resolution, 0, 0, resolution, resolution]]], dtype=torch.float32, device=device),
+        concept_latents=concepts[None, None].float(), concept_keypoints=keypoints,
+        concept_visibility=torch.ones(1, 1, 2, 17, dtype=torch.bool, device=device), image_embeds=image_embeds.to(dtype),
         phrase_embeds=phrase_embeds.to(dtype), prompt_embeds=prompt_embeds.to(dtype), pooled_prompt_embeds=pooled.to(dtype),
         predicate_mask=predicate, prompts=["a dog is hugging a stuffed animal"],
     )
@@ -129,7 +130,6 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     step_args = SimpleNamespace(train_batch_size=1, scale=0.6, kml_max_timestep=333)
     alphas = DDPMScheduler.from_config(models.scheduler_config).alphas_cumprod.to(device)
-    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], device=device, dtype=dtype)
     store = AttentionStore(max_queries=train.coarsest_cross_attention_queries(models.unet, resolution // models.vae_scale_factor))
     weights = DreamRelationLoss()
     cache = synthetic_cache(models, resolution, device, dtype)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
         with autocast:
             loss, _ = train.training_step(models, models.unet, models.adapter.image_proj, use, weights, store, generator,
-                                          step_args, alphas, time_ids)
+                                          step_args, alphas)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

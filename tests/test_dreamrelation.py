@@ -45,8 +45,7 @@ def test_overfitting_one_triplet_reduces_the_diffusion_and_keypoint_losses(one_t
     def losses() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         generator = train.step_generator(1234, 0, 0, torch.device("cpu"))  # the same batch and noise every time
         return train.training_step(setup.models, setup.models.unet, setup.models.adapter.image_proj, setup.cache,
-                                   setup.weights, setup.store, generator, args, setup.alphas_cumprod, setup.time_ids,
-                                   timesteps=timesteps)
+                                   setup.weights, setup.store, generator, args, setup.alphas_cumprod, timesteps=timesteps)
 
     with torch.no_grad():
         _, first = losses()
@@ -298,3 +297,112 @@ def test_local_features_train_and_generate_with_the_trained_resampler(shared_dat
     with pytest.raises(RelbenchError, match="local"):  # a LoRA trained with local features, used without them
         evaluate(EvaluateOptions(benchmark="demo", output=tmp_path / "run2", methods=["dreamrelation"], relations=["hug"],
                                  metrics=["none"], progress=False, method_overrides={"dreamrelation": {"loras": f"hug={lora}"}}))
+
+
+# --- augmentation defaults, SDXL time ids, LoRA alpha (audit of issue 9) ----------------------
+
+
+def test_augmentation_defaults_are_the_reference_transform_and_flip_is_opt_in(shared_data: Path, tmp_path: Path) -> None:
+    data = shared_data / "dreamrelation"
+    args = train.parse_args(tiny_args(data, tmp_path / "o", "hug"))
+    assert (args.augment, args.flip, args.augment_variants) == ("reference", False, 8)
+    motion, concept, variants = train.augmentation(args)
+    assert (motion.fit, motion.crop_p, motion.random_offset, motion.hflip_p, variants) == ("letterbox", 0.5, True, 0.0, 8)
+    assert (concept.fit, concept.crop_p, concept.random_offset, concept.hflip_p) == ("letterbox", 0.5, True, 0.0)
+    flipped = train.parse_args(tiny_args(data, tmp_path / "o", "hug", "--flip"))
+    motion, concept, _ = train.augmentation(flipped)
+    assert flipped.flip and motion.hflip_p == 0.5 and concept.hflip_p == 0.0  # concept images are never mirrored
+    plain = train.parse_args(tiny_args(data, tmp_path / "o", "hug", "--augment", "none"))
+    motion, _, variants = train.augmentation(plain)
+    assert (motion.crop_p, motion.random_offset, variants) == (0.0, False, 1)
+    with pytest.raises(RelbenchError, match="--augment-variants: expected a positive integer"):
+        train.parse_args(tiny_args(data, tmp_path / "o", "hug", "--augment-variants", "0"))
+
+
+def test_sdxl_time_ids_are_the_original_size_crop_offset_and_resolution() -> None:
+    from relbench.methods.dreamrelation.data import Placement
+
+    # A 96 x 64 (w x h) image at 32 px: the reference crop is a 64 x 64 box; SDXL measures the
+    # crop in the image resized to cover 32 x 32 (by 0.5), so a box at column 16 is left = 8.
+    assert train.sdxl_time_ids((96, 64), Placement((16, 0, 80, 64), False, (32, 32)), 32) == [64, 96, 0, 8, 32, 32]
+    # Mirrored, the cut on the left is what the box left on the right: 96 - 64 = 32 -> 16.
+    assert train.sdxl_time_ids((96, 64), Placement((0, 0, 64, 64), True, (32, 32)), 32) == [64, 96, 0, 16, 32, 32]
+    # The whole image letterboxed: nothing cut.
+    assert train.sdxl_time_ids((96, 64), Placement((0, 0, 96, 64), False, (32, 32), (0, 5, 32, 27)), 32) == [64, 96, 0, 0, 32, 32]
+
+
+def test_training_gives_the_unet_the_motion_images_time_ids_and_keeps_every_keypoint(tmp_path: Path) -> None:
+    from test_dreamrelation_data import make_relation
+
+    root = make_relation(tmp_path / "data", size=(96, 64))  # non-square motion image, keypoints near both sides
+    args = train.parse_args(tiny_args(root, tmp_path / "o", "dance", "--augment", "none"))
+    setup = train.prepare(args, "cpu", "float32")
+    cache = setup.cache
+    assert cache.variants == 1
+    assert cache.time_ids.tolist() == [[[64.0, 96.0, 0.0, 0.0, 64.0, 64.0]]]  # was (64, 64, 0, 0, 64, 64)
+    # The letterbox keeps the whole frame: every keypoint visible and inside (a square crop lost a third).
+    assert bool(cache.rel_visibility.all()) and float(cache.rel_keypoints.min()) > 0 and float(cache.rel_keypoints.max()) < 1
+    seen = []
+    hook = setup.models.unet.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["added_cond_kwargs"]["time_ids"].clone()),
+                                                       with_kwargs=True)
+    try:
+        with torch.no_grad():
+            train.training_step(setup.models, setup.models.unet, setup.models.adapter.image_proj, cache, setup.weights,
+                                setup.store, train.step_generator(0, 0, 0, torch.device("cpu")), args, setup.alphas_cumprod)
+    finally:
+        hook.remove()
+    assert [t.tolist() for t in seen] == [[[64.0, 96.0, 0.0, 0.0, 64.0, 64.0]]]
+
+    # The default: 8 cached draws per example, each with its own crop offset in the time ids.
+    args = train.parse_args(tiny_args(root, tmp_path / "o", "dance"))
+    cache = train.prepare(args, "cpu", "float32").cache
+    motion, _, variants = train.augmentation(args)
+    assert cache.variants == variants == 8
+    for v in range(variants):
+        placement = motion.sample((96, 64), train.variant_generator(args.seed, 0, v, 0))
+        left = placement.box[0]  # a crop is a 64 x 64 box at a random column; the scale to 64 px is 1
+        assert cache.time_ids[0, v].tolist() == [64.0, 96.0, 0.0, float(left), 64.0, 64.0]
+    assert len({tuple(t.tolist()) for t in cache.time_ids[0]}) > 1
+
+
+def _lora_delta(layer: torch.nn.Module) -> torch.Tensor:
+    """What a peft LoRA layer adds to its base layer, as a (out, in) matrix: (layer - base)(I)^T."""
+    eye = torch.eye(layer.base_layer.in_features)
+    with torch.no_grad():
+        return (layer(eye) - layer.base_layer(eye)).T
+
+
+def test_lora_alpha_is_saved_and_diffusers_load_lora_weights_applies_it(tmp_path: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from relbench.methods.dreamrelation.lora import read_lora_config
+    from relbench.tiny import tiny_sdxl_components
+
+    unet = tiny_sdxl_components(0)["unet"]
+    add_relation_lora(unet, rank=4, alpha=8.0, seed=0)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    path = save_relation_lora(unet, tmp_path / "lora")
+    assert {k: v for k, v in read_lora_config(path).items() if k != "target_modules"} == {"r": 4, "lora_alpha": 8.0}
+    state = read_lora_file(path)
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(0), add_watermarker=False)
+    pipe.load_lora_weights(str(path), adapter_name="relation")
+    names = [k[len("unet."):-len(".lora.down.weight")] for k in state if k.endswith(".lora.down.weight")]
+    assert {n.rsplit("attn2.", 1)[1] for n in names} == {"to_q", "to_k", "to_v", "to_out.0"}
+    for name in names:
+        down, up = state[f"unet.{name}.lora.down.weight"], state[f"unet.{name}.lora.up.weight"]
+        # alpha / rank = 2; without the metadata diffusers took alpha = rank and applied B @ A.
+        torch.testing.assert_close(_lora_delta(pipe.unet.get_submodule(name)), 2.0 * up @ down, rtol=1e-5, atol=1e-6, msg=name)
+    # Our own loader honours it too: the same file into an adapter of alpha 8 gives the same delta,
+    # and into one of another alpha is refused instead of silently changing the strength.
+    target = tiny_sdxl_components(0)["unet"]
+    add_relation_lora(target, rank=4, alpha=8.0, seed=1)
+    train._set_lora(target, state, path)
+    name = names[0]
+    torch.testing.assert_close(_lora_delta(target.get_submodule(name)), _lora_delta(pipe.unet.get_submodule(name)), rtol=1e-5, atol=1e-6)
+    other = tiny_sdxl_components(0)["unet"]
+    add_relation_lora(other, rank=4, alpha=4.0, seed=1)
+    with pytest.raises(RelbenchError, match="LoRA of rank 4, alpha 8, but this run's adapter has rank 4, alpha 4"):
+        train._set_lora(other, state, path)

@@ -386,7 +386,7 @@ def test_crop_moves_keypoints_by_the_offset_and_hides_the_outside_ones() -> None
 
 
 def test_random_crop_uses_the_drawn_box() -> None:
-    transform = TripletTransform(16, crop_scale=(0.5, 0.5))
+    transform = TripletTransform(16, fit="crop", crop_scale=(0.5, 0.5))
     keypoints = torch.rand(1, 40, 2, generator=torch.Generator().manual_seed(0))
     shown = torch.ones(1, 40, dtype=torch.bool)
     image = Image.new("RGB", (64, 64))
@@ -428,7 +428,7 @@ def test_transformed_keypoints_land_on_the_same_colour() -> None:
     image = Image.fromarray(array)
     keypoints = torch.tensor([[[(x + 0.5) / 96, (y + 0.5) / 96] for x, y in centres]])
     shown = torch.ones(1, 4, dtype=torch.bool)
-    transform = TripletTransform(48, crop_scale=(0.55, 0.9), hflip_p=0.5, skeleton=skeleton)
+    transform = TripletTransform(48, fit="crop", crop_scale=(0.55, 0.9), hflip_p=0.5, skeleton=skeleton)
     palette = np.array(DOT_COLOURS + [BACKGROUND], dtype=np.float64)
     flips, hidden, checked = 0, 0, 0
     for seed in range(12):
@@ -448,8 +448,101 @@ def test_transformed_keypoints_land_on_the_same_colour() -> None:
     assert flips > 0 and hidden > 0 and checked > 20  # both flips and crops were exercised
 
 
+def test_default_transform_is_the_reference_letterbox_without_flips() -> None:
+    transform = TripletTransform(32)
+    assert (transform.fit, transform.crop_p, transform.random_offset, transform.hflip_p) == ("letterbox", 0.5, True, 0.0)
+
+
+def test_letterbox_keeps_a_non_square_image_and_every_keypoint() -> None:
+    # 96 x 48 into 32 x 32: uncropped draws fit the whole image into a 32 x 16 band at a random
+    # row (black above and below); the old square crop lost the left and right thirds.
+    keypoints = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.02, 0.5], [0.98, 0.25], [0.5, 0.99]]])
+    shown = torch.ones(1, 5, dtype=torch.bool)
+    image = Image.new("RGB", (96, 48), (200, 100, 50))
+    transform = TripletTransform(32)
+    whole, cropped, rows = 0, 0, set()
+    for seed in range(40):
+        placement = transform.sample((96, 48), seed)
+        out, _, xy, visible = transform(image, [], keypoints, shown, generator=seed)
+        if placement.box != (0, 0, 96, 48):
+            cropped += 1
+            left = placement.box[0]
+            assert placement.box == (left, 0, left + 48, 48) and placement.content_box == (0, 0, 32, 32)
+            continue
+        whole += 1
+        x0, y0, x1, y1 = placement.content_box
+        assert (x0, x1, y1 - y0) == (0, 32, 16)
+        rows.add(y0)
+        assert bool(visible.all()) and float(xy.min()) >= 0 and float(xy.max()) <= 1
+        torch.testing.assert_close(xy[..., 0], keypoints[..., 0])
+        torch.testing.assert_close(xy[..., 1], (y0 + keypoints[..., 1] * 16) / 32)
+        pixels = np.asarray(out)
+        assert (pixels[:y0] == 0).all() and (pixels[y1:] == 0).all()  # the letterbox is black
+        assert (pixels[y0:y1] == (200, 100, 50)).all()
+    assert whole > 10 and cropped > 10 and len(rows) > 3  # both branches and several offsets drawn
+    # No crop, centred (what --augment none uses): always the whole image, in the middle.
+    fixed = TripletTransform(32, crop_p=0.0, random_offset=False)
+    assert {fixed.sample((96, 48), seed).content_box for seed in range(10)} == {(0, 8, 32, 24)}
+
+
+def test_letterbox_crop_moves_keypoints_with_the_pixels_by_hand() -> None:
+    # A 40 x 80 portrait image: the reference's crop keeps the top 64 rows; they are resized by
+    # 0.5 to 20 x 32 and put at column 6 of a 32 x 32 canvas.
+    array = np.full((80, 40, 3), BACKGROUND, dtype=np.uint8)
+    array[46:56, 26:36] = DOT_COLOURS[0]  # a dot of 10 x 10 pixels centred on (31, 51)
+    placement = Placement(box=(0, 0, 40, 64), flip=False, out_size=(32, 32), content=(6, 0, 26, 32))
+    keypoints = torch.tensor([[[31 / 40, 51 / 80], [0.5, 70 / 80]]])
+    xy, visible = placement.keypoints(keypoints, torch.ones(1, 2, dtype=torch.bool), (40, 80), None)
+    # Crop coordinates (31 / 40, 51 / 64) -> canvas pixels (6 + 0.775 * 20, 0.796875 * 32) = (21.5, 25.5).
+    assert xy[0, 0].tolist() == pytest.approx([21.5 / 32, 25.5 / 32], abs=1e-7)
+    assert visible.tolist() == [[True, False]]  # the second point is below the crop
+    out = np.asarray(placement.image(Image.fromarray(array)))
+    assert tuple(out[25, 21]) == DOT_COLOURS[0] and (out[:, :6] == 0).all() and (out[:, 26:] == 0).all()
+    # The draws for a portrait image: top-anchored, full width, between square and the whole height.
+    transform = TripletTransform(32)
+    heights = set()
+    for seed in range(60):
+        drawn = transform.sample((40, 80), seed)
+        left, top, right, bottom = drawn.box
+        assert (left, top, right) == (0, 0, 40) and 40 <= bottom <= 80
+        x0, y0, x1, y1 = drawn.content_box
+        assert y1 - y0 == 32 and 0 <= x0 and x1 <= 32 and abs((x1 - x0) / 32 - 40 / bottom) <= 1 / 32
+        heights.add(bottom)
+    assert 80 in heights and len(heights) > 10
+
+
+def test_letterbox_keypoints_land_on_the_same_colour_with_crops_and_flips() -> None:
+    # As test_transformed_keypoints_land_on_the_same_colour, for the default (reference) fit on a
+    # non-square image, with flips turned on.
+    skeleton = Skeleton("dots", ("L_a", "R_a", "L_b", "R_b"), ((0, 1), (2, 3)))
+    centres = [(20, 24), (100, 30), (60, 50), (110, 60)]
+    array = np.full((72, 128, 3), BACKGROUND, dtype=np.uint8)
+    for (x, y), colour in zip(centres, DOT_COLOURS):
+        array[y - 6:y + 7, x - 6:x + 7] = colour
+    image = Image.fromarray(array)
+    keypoints = torch.tensor([[[(x + 0.5) / 128, (y + 0.5) / 72] for x, y in centres]])
+    shown = torch.ones(1, 4, dtype=torch.bool)
+    transform = TripletTransform(48, hflip_p=0.5, skeleton=skeleton)
+    palette = np.array(DOT_COLOURS + [BACKGROUND], dtype=np.float64)
+    flips, hidden, checked = 0, 0, 0
+    for seed in range(16):
+        out, _, xy, visible = transform(image, [], keypoints, shown, generator=seed)
+        flipped = transform.sample((128, 72), seed).flip
+        flips += flipped
+        pixels = np.asarray(out, dtype=np.float64)
+        for k in range(4):
+            if not visible[0, k]:
+                hidden += 1
+                continue
+            col, row = min(int(xy[0, k, 0] * 48), 47), min(int(xy[0, k, 1] * 48), 47)
+            nearest = int(np.argmin(((palette - pixels[row, col]) ** 2).sum(1)))
+            assert nearest == (skeleton.flip_permutation()[k] if flipped else k), (seed, k)
+            checked += 1
+    assert flips > 0 and hidden > 0 and checked > 30
+
+
 def test_same_seed_same_draws() -> None:
-    transform = TripletTransform(32, crop_scale=(0.3, 1.0), hflip_p=0.5, skeleton="ap10k")
+    transform = TripletTransform(32, fit="crop", crop_scale=(0.3, 1.0), hflip_p=0.5, skeleton="ap10k")
     assert transform.sample((100, 80), 5) == transform.sample((100, 80), torch.Generator().manual_seed(5))
     draws = {transform.sample((100, 80), seed) for seed in range(10)}
     assert len(draws) == 10
@@ -476,7 +569,7 @@ def test_three_subjects_with_shuffled_instances(tmp_path: Path) -> None:
     assert triplets[0].entities == ("cat", "dog", "fox") and triplets[0].predicate == ("dancing",)
     assert triplets[0].concept_keypoints_files[2].name == "concept_keyposes_three.pth"
     dataset = TripletDataset(root, "dance", resolution=32,
-                             transform=TripletTransform(32, crop_scale=(0.8, 1.0), hflip_p=0.5, skeleton=Skeleton("five", ("a",) * 5, ())))
+                             transform=TripletTransform(32, fit="crop", crop_scale=(0.8, 1.0), hflip_p=0.5, skeleton=Skeleton("five", ("a",) * 5, ())))
     item = dataset[0]
     assert item["association"].tolist() == [1, 2, 0]
     assert item["motion_pixel_values"].shape == (3, 32, 32)
@@ -497,7 +590,7 @@ def test_three_subjects_with_shuffled_instances(tmp_path: Path) -> None:
 
 def test_dataset_is_deterministic_with_a_seed(tmp_path: Path) -> None:
     root = make_relation(tmp_path, examples=2)
-    transform = TripletTransform(24, crop_scale=(0.5, 1.0), hflip_p=0.5, skeleton=Skeleton("five", ("a",) * 5, ()))
+    transform = TripletTransform(24, fit="crop", crop_scale=(0.5, 1.0), hflip_p=0.5, skeleton=Skeleton("five", ("a",) * 5, ()))
     first = TripletDataset(root, "dance", resolution=24, transform=transform, seed=3)[1]
     second = TripletDataset(root, "dance", resolution=24, transform=transform, seed=3)[1]
     for key, value in first.items():

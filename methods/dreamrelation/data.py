@@ -558,26 +558,47 @@ def associate_instances(keypoints: Any, masks: Sequence[np.ndarray], visibility:
 
 
 # --------------------------------------------------------------------------------------------
-# Augmentation: one random crop / flip applied to an image, its masks and its keypoints.
+# Augmentation: one random placement applied to an image, its masks and its keypoints.
+
+FITS = ("letterbox", "crop")
+# The reference's RandomResizeCrop cuts its crop with this probability.
+REFERENCE_CROP_P = 0.5
 
 
 @dataclass(frozen=True)
 class Placement:
-    """One random draw: the crop box in source pixels, whether to mirror, the output size."""
+    """One draw: the crop box in source pixels, where it lands in the output, whether to mirror.
 
-    box: tuple[int, int, int, int]  # left, top, right, bottom (pixel edges)
+    The crop is resized into ``content`` (left, top, right, bottom in output pixels) of a black
+    canvas of ``out_size``; ``content=None`` is the whole canvas. A content box smaller than the
+    canvas is a letterbox: nothing of the crop is cut.
+    """
+
+    box: tuple[int, int, int, int]  # left, top, right, bottom (pixel edges) in the source image
     flip: bool
     out_size: tuple[int, int]  # (width, height)
+    content: tuple[int, int, int, int] | None = None
+
+    @property
+    def content_box(self) -> tuple[int, int, int, int]:
+        return self.content if self.content is not None else (0, 0, *self.out_size)
+
+    def _place(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
+        left, top, right, bottom = self.content_box
+        out = image.crop(self.box).resize((right - left, bottom - top), resample)
+        if (left, top, right, bottom) != (0, 0, *self.out_size):
+            canvas = Image.new(out.mode, self.out_size)  # black (masks: 0) around the content
+            canvas.paste(out, (left, top))
+            out = canvas
+        return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if self.flip else out
 
     def image(self, image: Image.Image) -> Image.Image:
-        out = image.convert("RGB").crop(self.box).resize(self.out_size, Image.Resampling.BICUBIC)
-        return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if self.flip else out
+        # Bilinear, as the reference's torchvision resizes.
+        return self._place(image.convert("RGB"), Image.Resampling.BILINEAR)
 
     def mask(self, mask: np.ndarray) -> np.ndarray:
         # Nearest neighbour keeps the mask binary.
-        out = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).crop(self.box).resize(self.out_size, Image.Resampling.NEAREST)
-        if self.flip:
-            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out = self._place(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255), Image.Resampling.NEAREST)
         return np.asarray(out) > MASK_THRESHOLD
 
     def keypoints(self, xy: torch.Tensor, visibility: torch.Tensor, source_size: tuple[int, int],
@@ -585,11 +606,15 @@ class Placement:
         """(…, K, 2) keypoints in the output image; those outside the crop become invisible."""
         width, height = source_size
         left, top, right, bottom = self.box
-        x = (xy[..., 0] * width - left) / (right - left)
-        y = (xy[..., 1] * height - top) / (bottom - top)
-        inside = (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1)
+        c_left, c_top, c_right, c_bottom = self.content_box
+        out_w, out_h = self.out_size
+        # Position inside the crop (0..1), then inside the content box of the canvas.
+        u = (xy[..., 0] * width - left) / (right - left)
+        v = (xy[..., 1] * height - top) / (bottom - top)
+        inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
         out = xy.new_empty(xy.shape)
-        out[..., 0], out[..., 1] = x, y
+        out[..., 0] = (c_left + u * (c_right - c_left)) / out_w
+        out[..., 1] = (c_top + v * (c_bottom - c_top)) / out_h
         visible = visibility & inside
         if self.flip:
             if flip_permutation is None:
@@ -599,20 +624,44 @@ class Placement:
             out, visible = out[..., list(flip_permutation), :], visible[..., list(flip_permutation)]
         return out, visible
 
+    def crop_top_left(self, source_size: tuple[int, int]) -> tuple[int, int]:
+        """SDXL's ``crops_coords_top_left`` (top, left): what the crop cut off above and to the left,
+        in pixels of the source resized to cover the output (shortest side to the resolution for a
+        square output), as SDXL's training scripts measure it; a mirrored image's left is the
+        source's right. (0, 0) when nothing is cut there (letterbox padding is not a crop)."""
+        width, height = source_size
+        out_w, out_h = self.out_size
+        scale = max(out_w / width, out_h / height)
+        left = width - self.box[2] if self.flip else self.box[0]
+        return round(self.box[1] * scale), round(left * scale)
+
 
 @dataclass(frozen=True)
 class TripletTransform:
-    """Resize to the training resolution with an optional random crop and horizontal flip.
+    """Fit an image to the training resolution, with a random crop and an optional horizontal flip.
 
-    Each draw takes a box with the output's aspect ratio, of side ``s`` times the largest such box
-    that fits (``s`` uniform in ``crop_scale``; (1, 1) is a plain aspect-preserving resize), at a
-    uniform random position, resizes it to ``resolution`` and mirrors it with probability
-    ``hflip_p``. The same draw moves the image, its masks and its keypoints; keypoints that leave
+    ``fit="letterbox"`` (the default; the reference's RandomResizeCrop): with probability
+    ``crop_p`` first cut the reference's crop: from an image wider than the output, a full-height
+    box with the output's aspect at a uniformly random column; from a taller one, the full width
+    from the top down to a uniformly random height between the output's aspect and the whole
+    image; an image with the output's aspect is not cut. Then the (cropped) image is resized so
+    that it fits the output with its aspect kept, and put on a black canvas at a uniformly random
+    offset (``random_offset``; centred otherwise). Without a crop nothing of the image is lost.
+
+    ``fit="crop"``: a box with the output's aspect, of side ``s`` times the largest such box
+    (``s`` uniform in ``crop_scale``; (1, 1) is a plain cover-resize), at a uniform random
+    position, resized to fill the output.
+
+    Either way the image is mirrored with probability ``hflip_p`` (off by default: the reference
+    never flips). The same draw moves the image, its masks and its keypoints; keypoints that leave
     the crop become invisible. Mirroring swaps left/right keypoints by ``skeleton``'s flip pairs.
     """
 
     resolution: int | tuple[int, int]  # (height, width); an int is a square
-    crop_scale: tuple[float, float] = (1.0, 1.0)
+    fit: str = "letterbox"
+    crop_p: float = REFERENCE_CROP_P  # letterbox only
+    random_offset: bool = True  # letterbox only
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # crop only
     hflip_p: float = 0.0
     skeleton: str | Skeleton | None = None  # required when hflip_p > 0
     _skeleton: Skeleton | None = field(init=False, repr=False, compare=False, default=None)
@@ -621,9 +670,15 @@ class TripletTransform:
         height, width = self.size_hw
         if height < 1 or width < 1:
             raise RelbenchError(f"augmentation: resolution must be positive, got {self.resolution}")
+        if self.fit not in FITS:
+            raise RelbenchError(f"augmentation: fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             raise RelbenchError(f"augmentation: crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.fit != "crop" and tuple(self.crop_scale) != (1.0, 1.0):
+            raise RelbenchError("augmentation: crop_scale applies to fit='crop'; the letterbox fit crops with crop_p")
+        if not 0 <= self.crop_p <= 1:
+            raise RelbenchError(f"augmentation: crop_p must be in [0, 1], got {self.crop_p}")
         if not 0 <= self.hflip_p <= 1:
             raise RelbenchError(f"augmentation: hflip_p must be in [0, 1], got {self.hflip_p}")
         skeleton = get_skeleton(self.skeleton) if self.skeleton is not None else None
@@ -639,37 +694,59 @@ class TripletTransform:
         """A random placement for an image of ``size`` (width, height)."""
         if isinstance(generator, int):
             generator = torch.Generator().manual_seed(generator)
-        # Always four draws, so that the stream does not depend on the settings.
-        u_scale, u_left, u_top, u_flip = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+        # Always five draws, so that the stream does not depend on the settings.
+        u_crop, u_pos, u_x, u_y, u_flip = torch.rand(5, generator=generator, dtype=torch.float64).tolist()
+        flip = u_flip < self.hflip_p
         width, height = size
         out_h, out_w = self.size_hw
-        if width * out_h >= height * out_w:  # the image is wider than the output
-            full_w, full_h = height * out_w / out_h, float(height)
+        if self.fit == "crop":
+            if width * out_h >= height * out_w:  # the image is wider than the output
+                full_w, full_h = height * out_w / out_h, float(height)
+            else:
+                full_w, full_h = float(width), width * out_h / out_w
+            low, high = self.crop_scale
+            scale = low + (high - low) * u_pos
+            crop_w = min(width, max(1, round(full_w * scale)))
+            crop_h = min(height, max(1, round(full_h * scale)))
+            left = min(width - crop_w, math.floor(u_x * (width - crop_w + 1)))
+            top = min(height - crop_h, math.floor(u_y * (height - crop_h + 1)))
+            return Placement((left, top, left + crop_w, top + crop_h), flip, (out_w, out_h))
+        box = (0, 0, width, height)
+        if u_crop < self.crop_p:
+            if width * out_h > height * out_w:  # wider than the output: a full-height box at a random column
+                crop_w = min(width, max(1, round(height * out_w / out_h)))
+                left = min(width - crop_w, math.floor(u_pos * (width - crop_w + 1)))
+                box = (left, 0, left + crop_w, height)
+            elif width * out_h < height * out_w:  # taller: keep the top, down to a random height
+                least = min(height, max(1, round(width * out_h / out_w)))
+                box = (0, 0, width, min(height, least + math.floor(u_pos * (height - least + 1))))
+        crop_w, crop_h = box[2] - box[0], box[3] - box[1]
+        fit = min(out_w / crop_w, out_h / crop_h)
+        content_w, content_h = min(out_w, max(1, round(crop_w * fit))), min(out_h, max(1, round(crop_h * fit)))
+        if self.random_offset:
+            x = min(out_w - content_w, math.floor(u_x * (out_w - content_w + 1)))
+            y = min(out_h - content_h, math.floor(u_y * (out_h - content_h + 1)))
         else:
-            full_w, full_h = float(width), width * out_h / out_w
-        low, high = self.crop_scale
-        scale = low + (high - low) * u_scale
-        crop_w = min(width, max(1, round(full_w * scale)))
-        crop_h = min(height, max(1, round(full_h * scale)))
-        left = min(width - crop_w, math.floor(u_left * (width - crop_w + 1)))
-        top = min(height - crop_h, math.floor(u_top * (height - crop_h + 1)))
-        return Placement((left, top, left + crop_w, top + crop_h), u_flip < self.hflip_p, (out_w, out_h))
+            x, y = (out_w - content_w) // 2, (out_h - content_h) // 2
+        return Placement(box, flip, (out_w, out_h), (x, y, x + content_w, y + content_h))
+
+    def flip_permutation(self, num_keypoints: int) -> list[int] | None:
+        """The skeleton's left/right swap, checked against the keypoint count (None without a skeleton)."""
+        if self._skeleton is None:
+            return None
+        if num_keypoints != len(self._skeleton.keypoints):
+            raise RelbenchError(f"augmentation: keypoints have {num_keypoints} points per instance but skeleton "
+                                f"{self._skeleton.name!r} has {len(self._skeleton.keypoints)}; pass the matching skeleton")
+        return self._skeleton.flip_permutation()
 
     def __call__(self, image: Image.Image, masks: Sequence[np.ndarray], keypoints: torch.Tensor,
                  visibility: torch.Tensor, generator: torch.Generator | int | None = None
                  ) -> tuple[Image.Image, list[np.ndarray], torch.Tensor, torch.Tensor]:
         """The transformed image, masks, keypoints (…, K, 2) and visibility (…, K), one draw for all."""
-        permutation = None
-        if self._skeleton is not None:
-            k = int(keypoints.shape[-2])
-            if k != len(self._skeleton.keypoints):
-                raise RelbenchError(f"augmentation: keypoints have {k} points per instance but skeleton "
-                                    f"{self._skeleton.name!r} has {len(self._skeleton.keypoints)}; pass the matching skeleton")
-            permutation = self._skeleton.flip_permutation()
+        permutation = self.flip_permutation(int(keypoints.shape[-2]))
         placement = self.sample(image.size, generator)
         xy, shown = placement.keypoints(keypoints, visibility, image.size, permutation)
         return placement.image(image), [placement.mask(m) for m in masks], xy, shown
-
 
 # --------------------------------------------------------------------------------------------
 # Dataset.

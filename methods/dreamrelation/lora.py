@@ -4,12 +4,17 @@ Only ``attn2.to_q``, ``attn2.to_k``, ``attn2.to_v`` and ``attn2.to_out.0`` get a
 alpha 4, gaussian init), through peft as diffusers' training examples do. Saved as
 ``pytorch_lora_weights.safetensors`` in diffusers' format (keys ``unet.<module>.lora.down.weight``
 / ``lora.up.weight``), the format of the released DreamRelation LoRAs, so that
-``StableDiffusionXLPipeline.load_lora_weights`` reads it.
+``StableDiffusionXLPipeline.load_lora_weights`` reads it. The file's header carries the rank and
+alpha as diffusers' LoRA adapter metadata (``lora_adapter_metadata``: ``{"unet.r", "unet.lora_alpha",
+"unet.target_modules"}``), which ``load_lora_weights`` turns into the adapter's config: without it
+diffusers assumes alpha = rank, and a LoRA trained with ``--lora-alpha 8 --rank 4`` would generate
+at half its trained strength. Files without it (the released LoRAs) are read as alpha = rank.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 TARGET_MODULES = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 ADAPTER_NAME = "relation"
+# The safetensors header key diffusers reads LoRA adapter configs from (diffusers.loaders.lora_base).
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 
 
 def add_relation_lora(unet: "UNet2DConditionModel", rank: int = 4, alpha: float = 4.0, seed: int | None = None) -> list["torch.nn.Parameter"]:
@@ -53,8 +60,15 @@ def lora_state_dict(unet: "UNet2DConditionModel") -> dict[str, "torch.Tensor"]:
     return {f"unet.{key}": value.detach().contiguous() for key, value in layers.items()}
 
 
+def lora_config(unet: "UNet2DConditionModel") -> dict[str, Any]:
+    """Rank, alpha and target modules of the UNet's relation adapter."""
+    config = unet.peft_config[ADAPTER_NAME]
+    return {"r": int(config.r), "lora_alpha": float(config.lora_alpha), "target_modules": sorted(config.target_modules)}
+
+
 def save_relation_lora(unet: "UNet2DConditionModel", directory: Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``<directory>/pytorch_lora_weights.safetensors`` atomically; returns its path."""
+    """Write ``<directory>/pytorch_lora_weights.safetensors`` atomically with the adapter config in
+    diffusers' metadata (module docstring); returns its path."""
     import os
     import tempfile
 
@@ -66,7 +80,9 @@ def save_relation_lora(unet: "UNet2DConditionModel", directory: Path, metadata: 
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{LORA_WEIGHT_NAME}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(state, tmp, metadata={"format": "pt", **(metadata or {})})
+        # Keys prefixed "unet." as diffusers' SDXL pipeline packs them; it passes the config to LoraConfig(**...).
+        adapter = json.dumps({f"unet.{key}": value for key, value in lora_config(unet).items()}, sort_keys=True)
+        save_file(state, tmp, metadata={"format": "pt", **(metadata or {}), LORA_ADAPTER_METADATA_KEY: adapter})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -96,6 +112,30 @@ def read_lora_file(path: Path) -> dict[str, "torch.Tensor"]:
     if not any(key.startswith("unet.") and ".lora" in key for key in state):
         raise RelbenchError(f"{path}: holds no UNet LoRA weights (expected keys like unet.<module>.lora.down.weight)")
     return state
+
+
+def read_lora_config(path: Path) -> dict[str, Any] | None:
+    """The UNet adapter config (``r``, ``lora_alpha``, ...) stored in a LoRA file's metadata, or
+    None when it has none (then, as in diffusers, alpha = rank)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY)
+    except (SafetensorError, OSError) as exc:
+        raise RelbenchError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())[:160]})") from exc
+    if raw is None:
+        return None
+    try:
+        packed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RelbenchError(f"{path}: metadata {LORA_ADAPTER_METADATA_KEY} is not valid JSON ({exc.msg})") from exc
+    config = {key[len("unet."):]: value for key, value in packed.items() if key.startswith("unet.")} if isinstance(packed, dict) else {}
+    if not config:
+        return None
+    if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), (int, float)):
+        raise RelbenchError(f"{path}: metadata {LORA_ADAPTER_METADATA_KEY} lacks the UNet's integer r and numeric lora_alpha")
+    return config
 
 
 def file_sha256(path: Path) -> str:

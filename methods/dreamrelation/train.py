@@ -13,10 +13,14 @@ What one optimizer step does (losses in ``losses.py``, data in ``data.py``)::
     loss     = MSE(eps, noise) + 0.1 KML(x0(eps), concept latents, keypoints) [t <= 333, per sample]
                + 0.001 L_attn(predicate maps, subject masks)
 
-Speed: every concept image goes through the VAE and the image encoder once, every prompt and
-phrase through the text encoders once, and every motion image through the VAE once per flip state
-(the latent distribution is cached and sampled each step): the reference code re-encodes them every
-step. Loss values are accumulated on the device and read back only when the progress bar is
+Augmentation and speed: the reference draws its random resize-crop afresh for every step and
+re-encodes every image. Here each example gets ``--augment-variants`` (8) augmented variants,
+each a draw of the same transform fixed by (seed, example, variant) (``variant_generator``): the
+motion image with its masks, keypoints and SDXL time ids, and each concept image with its
+keypoints. They go through the VAE once (the latent distribution is cached and sampled each
+step), and every step picks one variant at random. So training sees 8 draws per example instead of
+one per step, in exchange for no encoder in the step loop; the concept images also go through the
+image encoder once and every prompt and phrase through the text encoders once. Loss values are accumulated on the device and read back only when the progress bar is
 updated (``--log-every``), so the step loop has no host-device synchronisation.
 
 Randomness is a function of (seed, step, process): the batch, the noise and the timesteps of step
@@ -38,7 +42,7 @@ from relbench.training import check_output_and_resume, resume, run_cli, save_che
 
 PROFILES = ("tiny", "full")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-AUGMENTATIONS = ("none", "flip")
+AUGMENTATIONS = ("reference", "none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "($RELBENCH_DATA_ROOT or ~/.cache/relbench/data); a data root holding dreamrelation/ works too")
     data.add_argument("--relation", required=True, help="relation folder to train on, e.g. hug")
     data.add_argument("--skeleton", default="ap10k", help="keypoint order of the data (ap10k or coco): used to swap left/right on flips")
-    data.add_argument("--augment", choices=AUGMENTATIONS, default="flip", help="random horizontal flip of motion images (keypoints and masks follow)")
+    data.add_argument("--augment", choices=AUGMENTATIONS, default="reference",
+                      help="'reference': the reference's random resize-crop (letterbox to a square, with probability 0.5 a crop "
+                           "first; keypoints and masks follow); 'none': the whole image letterboxed in the middle")
+    data.add_argument("--flip", action="store_true",
+                      help="also mirror motion images with probability 0.5 (keypoints swap left/right by --skeleton); "
+                           "the reference never flips")
+    data.add_argument("--augment-variants", type=int, default=8,
+                      help="augmented variants of each example drawn (from --seed) and encoded once before training; "
+                           "each step picks one (1 when nothing is random)")
     out = p.add_argument_group("output")
     out.add_argument("--output", "--output-dir", dest="output", type=Path, default=None,
                      help="checkpoints and pytorch_lora_weights.safetensors go here (default: runs/dreamrelation-<relation>)")
@@ -111,7 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.data_root = resolve_data_root(None) / "dreamrelation"
     elif not (args.data_root / args.relation).is_dir() and (args.data_root / "dreamrelation" / args.relation).is_dir():
         args.data_root = args.data_root / "dreamrelation"  # a relbench data root was given
-    positive = ("checkpointing_steps", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "rank", "log_every")
+    positive = ("checkpointing_steps", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "rank", "log_every",
+                "augment_variants")
     for name in positive:
         if getattr(args, name) < 1:
             raise RelbenchError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
@@ -159,19 +172,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class CachedTriplets:
     """Everything the frozen encoders produce for the training set, computed once.
 
-    Motion tensors have a leading flip axis F (1 without augmentation, 2 with flips): index 1 is
-    the mirrored image with its masks and keypoints mirrored too.
+    Per-image tensors have a leading variant axis V after the example axis T: variant v of example
+    t is one draw of the augmentation (``augmentation``) applied to its motion image (with masks
+    and keypoints) and to its concept images (with keypoints), fixed by (seed, t, v).
     """
 
-    motion_mean: Any  # (T, F, 4, h, w) VAE latent distribution mean (unscaled)
-    motion_std: Any  # (T, F, 4, h, w)
-    masks: Any  # (T, F, N, 1, H, W) subject masks in entity order
-    boxes: Any  # (T, F, N, 4) normalised xyxy of each mask
-    rel_keypoints: Any  # (T, F, N, K, 2), instance i on entity i
-    rel_visibility: Any  # (T, F, N, K) bool
-    concept_latents: Any  # (T, N, 4, h, w) posterior mean, scaled: the KML target
-    concept_keypoints: Any  # (T, N, K, 2)
-    concept_visibility: Any  # (T, N, K) bool
+    motion_mean: Any  # (T, V, 4, h, w) VAE latent distribution mean (unscaled)
+    motion_std: Any  # (T, V, 4, h, w)
+    masks: Any  # (T, V, N, 1, H, W) bool subject masks in entity order
+    boxes: Any  # (T, V, N, 4) normalised xyxy of each mask
+    rel_keypoints: Any  # (T, V, N, K, 2), instance i on entity i
+    rel_visibility: Any  # (T, V, N, K) bool
+    time_ids: Any  # (T, V, 6) SDXL micro-conditioning of the motion image: original (h, w), crop (top, left), target (h, w)
+    concept_latents: Any  # (T, V, N, 4, h, w) posterior mean, scaled: the KML target
+    concept_keypoints: Any  # (T, V, N, K, 2)
+    concept_visibility: Any  # (T, V, N, K) bool
     image_embeds: Any  # (T, N, L, D) image encoder tokens of the concept images
     phrase_embeds: Any  # (T, N, P) pooled phrase embeddings
     prompt_embeds: Any  # (T, 77, C) both text encoders' penultimate states, concatenated
@@ -184,27 +199,65 @@ class CachedTriplets:
         return int(self.motion_mean.shape[0])
 
     @property
-    def flips(self) -> int:
+    def variants(self) -> int:
         return int(self.motion_mean.shape[1])
 
 
-def build_cache(models: Any, data_root: Path, relation: str, resolution: int, augment: str, skeleton: str,
-                device: Any, dtype: Any) -> CachedTriplets:
+def augmentation(args: argparse.Namespace) -> tuple[Any, Any, int]:
+    """(motion transform, concept transform, cached variants per example) for the arguments.
+
+    ``--augment reference``: the reference's RandomResizeCrop (letterbox to the square
+    resolution, with probability 0.5 its crop first, at a random offset), on the motion image and,
+    drawn independently, on each concept image; ``none``: the whole image letterboxed in the
+    middle. ``--flip`` mirrors motion images with probability 0.5 (never concept images: KML
+    matches keypoint k to keypoint k). One variant when nothing is random.
+    """
+    from relbench.methods.dreamrelation.data import REFERENCE_CROP_P, TripletTransform
+
+    reference = args.augment == "reference"
+    concept = TripletTransform(args.resolution, crop_p=REFERENCE_CROP_P if reference else 0.0, random_offset=reference)
+    motion = TripletTransform(args.resolution, crop_p=concept.crop_p, random_offset=reference,
+                              hflip_p=0.5 if args.flip else 0.0, skeleton=args.skeleton if args.flip else None)
+    return motion, concept, args.augment_variants if reference or args.flip else 1
+
+
+def variant_generator(seed: int, example: int, variant: int, image: int) -> Any:
+    """The augmentation draw of one cached image (image 0: the motion image, j + 1: concept j):
+    a function of these four numbers only, so that every process and every resumed run caches
+    the same variants."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(f"{seed}/{example}/{variant}/{image}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def sdxl_time_ids(source_size: tuple[int, int], placement: Any, resolution: int) -> list[int]:
+    """SDXL's micro-conditioning for a training image as SDXL was trained: the image's original
+    (h, w), the crop's (top, left) (``Placement.crop_top_left``), the target (h, w) = the training
+    resolution. ``source_size`` is (width, height)."""
+    from relbench.methods.finetune_common import time_ids
+
+    width, height = source_size
+    return time_ids((height, width), placement.crop_top_left(source_size), (resolution, resolution))
+
+
+def build_cache(models: Any, data_root: Path, relation: str, args: argparse.Namespace, device: Any, dtype: Any) -> CachedTriplets:
+    """Read the relation's triplets and encode ``augmentation(args)``'s variants of each (``args``:
+    resolution, augment, flip, augment_variants, skeleton, seed)."""
     import torch
     from PIL import Image
 
-    from relbench.methods.dreamrelation.data import (
-        Placement, TripletTransform, associate_instances, get_skeleton, load_mask, read_relation_dir, to_pixel_values,
-    )
+    from relbench.methods.dreamrelation.data import associate_instances, load_mask, read_relation_dir, to_pixel_values
     from relbench.methods.dreamrelation.losses import predicate_token_mask
 
     triplets = read_relation_dir(data_root, relation)
     counts = {(t.num_entities, t.num_keypoints) for t in triplets}
     if len(counts) != 1:
         raise RelbenchError(f"{data_root / relation}: triplets mix (entities, keypoints) counts {sorted(counts)}; train one kind at a time")
-    permutation = get_skeleton(skeleton).flip_permutation()
-    flips = (False, True) if augment == "flip" else (False,)
-    base = TripletTransform(resolution)
+    motion_transform, concept_transform, variants = augmentation(args)
+    permutation = motion_transform.flip_permutation(triplets[0].num_keypoints)
     vae = models.vae
     scaling = float(vae.config.scaling_factor)
 
@@ -213,42 +266,50 @@ def build_cache(models: Any, data_root: Path, relation: str, resolution: int, au
             dist = vae.encode(pixels.to(device, vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 
-    motion_mean, motion_std, masks, boxes, rel_kp, rel_vis = [], [], [], [], [], []
-    concept_latents, concept_kp, concept_vis, concept_images = [], [], [], []
-    for triplet in triplets:
+    def stack(rows: list[list[Any]]) -> "torch.Tensor":  # (T, V, ...) from per-example lists of per-variant tensors
+        return torch.stack([torch.stack(row) for row in rows])
+
+    names = ("motion_mean", "motion_std", "masks", "boxes", "rel_kp", "rel_vis", "time_ids", "concept_latents", "concept_kp", "concept_vis")
+    per_example: dict[str, list[list[Any]]] = {name: [] for name in names}
+    concept_images = []
+    for t, triplet in enumerate(triplets):
         raw_masks = [load_mask(p) for p in triplet.masks]
         order = associate_instances(triplet.keypoints, raw_masks, triplet.visibility)
         keypoints, visibility = triplet.keypoints[order], triplet.visibility[order]
-        per_flip = []
         with Image.open(triplet.motion_image) as motion:
             motion = motion.convert("RGB")
-            box = base.sample(motion.size, 0).box
-            for flip in flips:
-                place = Placement(box, flip, (resolution, resolution))
-                xy, shown = place.keypoints(keypoints, visibility, motion.size, permutation)
-                placed_masks = [place.mask(m) for m in raw_masks]
-                per_flip.append((to_pixel_values(place.image(motion)), placed_masks, xy, shown))
-        mean, std = vae_dist(torch.stack([item[0] for item in per_flip]))
-        motion_mean.append(mean)
-        motion_std.append(std)
-        masks.append(torch.stack([torch.stack([torch.from_numpy(m).float()[None] for m in item[1]]) for item in per_flip]))
-        boxes.append(torch.stack([torch.tensor([_mask_box(m) for m in item[1]]) for item in per_flip]))
-        rel_kp.append(torch.stack([item[2] for item in per_flip]))
-        rel_vis.append(torch.stack([item[3] for item in per_flip]))
-        pixels, kps, vis, images = [], [], [], []
-        for path, xy, shown in zip(triplet.concept_images, triplet.concept_keypoints, triplet.concept_visibility):
+        concepts = []
+        for path in triplet.concept_images:
             with Image.open(path) as concept:
-                concept = concept.convert("RGB")
-                place = Placement(base.sample(concept.size, 0).box, False, (resolution, resolution))
-                kp, sh = place.keypoints(xy, shown, concept.size, None)
-                pixels.append(to_pixel_values(place.image(concept)))
-                images.append(concept.copy())
-            kps.append(kp[0])
-            vis.append(sh[0])
-        concept_latents.append(vae_dist(torch.stack(pixels))[0] * scaling)
-        concept_kp.append(torch.stack(kps))
-        concept_vis.append(torch.stack(vis))
-        concept_images.append(images)
+                concepts.append(concept.convert("RGB"))
+        concept_images.append(concepts)
+        rows: dict[str, list[Any]] = {name: [] for name in names}
+        # One variant at a time: at 1024 px a batch of V images through the VAE would not fit.
+        for v in range(variants):
+            place = motion_transform.sample(motion.size, variant_generator(args.seed, t, v, 0))
+            xy, shown = place.keypoints(keypoints, visibility, motion.size, permutation)
+            placed_masks = [place.mask(m) for m in raw_masks]
+            mean, std = vae_dist(to_pixel_values(place.image(motion))[None])
+            rows["motion_mean"].append(mean[0])
+            rows["motion_std"].append(std[0])
+            rows["masks"].append(torch.stack([torch.from_numpy(m)[None] for m in placed_masks]))
+            rows["boxes"].append(torch.tensor([_mask_box(m) for m in placed_masks], dtype=torch.float32))
+            rows["rel_kp"].append(xy)
+            rows["rel_vis"].append(shown)
+            rows["time_ids"].append(torch.tensor(sdxl_time_ids(motion.size, place, args.resolution), dtype=torch.float32))
+            pixels, kps, vis = [], [], []
+            for j, (concept, concept_xy, concept_shown) in enumerate(zip(concepts, triplet.concept_keypoints, triplet.concept_visibility)):
+                concept_place = concept_transform.sample(concept.size, variant_generator(args.seed, t, v, j + 1))
+                kp, sh = concept_place.keypoints(concept_xy, concept_shown, concept.size, None)
+                pixels.append(to_pixel_values(concept_place.image(concept)))
+                kps.append(kp[0])
+                vis.append(sh[0])
+            rows["concept_latents"].append(vae_dist(torch.stack(pixels))[0] * scaling)
+            rows["concept_kp"].append(torch.stack(kps))
+            rows["concept_vis"].append(torch.stack(vis))
+        for name in names:
+            per_example[name].append(rows[name])
+    cached = {name: stack(per_example[name]).to(device) for name in names}
 
     encoder = models.encoder
     with torch.no_grad():
@@ -258,13 +319,12 @@ def build_cache(models: Any, data_root: Path, relation: str, resolution: int, au
         prompt_embeds, pooled = encode_prompts(models, prompts, device)
     predicate = predicate_token_mask(models.tokenizer, prompts, [list(t.predicate) for t in triplets])
     return CachedTriplets(
-        motion_mean=torch.stack(motion_mean).to(device), motion_std=torch.stack(motion_std).to(device),
-        masks=torch.stack(masks).to(device), boxes=torch.stack(boxes).float().to(device),
-        rel_keypoints=torch.stack(rel_kp).to(device), rel_visibility=torch.stack(rel_vis).to(device),
-        concept_latents=torch.stack(concept_latents).to(device), concept_keypoints=torch.stack(concept_kp).to(device),
-        concept_visibility=torch.stack(concept_vis).to(device), image_embeds=image_embeds.to(device, dtype),
-        phrase_embeds=phrase_embeds.to(device, dtype), prompt_embeds=prompt_embeds.to(device, dtype),
-        pooled_prompt_embeds=pooled.to(device, dtype), predicate_mask=predicate.to(device), prompts=prompts,
+        motion_mean=cached["motion_mean"], motion_std=cached["motion_std"], masks=cached["masks"], boxes=cached["boxes"],
+        rel_keypoints=cached["rel_kp"], rel_visibility=cached["rel_vis"], time_ids=cached["time_ids"],
+        concept_latents=cached["concept_latents"], concept_keypoints=cached["concept_kp"], concept_visibility=cached["concept_vis"],
+        image_embeds=image_embeds.to(device, dtype), phrase_embeds=phrase_embeds.to(device, dtype),
+        prompt_embeds=prompt_embeds.to(device, dtype), pooled_prompt_embeds=pooled.to(device, dtype),
+        predicate_mask=predicate.to(device), prompts=prompts,
     )
 
 
@@ -306,7 +366,7 @@ def step_generator(seed: int, step: int, process: int, device: Any) -> Any:
 
 
 def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets, weights: Any, store: Any, generator: Any,
-                  args: argparse.Namespace, alphas_cumprod: Any, time_ids: Any, timesteps: Any = None) -> tuple[Any, dict[str, Any]]:
+                  args: argparse.Namespace, alphas_cumprod: Any, timesteps: Any = None) -> tuple[Any, dict[str, Any]]:
     """Loss of one micro-batch (with its autograd graph) and its detached terms.
 
     ``unet`` and ``resampler`` are what to call (wrapped for data parallelism when prepared by
@@ -321,8 +381,8 @@ def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets,
     device = cache.motion_mean.device
     batch = args.train_batch_size
     index = torch.randint(0, cache.size, (batch,), generator=generator, device=device)
-    flip = torch.randint(0, cache.flips, (batch,), generator=generator, device=device)
-    mean, std = cache.motion_mean[index, flip], cache.motion_std[index, flip]
+    variant = torch.randint(0, cache.variants, (batch,), generator=generator, device=device)
+    mean, std = cache.motion_mean[index, variant], cache.motion_std[index, variant]
     latents = (mean + std * torch.randn(mean.shape, generator=generator, device=device)) * float(models.vae.config.scaling_factor)
     noise = torch.randn(latents.shape, generator=generator, device=device)
     drawn = torch.randint(0, len(alphas_cumprod), (batch,), generator=generator, device=device)
@@ -331,7 +391,7 @@ def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets,
     noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
 
     dtype = models.unet.dtype
-    boxes = cache.boxes[index, flip]  # (B, N, 4)
+    boxes = cache.boxes[index, variant]  # (B, N, 4)
     # The adapter's image context, through ``resampler`` (wrapped when it trains): dummy tokens, then
     # num_queries tokens per subject; (B, num_dummy + N * Q, C).
     subjects = resampler(cache.image_embeds[index], cache.phrase_embeds[index], boxes.to(dtype))
@@ -342,7 +402,7 @@ def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets,
                                                    store=store if weights.use_attn else None)
     eps = unet(
         noisy.to(dtype), timesteps, encoder_hidden_states=context,
-        added_cond_kwargs={"text_embeds": cache.pooled_prompt_embeds[index], "time_ids": time_ids.expand(batch, -1)},
+        added_cond_kwargs={"text_embeds": cache.pooled_prompt_embeds[index], "time_ids": cache.time_ids[index, variant].to(dtype)},
         cross_attention_kwargs=kwargs,
     ).sample
 
@@ -351,13 +411,13 @@ def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets,
     if weights.use_kml:
         x0 = predict_x0(noisy.float(), eps.float(), timesteps, alphas_cumprod)
         terms["kml"], kml_stats = keypoint_matching_loss(
-            x0, cache.concept_latents[index], cache.rel_keypoints[index, flip], cache.concept_keypoints[index],
-            cache.rel_visibility[index, flip], cache.concept_visibility[index], timesteps, args.kml_max_timestep,
+            x0, cache.concept_latents[index, variant], cache.rel_keypoints[index, variant], cache.concept_keypoints[index, variant],
+            cache.rel_visibility[index, variant], cache.concept_visibility[index, variant], timesteps, args.kml_max_timestep,
         )
         stats.update(kml_stats)
     if weights.use_attn:
         terms["attn"], attn_stats = relation_attention_loss(
-            store.maps, cache.predicate_mask[index], cache.masks[index, flip], tuple(latents.shape[-2:]),
+            store.maps, cache.predicate_mask[index], cache.masks[index, variant], tuple(latents.shape[-2:]),
         )
         stats.update(attn_stats)
     store.clear()  # maps hold activations: never keep them past the step
@@ -389,7 +449,6 @@ class Setup:
     store: Any  # AttentionStore
     trainable: list[Any]
     alphas_cumprod: Any
-    time_ids: Any
 
 
 def prepare(args: argparse.Namespace, device: str, weight_dtype: str) -> Setup:
@@ -413,37 +472,39 @@ def prepare(args: argparse.Namespace, device: str, weight_dtype: str) -> Setup:
         param.data = param.data.float()
     if args.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
-    cache = build_cache(models, args.data_root, args.relation, args.resolution, args.augment, args.skeleton,
-                        torch.device(device), models.unet.dtype)
+    cache = build_cache(models, args.data_root, args.relation, args, torch.device(device), models.unet.dtype)
     alphas_cumprod = DDPMScheduler.from_config(models.scheduler_config).alphas_cumprod.to(device)
-    # SDXL's micro-conditioning: original size, crop offset, target size.
-    time_ids = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]],
-                            device=device, dtype=models.unet.dtype)
     weights = DreamRelationLoss(kml_weight=args.kml_weight, attn_weight=args.attn_weight, kml_max_timestep=args.kml_max_timestep,
                                 use_kml=args.kml_weight > 0, use_attn=args.attn_weight > 0)
     max_queries = args.attn_max_queries or coarsest_cross_attention_queries(models.unet, args.resolution // models.vae_scale_factor)
-    return Setup(models, cache, weights, AttentionStore(max_queries=max_queries), trainable, alphas_cumprod, time_ids)
+    return Setup(models, cache, weights, AttentionStore(max_queries=max_queries), trainable, alphas_cumprod)
 
 
 def fixed_batch_losses(argv: list[str], lora: Path | None = None, timestep: int = 200, seed: int = 1234) -> dict[str, float]:
-    """The loss terms of one fixed batch (fixed triplets, flips, noise and timestep), no update.
+    """The loss terms of one fixed batch (fixed triplets, variants, noise and timestep), no update.
 
     For checking that training moves the losses: compare before (``lora=None``) and after.
     The timestep is fixed so that KML (gated to t <= 333) always counts.
     """
     import torch
 
+    from relbench.methods.dreamrelation.lora import lora_rank, read_lora_config, read_lora_file
+
     args = parse_args(argv)
+    if lora is not None:
+        # The adapter takes the file's rank and alpha (alpha = rank for files without metadata, as diffusers reads them).
+        state = read_lora_file(Path(lora))
+        rank = lora_rank(state) or args.rank
+        config = read_lora_config(Path(lora)) or {"r": rank, "lora_alpha": float(rank)}
+        args.rank, args.lora_alpha = int(config["r"]), float(config["lora_alpha"])
     setup = prepare(args, "cpu" if args.device in ("auto", "cpu") else args.device, "float32")
     if lora is not None:
-        from relbench.methods.dreamrelation.lora import read_lora_file
-
-        _set_lora(setup.models.unet, read_lora_file(Path(lora)))
+        _set_lora(setup.models.unet, state, Path(lora))
     generator = step_generator(seed, 0, 0, setup.cache.motion_mean.device)
     timesteps = torch.full((args.train_batch_size,), timestep, dtype=torch.long)
     with torch.no_grad():
         _, logs = training_step(setup.models, setup.models.unet, setup.models.adapter.image_proj, setup.cache, setup.weights,
-                                setup.store, generator, args, setup.alphas_cumprod, setup.time_ids, timesteps=timesteps)
+                                setup.store, generator, args, setup.alphas_cumprod, timesteps=timesteps)
     return {key: float(value) for key, value in logs.items()}
 
 
@@ -470,7 +531,7 @@ def main(argv: list[str] | None = None) -> Path:
     with accelerator.main_process_first():  # one process fills the HF cache, the others read it
         setup = prepare(args, str(device), weight_dtype)
     models, cache, weights, store, trainable = setup.models, setup.cache, setup.weights, setup.store, setup.trainable
-    alphas_cumprod, time_ids = setup.alphas_cumprod, setup.time_ids
+    alphas_cumprod = setup.alphas_cumprod
 
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
@@ -497,7 +558,7 @@ def main(argv: list[str] | None = None) -> Path:
         from relbench.methods.dreamrelation.lora import LORA_WEIGHT_NAME, read_lora_file
 
         loaded_models.clear()
-        _set_lora(models.unet, read_lora_file(Path(folder) / LORA_WEIGHT_NAME))
+        _set_lora(models.unet, read_lora_file(Path(folder) / LORA_WEIGHT_NAME), Path(folder) / LORA_WEIGHT_NAME)
         if args.train_resampler:
             load_resampler(models.adapter.image_proj, Path(folder) / RESAMPLER_WEIGHT_NAME, local_grid)
 
@@ -516,7 +577,7 @@ def main(argv: list[str] | None = None) -> Path:
         for micro in range(args.gradient_accumulation_steps):
             generator = step_generator(args.seed, step * args.gradient_accumulation_steps + micro, accelerator.process_index, device)
             with accelerator.accumulate(unet):
-                loss, logs = training_step(models, unet, resampler, cache, weights, store, generator, args, alphas_cumprod, time_ids)
+                loss, logs = training_step(models, unet, resampler, cache, weights, store, generator, args, alphas_cumprod)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
@@ -548,11 +609,21 @@ def main(argv: list[str] | None = None) -> Path:
     return path
 
 
-def _set_lora(unet: Any, state: dict[str, Any]) -> None:
+def _set_lora(unet: Any, state: dict[str, Any], path: Path) -> None:
+    """Load ``path``'s weights (``state``) into the UNet's relation adapter, which must have the
+    file's rank and alpha: the same weights at another alpha are another model."""
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
 
-    from relbench.methods.dreamrelation.lora import ADAPTER_NAME
+    from relbench.methods.dreamrelation.lora import ADAPTER_NAME, lora_config, lora_rank, read_lora_config
+
+    saved = read_lora_config(path)
+    rank = saved["r"] if saved else lora_rank(state)
+    alpha = float(saved["lora_alpha"]) if saved else float(rank or 0)  # diffusers' reading of a file without metadata
+    current = lora_config(unet)
+    if (rank, alpha) != (current["r"], current["lora_alpha"]):
+        raise RelbenchError(f"{path}: LoRA of rank {rank}, alpha {alpha:g}, but this run's adapter has rank {current['r']}, "
+                            f"alpha {current['lora_alpha']:g}; use the same --rank and --lora-alpha")
 
     unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
     result = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name=ADAPTER_NAME)
