@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from relbench.errors import MAX_LINE_CHARS, Interrupted, RelbenchError, clip
+from relbench.profiles import FULL_MODELS
 
 app = typer.Typer(
     name="relbench",
@@ -34,6 +35,9 @@ DataRootOption = Annotated[
     Optional[Path],
     typer.Option("--data-root", help="Folder holding benchmark files (default: $RELBENCH_DATA_ROOT, else ~/.cache/relbench/data)."),
 ]
+
+# The model keys come from their owner, relbench.profiles (keys without a pretrained default: README).
+MODEL_HELP = f"KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: {', '.join(FULL_MODELS)})."
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -74,13 +78,14 @@ def evaluate(
     stage: Annotated[str, typer.Option("--stage", help="'all' (generate and score), 'generate' (images only) or 'score' (score stored images, e.g. with a new metric; never regenerates).")] = "all",
     data_root: DataRootOption = None,
     device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")] = "auto",
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: see README, e.g. sdxl, clip, dino, judge, detector, pose, ms_adapter, image_encoder, ip_adapter, omnigen, sd15).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help=MODEL_HELP)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE, e.g. sdxl.num_inference_steps=50.")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's relation LoRA: FILE (every relation) or RELATION=FILE, repeatable.")] = None,
     judge_option: Annotated[Optional[list[str]], typer.Option("--judge-option", help="KEY=VALUE for an API judge's transport (not its answers): timeout, attempts, retry_budget, concurrency; repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Generate and score images for every (method, case, seed); resumable."""
+    from relbench.plugins import add_option_settings
     from relbench.profiles import parse_model_overrides
     from relbench.runner import EvaluateOptions, evaluate as run_evaluate
 
@@ -89,8 +94,7 @@ def evaluate(
     except ValueError:
         raise RelbenchError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
     method_overrides = _parse_sets(set_)
-    if lora:
-        method_overrides.setdefault("dreamrelation", {})["loras"] = ",".join(lora)
+    add_option_settings(method_overrides, "--lora", lora)  # the setting of methods declaring --lora
     options = EvaluateOptions(
         benchmark=benchmark, output=output, methods=_split(method) or ["all"], metrics=_split(metrics) or None,
         profile=profile, seeds=seed_list, resolution=resolution, data_root=data_root, device=device,
@@ -151,18 +155,18 @@ def generate(
     resolution: Annotated[Optional[int], typer.Option("--resolution")] = None,
     data_root: DataRootOption = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="KEY=HUB_ID_OR_PATH[@REVISION].")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help=MODEL_HELP)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE.")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's LoRA: FILE or RELATION=FILE.")] = None,
 ) -> None:
     """Generate one image, for a benchmark case or for your own images, prompt and boxes."""
     from relbench.data_root import resolve_data_root
     from relbench.generate import generate_one
+    from relbench.plugins import add_option_settings
     from relbench.profiles import parse_model_overrides
 
     overrides = _parse_sets(set_)
-    if lora:
-        overrides.setdefault("dreamrelation", {})["loras"] = ",".join(lora)
+    add_option_settings(overrides, "--lora", lora)
     path = generate_one(
         method=method, output=output, benchmark=benchmark, case_id=case, images=image or [], phrases=phrase or [],
         boxes=box or [], prompt=prompt, relation=relation, seed=seed, profile=profile, resolution=resolution,
@@ -183,36 +187,31 @@ def _parse_sets(values: list[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
-TRAINERS = {
-    "dreamrelation": "relbench.methods.dreamrelation.train",
-    "reversion": "relbench.methods.reversion.train",
-    "dreambooth-lora": "relbench.methods.dreambooth_lora.train",
-    "custom-diffusion": "relbench.methods.custom_diffusion.train",
-}
-
-
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
     add_help_option=False,
 )
 def train(
     ctx: typer.Context,
-    method: Annotated[str, typer.Argument(help="Method to train: dreamrelation, reversion, dreambooth-lora, custom-diffusion.")],
+    method: Annotated[str, typer.Argument(help="Method to train: one that `relbench methods list` marks `trains`.")],
 ) -> None:
-    """Train a method: dreamrelation, reversion, dreambooth-lora, custom-diffusion (own options follow; e.g. `relbench train dreamrelation --help`)."""
+    """Train a method (`relbench methods list` marks them; own options follow, e.g. `relbench train dreamrelation --help`)."""
     import importlib
 
+    from relbench.methods import METHODS
     from relbench.registry import Registry
 
     if method in ("-h", "--help"):
         typer.echo(ctx.get_help())
         raise typer.Exit()
-    if method not in TRAINERS:
+    # Each method's info names its trainer module (relbench.plugins.MethodInfo.trainer).
+    trainers = {entry.name: entry.meta["trainer"] for entry in METHODS.entries() if entry.meta.get("trainer")}
+    if method not in trainers:
         registry: Registry[str] = Registry("trainable method")
-        for name, module in TRAINERS.items():
-            registry.register(name, f"{module}:main")
+        for name, module_name in trainers.items():
+            registry.register(name, f"{module_name}:main")
         raise RelbenchError(registry.unknown_message(method))
-    module = importlib.import_module(TRAINERS[method])
+    module = importlib.import_module(trainers[method])
     try:
         path = module.main(list(ctx.args))
     except KeyboardInterrupt:

@@ -621,15 +621,14 @@ def write_training_config(args: argparse.Namespace, model: dict[str, Any], extra
 class SubjectFinetuneMethod(Method):
     """A method that fine-tunes SDXL per subject set (trained once, cached) and samples with SDXL.
 
-    Subclasses name their trainer module, the settings fields that change the trained weights,
-    how to build its arguments, and how to put trained weights into (and out of) the pipeline.
+    Subclasses name the settings fields that change the trained weights, how to build the
+    trainer's arguments, and how to put trained weights into (and out of) the pipeline; the trainer
+    module is their info's ``trainer`` (the one `relbench train NAME` runs).
     """
 
-    profiles = ("tiny", "full")
     model_keys = ("sdxl",)
     max_subjects = MAX_SUBJECTS
     batch_size = 4
-    trainer_module: ClassVar[str]
     # Settings fields that change the trained weights (the rest only change sampling).
     training_fields: ClassVar[tuple[str, ...]]
 
@@ -705,7 +704,7 @@ class SubjectFinetuneMethod(Method):
             if self.config.variant:
                 argv += ["--variant", self.config.variant]
         argv += ["--device", "cpu" if self.device.type == "cpu" else str(self.device)]
-        trainer = importlib.import_module(self.trainer_module)
+        trainer = importlib.import_module(str(self.info.trainer))
         with self._pipeline_off_device():
             trainer.main(argv)
         # Only the final weights are kept: checkpoints were for resuming, the images are in the key.

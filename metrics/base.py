@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from relbench.plugins import MetricInfo, assign_class_attributes
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -58,13 +60,21 @@ class MetricResult:
 
 
 class Metric(ABC):
-    """Base class of metrics. Subclasses declare direction and range and implement ``score``."""
+    """Base class of metrics. Subclasses set ``info`` (their ``MetricInfo``, from a torch-free
+    module: name, direction, range, model key, profiles and description are assigned from it) and
+    implement ``score``."""
 
+    info: ClassVar[MetricInfo]
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     value_range: ClassVar[tuple[float, float]]
+    model_key: ClassVar[str | None]
     profiles: ClassVar[tuple[str, ...]] = ("tiny", "full")
     description: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        assign_class_attributes(cls)
 
     def __init__(self, context: "RunContext"):
         self.context = context

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.errors import RelbenchError
 from relbench.metrics.base import Metric, MetricResult, ScoringSample
+from relbench.metrics.clip_meta import CLIP_I, CLIP_T
 from relbench.metrics.embedder import DEFAULT_BATCH_SIZE, ImageEmbedder, ReferenceSimilarityMetric, normalized, per_context
-from relbench.metrics.functional.similarity import SCALE, VALUE_RANGE
+from relbench.metrics.functional.similarity import SCALE
 from relbench.metrics.loading import batched, load_component, load_pretrained
 from relbench.profiles import ModelRef, RunContext
 
@@ -198,9 +199,7 @@ class _UsesCLIP(Metric):
 
 
 class CLIPIScore(_UsesCLIP, ReferenceSimilarityMetric):
-    name: ClassVar[str] = "clip_i"
-    model_key: ClassVar[str] = "clip"
-    description: ClassVar[str] = "CLIP image-image similarity to each subject's reference images (x100 cosine)"
+    info = CLIP_I
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -211,11 +210,7 @@ class CLIPIScore(_UsesCLIP, ReferenceSimilarityMetric):
 
 
 class CLIPTScore(_UsesCLIP):
-    name: ClassVar[str] = "clip_t"
-    model_key: ClassVar[str] = "clip"
-    higher_is_better: ClassVar[bool] = True
-    value_range: ClassVar[tuple[float, float]] = VALUE_RANGE
-    description: ClassVar[str] = "CLIP image-text similarity between the image and its full prompt (x100 cosine)"
+    info = CLIP_T
     batch_size: int = DEFAULT_BATCH_SIZE
 
     def __init__(self, context: RunContext, model: Any = None, **kwargs: Any):

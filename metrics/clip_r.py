@@ -10,12 +10,12 @@ embedder, so the model loads once for clip_t, clip_i and clip_r).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
 from relbench.metrics.base import MetricResult, ScoringSample
 from relbench.metrics.clip import _UsesCLIP
-from relbench.metrics.functional.similarity import VALUE_RANGE
+from relbench.metrics.clip_r_meta import INFO
 from relbench.profiles import RunContext
 
 if TYPE_CHECKING:
@@ -23,11 +23,7 @@ if TYPE_CHECKING:
 
 
 class CLIPRScore(_UsesCLIP):
-    name: ClassVar[str] = "clip_r"
-    model_key: ClassVar[str] = "clip"
-    higher_is_better: ClassVar[bool] = True
-    value_range: ClassVar[tuple[float, float]] = VALUE_RANGE
-    description: ClassVar[str] = "CLIP image-text similarity between the image and the relation phrase alone (x100 cosine)"
+    info = INFO
 
     def __init__(self, context: RunContext, model: Any = None, **kwargs: Any):
         super().__init__(context, model, **kwargs)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.errors import RelbenchError
+from relbench.metrics.dino_meta import INFO
 from relbench.metrics.embedder import DEFAULT_BATCH_SIZE, ImageEmbedder, ReferenceSimilarityMetric, per_context
 from relbench.metrics.functional.similarity import SCALE
 from relbench.metrics.loading import load_component, load_pretrained
@@ -152,9 +153,7 @@ def shared_dino_embedder(context: RunContext, pooling: str = "cls", dtype: str =
 
 
 class DINOScore(ReferenceSimilarityMetric):
-    name: ClassVar[str] = "dino"
-    model_key: ClassVar[str] = "dino"
-    description: ClassVar[str] = "DINO ViT-S/16 image-image similarity to each subject's reference images (x100 cosine)"
+    info = INFO
 
     def __init__(
         self,

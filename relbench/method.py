@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.benchmark import Box
 from relbench.errors import RelbenchError
+from relbench.plugins import MethodInfo, assign_class_attributes
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -50,13 +51,15 @@ class GenerationRequest:
 class Method(ABC):
     """Base class of generation methods.
 
-    Subclasses set ``name``, ``profiles`` (the profiles they can run in) and ``settings_cls`` (a
-    dataclass of their options, one comment per field, with the authors' recommended defaults),
-    and implement ``generate``. Methods that train override ``train``.
+    Subclasses set ``info`` (their ``MethodInfo``, from a torch-free module; ``name`` and
+    ``profiles`` are assigned from it) and ``settings_cls`` (a dataclass of their options, one
+    comment per field, with the authors' recommended defaults), and implement ``generate``.
+    Methods that train override ``train``.
     """
 
-    name: ClassVar[str]
-    profiles: ClassVar[tuple[str, ...]] = ("tiny", "full")
+    info: ClassVar[MethodInfo]
+    name: ClassVar[str]  # from info
+    profiles: ClassVar[tuple[str, ...]] = ("tiny", "full")  # from info: the profiles it can run in
     settings_cls: ClassVar[type[Any]]
     # Keys of the models it loads (RunContext.model(key)); their ids go into the settings hash.
     model_keys: ClassVar[tuple[str, ...]] = ()
@@ -64,6 +67,10 @@ class Method(ABC):
     max_subjects: ClassVar[int | None] = None
     # How many requests one generate() call should get; the runner batches by this.
     batch_size: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        assign_class_attributes(cls)
 
     def __init__(self, context: "RunContext", settings: Any | None = None):
         self.context = context

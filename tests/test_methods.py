@@ -66,13 +66,6 @@ def test_every_registered_method_generates_a_demo_image_in_the_tiny_profile(name
     assert settings["method"] == name and settings["profile"] == "tiny"
 
 
-def test_registry_metadata_matches_the_classes() -> None:
-    for entry in METHODS.entries():
-        cls = METHODS.get(entry.name)
-        assert cls.name == entry.name
-        assert tuple(cls.profiles) == tuple(entry.meta["profiles"])
-
-
 def collage(**overrides: str) -> tuple[object, GenerationRequest]:
     from relbench.methods.reference_collage.method import ReferenceCollage
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from relbench.errors import RelbenchError
 from relbench.method import SubjectInput
+from relbench.methods.custom_diffusion.meta import INFO
 from relbench.methods.custom_diffusion.train import FREEZE_MODELS, INITIALIZER_TOKENS, MODIFIER_TOKENS
 from relbench.methods.finetune_common import (
     MIXED_PRECISION, SubjectFinetuneMethod, check_single_tokens, default_dtype, split_list,
@@ -77,9 +78,8 @@ TRAINING_FIELDS = (
 
 
 class CustomDiffusion(SubjectFinetuneMethod):
-    name = "custom-diffusion"
+    info = INFO
     settings_cls = CustomDiffusionSettings
-    trainer_module = "relbench.methods.custom_diffusion.train"
     training_fields = TRAINING_FIELDS
 
     @classmethod

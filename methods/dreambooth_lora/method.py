@@ -19,6 +19,7 @@ from pathlib import Path
 
 from relbench.errors import RelbenchError
 from relbench.method import SubjectInput
+from relbench.methods.dreambooth_lora.meta import INFO
 from relbench.methods.finetune_common import (
     MIXED_PRECISION, RARE_TOKENS, SubjectFinetuneMethod, check_single_tokens, default_dtype, split_list,
 )
@@ -74,9 +75,8 @@ TRAINING_FIELDS = (
 
 
 class DreamBoothLoRA(SubjectFinetuneMethod):
-    name = "dreambooth-lora"
+    info = INFO
     settings_cls = DreamBoothLoRASettings
-    trainer_module = "relbench.methods.dreambooth_lora.train"
     training_fields = TRAINING_FIELDS
 
     @classmethod

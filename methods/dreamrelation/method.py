@@ -17,6 +17,7 @@ from typing import Any
 
 from relbench.errors import RelbenchError
 from relbench.method import ALL_RELATIONS, parse_relation_map
+from relbench.methods.dreamrelation.meta import INFO
 from relbench.methods.ms_diffusion.method import NEGATIVE_PROMPT, MSDiffusion
 from relbench.profiles import RunContext
 
@@ -52,7 +53,7 @@ def parse_loras(value: str) -> dict[str, str]:
 
 
 class DreamRelation(MSDiffusion):
-    name = "dreamrelation"
+    info = INFO
     settings_cls = DreamRelationSettings
 
     @classmethod

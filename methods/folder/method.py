@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
 from relbench.method import GenerationRequest, Method
+from relbench.methods.folder.meta import INFO
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -141,8 +142,7 @@ def display_name(settings: FolderSettings) -> str:
 
 
 class Folder(Method):
-    name = "folder"
-    profiles = ("tiny", "full")
+    info = INFO
     settings_cls = FolderSettings
     min_subjects = 0  # it reads whatever was made for the case
     batch_size = 16

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
 from relbench.method import GenerationRequest, Method
+from relbench.methods.ip_adapter.meta import INFO
 from relbench.profiles import RunContext, resolved_revision, torch_dtype
 
 if TYPE_CHECKING:
@@ -65,8 +66,7 @@ class IPAdapterSettings:
 
 
 class IPAdapter(Method):
-    name = "ip-adapter"
-    profiles = ("tiny", "full")
+    info = INFO
     settings_cls = IPAdapterSettings
     model_keys = ("sdxl", "ip_adapter")
     batch_size = 4

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relbench.method import GenerationRequest, Method
+from relbench.methods.ms_diffusion.meta import INFO
 from relbench.profiles import RunContext
 
 if TYPE_CHECKING:
@@ -39,8 +40,7 @@ class MSDiffusionSettings:
 
 
 class MSDiffusion(Method):
-    name = "ms-diffusion"
-    profiles = ("tiny", "full")
+    info = INFO
     settings_cls = MSDiffusionSettings
     model_keys = ("sdxl", "ms_adapter", "image_encoder")
     max_subjects = 3  # the authors' layouts cover two or three subjects

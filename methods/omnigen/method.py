@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
 from relbench.method import GenerationRequest, Method
+from relbench.methods.omnigen.meta import INFO
 from relbench.profiles import RunContext, resolved_revision, torch_dtype
 
 if TYPE_CHECKING:
@@ -63,8 +64,7 @@ class OmniGenSettings:
 
 
 class OmniGen(Method):
-    name = "omnigen"
-    profiles = ("tiny", "full")
+    info = INFO
     settings_cls = OmniGenSettings
     model_keys = ("omnigen",)
     # One request per call: see the module docstring (global-generator VAE sampling; memory).

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relbench.method import GenerationRequest, Method
+from relbench.methods.reference_collage.meta import INFO
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -29,8 +30,7 @@ class ReferenceCollageSettings:
 
 
 class ReferenceCollage(Method):
-    name = "reference-collage"
-    profiles = ("tiny", "full")
+    info = INFO
     settings_cls = ReferenceCollageSettings
     batch_size = 16
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
 from relbench.method import ALL_RELATIONS, GenerationRequest, Method, parse_relation_map
+from relbench.methods.reversion.meta import INFO
 from relbench.profiles import RunContext
 
 if TYPE_CHECKING:
@@ -138,8 +139,7 @@ def _check_prompt_template(template: str) -> None:
 
 
 class ReVersion(Method):
-    name = "reversion"
-    profiles = ("tiny", "full")
+    info = INFO
     settings_cls = ReVersionSettings
     model_keys = ("sd15",)
     min_subjects = 2

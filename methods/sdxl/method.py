@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
 from relbench.method import GenerationRequest, Method
+from relbench.methods.sdxl.meta import INFO
 from relbench.profiles import RunContext, resolved_revision, torch_dtype
 
 if TYPE_CHECKING:
@@ -37,8 +38,7 @@ class SDXLSettings:
 
 
 class SDXL(Method):
-    name = "sdxl"
-    profiles = ("tiny", "full")
+    info = INFO
     settings_cls = SDXLSettings
     model_keys = ("sdxl",)
     batch_size = 4

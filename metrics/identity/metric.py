@@ -33,8 +33,9 @@ from relbench.metrics.base import Metric, MetricResult, ScoringSample
 from relbench.metrics.clip import CLIPEmbedder, shared_clip_embedder
 from relbench.metrics.embedding_cache import image_digest
 from relbench.metrics.functional.identity import Confusion
-from relbench.metrics.functional.similarity import SCALE, VALUE_RANGE
+from relbench.metrics.functional.similarity import SCALE
 from relbench.metrics.identity.detector import DEFAULT_QUERY_TEMPLATE, Detections, OpenVocabularyDetector
+from relbench.metrics.identity_meta import BLEND, CONFUSION, IDENTITY_CLIP, IDENTITY_DINO, PRESENCE, SWAP
 from relbench.profiles import RunContext
 
 if TYPE_CHECKING:
@@ -297,7 +298,6 @@ def shared_analyzer(context: RunContext, settings: IdentitySettings | None = Non
 
 
 class _IdentityMetric(Metric):
-    model_key: ClassVar[str] = "detector"
     aggregation: ClassVar[str] = ""
 
     def __init__(self, context: RunContext, *, analyzer: IdentityAnalyzer | None = None, **settings: Any):
@@ -317,8 +317,6 @@ class _IdentityMetric(Metric):
 
 
 class _IdentityInSpace(_IdentityMetric):
-    higher_is_better: ClassVar[bool] = True
-    value_range: ClassVar[tuple[float, float]] = VALUE_RANGE
     space: ClassVar[str]
     aggregation: ClassVar[str] = "per subject: its crop vs the mean over its references (0 when missing); mean over subjects"
 
@@ -329,22 +327,17 @@ class _IdentityInSpace(_IdentityMetric):
 
 
 class IdentityCLIPScore(_IdentityInSpace):
-    name: ClassVar[str] = "identity_clip"
+    info = IDENTITY_CLIP
     space: ClassVar[str] = "clip"
-    description: ClassVar[str] = "CLIP similarity of each detected subject's crop to its own references (x100 cosine; missing = 0)"
 
 
 class IdentityDINOScore(_IdentityInSpace):
-    name: ClassVar[str] = "identity_dino"
+    info = IDENTITY_DINO
     space: ClassVar[str] = "dino"
-    description: ClassVar[str] = "DINO similarity of each detected subject's crop to its own references (x100 cosine; missing = 0)"
 
 
 class PresenceScore(_IdentityMetric):
-    name: ClassVar[str] = "presence"
-    higher_is_better: ClassVar[bool] = True
-    value_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
-    description: ClassVar[str] = "Fraction of the case's subjects an open-vocabulary detector finds by their class noun"
+    info = PRESENCE
     aggregation: ClassVar[str] = "fraction of subjects with a box of score >= threshold"
 
     def result(self, analysis: CaseAnalysis) -> MetricResult:
@@ -367,10 +360,7 @@ def _by_id(ids: Sequence[str], indices: Sequence[int]) -> list[str]:
 
 
 class ConfusionScore(_IdentityMetric):
-    name: ClassVar[str] = "confusion"
-    higher_is_better: ClassVar[bool] = False
-    value_range: ClassVar[tuple[float, float]] = (0.0, 2 * SCALE)
-    description: ClassVar[str] = "How much more each subject's crop resembles another subject's references than its own (x100 cosine points)"
+    info = CONFUSION  # range (0, 2 x SCALE): a leak is a difference of two x100 cosines
     aggregation: ClassVar[str] = "per present subject max_j max(0, S[i, j] - S[i, i]); mean over present subjects (0 when none)"
 
     def result(self, analysis: CaseAnalysis) -> MetricResult:
@@ -394,10 +384,7 @@ class ConfusionScore(_IdentityMetric):
 
 
 class SwapScore(_IdentityMetric):
-    name: ClassVar[str] = "swap"
-    higher_is_better: ClassVar[bool] = False
-    value_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
-    description: ClassVar[str] = "1 when subjects' crops resemble each other's references in a cycle (swapped identities), else 0"
+    info = SWAP
     aggregation: ClassVar[str] = "1 if best_match has a cycle of length >= 2 among present subjects, else 0; mean over images = swap rate"
 
     def result(self, analysis: CaseAnalysis) -> MetricResult:
@@ -407,10 +394,7 @@ class SwapScore(_IdentityMetric):
 
 
 class BlendScore(_IdentityMetric):
-    name: ClassVar[str] = "blend"
-    higher_is_better: ClassVar[bool] = False
-    value_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
-    description: ClassVar[str] = "1 when one subject's references explain two or more subjects' crops (blended identities), else 0"
+    info = BLEND
     aggregation: ClassVar[str] = "1 if best_match is not one-to-one over present subjects, else 0; mean over images = blend rate"
 
     def result(self, analysis: CaseAnalysis) -> MetricResult:

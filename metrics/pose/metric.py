@@ -30,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,7 @@ from relbench.metrics.pose.backends import (
     PoseEstimate,
     build_backend,
 )
+from relbench.metrics.pose_meta import INFO
 from relbench.profiles import RunContext
 
 if TYPE_CHECKING:
@@ -153,11 +154,7 @@ def reference_configuration(reference: PoseReference, n_subjects: int, case_id: 
 
 
 class PoseScore(Metric):
-    name: ClassVar[str] = "pose"
-    model_key: ClassVar[str] = "pose"
-    higher_is_better: ClassVar[bool] = True
-    value_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
-    description: ClassVar[str] = "Pose agreement with the relation's reference poses (OKS x inter-subject placement, best reference)"
+    info = INFO
 
     def __init__(
         self,

@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
 from relbench.metrics.base import RETRY_KEY, Metric, MetricResult, ScoringSample
@@ -49,12 +49,12 @@ from relbench.metrics.relation_judge import (
     templates,
 )
 from relbench.metrics.relation_judge.cache import CachedJudge, JudgeCache
+from relbench.metrics.relation_judge_meta import RELATION_ACC, RELATION_MC, RELATION_VQA
 from relbench.profiles import RunContext
 
 if TYPE_CHECKING:
     from relbench.benchmark import Benchmark, Case
 
-VALUE_RANGE = (0.0, 100.0)
 DEFAULT_DISTRACTORS = 3
 
 
@@ -166,10 +166,6 @@ def _flag(value: bool | None) -> float | None:
 
 
 class _JudgeMetric(Metric):
-    higher_is_better: ClassVar[bool] = True
-    value_range: ClassVar[tuple[float, float]] = VALUE_RANGE
-    model_key: ClassVar[str] = "judge"
-
     def __init__(
         self,
         context: RunContext,
@@ -197,8 +193,7 @@ class _JudgeMetric(Metric):
 class RelationVQAScore(_JudgeMetric):
     """``relation_vqa`` (see the module docstring); ``relation_acc`` is its gated accuracy."""
 
-    name: ClassVar[str] = "relation_vqa"
-    description: ClassVar[str] = "VLM judge: 100 x normalised P(yes) that the image shows the relation (VQAScore)"
+    info = RELATION_VQA
 
     def _value(self, relation: YesNoAnswer, gated: bool | None) -> float:
         return 100.0 * _nan_if_none(relation.normalized)
@@ -254,8 +249,7 @@ class RelationVQAScore(_JudgeMetric):
 
 
 class RelationAccuracy(RelationVQAScore):
-    name: ClassVar[str] = "relation_acc"
-    description: ClassVar[str] = "VLM judge: 100 if both subjects are present and the relation is shown (gated yes/no), else 0"
+    info = RELATION_ACC
 
     def _value(self, relation: YesNoAnswer, gated: bool | None) -> float:
         return math.nan if gated is None else 100.0 * float(gated)
@@ -270,8 +264,7 @@ class RelationAccuracy(RelationVQAScore):
 
 
 class RelationMultipleChoice(_JudgeMetric):
-    name: ClassVar[str] = "relation_mc"
-    description: ClassVar[str] = "VLM judge: 100 if the true relation is chosen among distractors in every rotation (CircularEval), else 0"
+    info = RELATION_MC
 
     def __init__(
         self,
