@@ -30,6 +30,8 @@ data_app = typer.Typer(help="Benchmarks and their files.", no_args_is_help=True)
 app.add_typer(methods_app, name="methods")
 app.add_typer(metrics_app, name="metrics")
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(help="Pretrained models of the full profile: list, download (login node), check (offline GPU node).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 DataRootOption = Annotated[
     Optional[Path],
@@ -430,6 +432,67 @@ def data_download(
                  notice=None if quiet else _echo_err)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; run the same command again to resume the download") from None
+
+
+ModelsMethodOption = Annotated[Optional[list[str]], typer.Option("--method", "-m", help="Methods whose models to take (comma-separated or repeated, or 'all').")]
+ModelsMetricsOption = Annotated[Optional[list[str]], typer.Option("--metrics", help="Metrics whose models to take ('all' or 'none').")]
+ModelsTrainOption = Annotated[Optional[list[str]], typer.Option("--train", help="Trainers (`relbench train NAME`) whose models to take.")]
+ModelsKeyOption = Annotated[Optional[list[str]], typer.Option("--key", help="Model keys to take (relbench.profiles.FULL_MODELS, and dense_encoder).")]
+ModelsVariantOption = Annotated[Optional[str], typer.Option("--variant", help="Weight variant of the keys that have one (default: what GPU runs read, fp16 for SDXL); 'none': the full-precision files (CPU runs, trainers).")]
+
+
+def _model_needs(method: list[str] | None, metrics: list[str] | None, train: list[str] | None, key: list[str] | None,
+                 variant: str | None) -> list:
+    """What a models command selects; nothing selected: everything `evaluate --method all --metrics all` reads."""
+    from relbench.models_manifest import command_requests, load_manifest, resolve
+
+    manifest = load_manifest()
+    methods, metric_names, trainers, keys = _split(method), _split(metrics), _split(train), _split(key)
+    if not (methods or metric_names or trainers or keys):
+        methods, metric_names = ["all"], ["all"]
+    requests = command_requests(manifest, methods=methods, metrics=metric_names, trainers=trainers, keys=keys, variant=variant)
+    return resolve(manifest, requests)
+
+
+@models_app.command("list")
+def models_list(method: ModelsMethodOption = None, metrics: ModelsMetricsOption = None, train: ModelsTrainOption = None,
+                key: ModelsKeyOption = None, variant: ModelsVariantOption = None) -> None:
+    """Every model a command reads: repo, revision, the files read, download size, GPU memory estimate."""
+    from relbench.models_manifest import list_lines
+
+    for line in list_lines(_model_needs(method, metrics, train, key, variant)):
+        typer.echo(line)
+
+
+@models_app.command("download")
+def models_download(method: ModelsMethodOption = None, metrics: ModelsMetricsOption = None, train: ModelsTrainOption = None,
+                    key: ModelsKeyOption = None, variant: ModelsVariantOption = None) -> None:
+    """Fetch exactly the files a command reads into the HF cache (resumable; token from HF_TOKEN or `hf auth login`)."""
+    from relbench.models_manifest import cache_dir, download, human_size
+
+    needs = _model_needs(method, metrics, train, key, variant)
+    typer.echo(f"HF cache: {cache_dir()}")
+    try:
+        download(needs, echo=typer.echo)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; run the same command again to resume the download") from None
+    typer.echo(f"{len(needs)} models, {human_size(sum(n.size for n in needs))}: done; on the GPU node set HF_HUB_CACHE to this cache and HF_HUB_OFFLINE=1")
+
+
+@models_app.command("check")
+def models_check(method: ModelsMethodOption = None, metrics: ModelsMetricsOption = None, train: ModelsTrainOption = None,
+                 key: ModelsKeyOption = None, variant: ModelsVariantOption = None) -> None:
+    """Offline: whether the HF cache holds every file a command reads; each missing file listed, exit 2."""
+    from relbench.models_manifest import cache_dir, missing_files, missing_message
+
+    needs = _model_needs(method, metrics, train, key, variant)
+    missing = missing_files(needs)
+    for need, files in missing:
+        for path in files:
+            typer.echo(f"missing: {need.key}: {need.entry.repo}@{need.revision}: {path}")
+    if missing:
+        raise RelbenchError(missing_message(missing))
+    typer.echo(f"{cache_dir()}: all {sum(len(n.files) for n in needs)} files of {len(needs)} models are cached")
 
 
 def main() -> None:

@@ -25,6 +25,17 @@ def clip(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
     return f"{kept}… ({len(text):,} characters)"
 
 
+def exception_line(exc: BaseException, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``Type: first line of the message`` of a library's exception, cut at a word boundary with "…"
+    (libraries' messages run over many lines; the error line quotes only their first)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+        text = cut.rstrip(" ,;:") + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class RelbenchError(Exception):
     """A user-facing error: bad input, a missing file, a refused operation."""
 
