@@ -1,4 +1,8 @@
-"""``relbench generate``: one image from one method, for a benchmark case or ad-hoc inputs."""
+"""``relbench generate``: one image from one method, for a benchmark case or ad-hoc inputs.
+
+The method goes through the same lifecycle as in ``relbench evaluate`` (``relbench.runner.build_method``):
+for a case, it is handed the benchmark (``use_benchmark``) before it generates.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,13 @@ def _box(text: str) -> tuple[float, float, float, float]:
 def generate_one(*, method: str, output: Path, benchmark: str, case_id: str | None, images: list[str], phrases: list[str],
                  boxes: list[str], prompt: str | None, relation: str | None, seed: int, profile: str, resolution: int | None,
                  data_root: Path, device: str, model_overrides: dict[str, str], settings: dict[str, str]) -> Path:
+    from relbench.benchmark import Benchmark
     from relbench.benchmarks import load_benchmark
     from relbench.data_root import load_image
     from relbench.method import GenerationRequest, SubjectInput
     from relbench.methods import METHODS
     from relbench.profiles import RunContext
-    from relbench.runner import DEFAULT_RESOLUTION, SubjectInputs, select_methods
+    from relbench.runner import DEFAULT_RESOLUTION, SubjectInputs, build_method, select_methods
     from relbench.runstore import atomic_save_image
 
     select_methods([method], profile)  # unknown names and profiles: the evaluate messages
@@ -33,6 +38,7 @@ def generate_one(*, method: str, output: Path, benchmark: str, case_id: str | No
     size = resolution or DEFAULT_RESOLUTION[profile]
     cls = METHODS.get(method)
     config = cls.settings_from_overrides(context, settings)
+    bench: Benchmark | None = None  # ad-hoc inputs come from no benchmark
     if case_id is not None:
         if images or phrases or boxes or prompt:
             raise RelbenchError("--case takes the images, phrases, boxes and prompt from the benchmark; drop --image/--phrase/--box/--prompt")
@@ -56,7 +62,7 @@ def generate_one(*, method: str, output: Path, benchmark: str, case_id: str | No
             for i, (ref, noun, b) in enumerate(zip(images, phrases, boxes))
         )
         request = GenerationRequest("custom", prompt, relation or "", subjects, seed, size, size, relation)
-    (image,) = cls(context, config).generate([request])
+    (image,) = build_method(method, context, config, bench, data_root).generate([request])
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_image(image.convert("RGB"), output)
     return output

@@ -1,14 +1,17 @@
 """``relbench evaluate``: generate an image per (method, case, seed), score it, store the row.
 
-Flow: load the benchmark and check the files its cases need -> pick methods and metrics for the
-profile -> open the run store (lock, refuse mismatched settings, find what is done) -> per method,
-load it once and work through the pending items in batches: generate (or reuse an image a killed
-run left on disk), score with every metric, append one row per item. Re-running the same command
-does only what is missing.
+Flow: ``plan_evaluation`` turns the user's ``EvaluateOptions`` into an ``EvaluationPlan`` before
+any model loads (load the benchmark and check the files its cases need, pick methods and metrics
+for the profile, resolve each method's settings) -> ``run_plan`` opens the run store (lock, refuse
+mismatched settings, find what is done) -> per method, built once (``build_method``: the method
+lifecycle ``relbench generate`` shares), work through the pending items in batches: generate (or
+reuse an image a killed run left on disk), score with every metric, append one ``Row`` per item.
+Re-running the same command does only what is missing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +23,8 @@ from relbench.data_root import load_image, resolve_data_root
 from relbench.errors import RelbenchError
 from relbench.input_files import input_digests
 from relbench.profiles import RunContext
-from relbench.runstore import RowKey, RunStore, RunWriter, atomic_save_image, row_key, settings_hash
+from relbench.rows import Row, RowKey
+from relbench.runstore import RunStore, RunWriter, atomic_save_image, settings_hash
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -34,6 +38,8 @@ DEFAULT_RESOLUTION = {"tiny": 64, "full": 1024}
 
 @dataclass
 class EvaluateOptions:
+    """What the user asked for (names, not yet checked): built by cli.py, relbench.sweep and tests."""
+
     benchmark: str
     output: Path
     methods: list[str]  # names, or ["all"]: every registered method that runs in the profile
@@ -152,14 +158,67 @@ def method_config(method_cls: type["Method"], context: RunContext, overrides: di
     return settings, requested
 
 
+@dataclass(frozen=True)
+class MethodPlan:
+    """One method of a run: its settings object, the requested settings that identify its results
+    (run.json ``methods.<name>.settings``) and their hash (every row's ``settings_hash``)."""
+
+    name: str
+    settings: Any
+    requested: dict[str, Any]
+    settings_hash: str
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What an evaluation computes, resolved from ``EvaluateOptions`` before any model loads."""
+
+    output: Path
+    context: RunContext
+    benchmark: Benchmark
+    cases: list[Case]
+    seeds: tuple[int, ...]
+    data_root: Path
+    methods: list[MethodPlan]  # under --stage score they are not touched (run.json keeps its own)
+    metrics: list[str]
+    width: int
+    height: int
+    stage: str  # one of STAGES
+    progress: bool
+
+    def run_config(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """run.json's identity of this run (``relbench.runstore.CONFIG_KEYS`` and ``inputs``)."""
+        return {
+            "benchmark": {"name": self.benchmark.name, "version": self.benchmark.version, "spec_sha256": spec_digest(self.benchmark)},
+            "profile": self.context.profile,
+            "seeds": list(self.seeds),
+            "resolution": [self.width, self.height],
+            "cases": [case.id for case in self.cases],
+            # The sha256 of every file the cases read (relbench.input_files): a resume with a
+            # replaced reference image is refused.
+            "inputs": inputs,
+            # Generating computes no metric; a later --stage score adds the ones it computes.
+            "metrics": {} if self.stage == "generate" else {name: {"model": _metric_model(self.context, name)} for name in self.metrics},
+            # Scoring an existing run touches no method: its methods stay as run.json has them.
+            "methods": {} if self.stage == "score" else {
+                m.name: {"settings_hash": m.settings_hash, "settings": m.requested} for m in self.methods
+            },
+        }
+
+
 def evaluate(options: EvaluateOptions) -> EvaluateSummary:
+    shard = Shard.current()
+    return run_plan(plan_evaluation(options, shard), shard)
+
+
+def plan_evaluation(options: EvaluateOptions, shard: "Shard | None" = None) -> EvaluationPlan:
+    """Check every name and input of ``options`` and resolve them, before any model loads."""
     from relbench.benchmarks import load_benchmark
     from relbench.methods import METHODS
-    from relbench.provenance import environment
 
+    shard = shard or Shard()
     if options.stage not in STAGES:
         raise RelbenchError(f"--stage: expected one of {', '.join(STAGES)}, got {options.stage!r}")
-    shard = Shard.current()
     device = options.device
     if shard.world > 1 and device == "auto":
         device = str(_partial_state().device)  # each process its own GPU (or the CPU)
@@ -186,41 +245,38 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
         raise RelbenchError(f"--resolution: expected a multiple of 8 of at least 8, got {size}")
     width = height = size
 
-    method_settings: dict[str, tuple[Any, dict[str, Any]]] = {}
+    methods: list[MethodPlan] = []
     for name in method_names:
-        method_settings[name] = method_config(METHODS.get(name), context, options.method_overrides.get(name, {}), width, height)
+        settings, requested = method_config(METHODS.get(name), context, options.method_overrides.get(name, {}), width, height)
         if options.stage != "score":
-            METHODS.get(name).check_cases(method_settings[name][0], benchmark, cases, tuple(options.seeds))
+            METHODS.get(name).check_cases(settings, benchmark, cases, tuple(options.seeds))
+        methods.append(MethodPlan(name, settings, requested, settings_hash(requested)))
+    return EvaluationPlan(
+        output=Path(options.output), context=context, benchmark=benchmark, cases=cases, seeds=tuple(options.seeds),
+        data_root=data_root, methods=methods, metrics=metric_names, width=width, height=height,
+        stage=options.stage, progress=options.progress,
+    )
 
-    config = {
-        "benchmark": {"name": benchmark.name, "version": benchmark.version, "spec_sha256": spec_digest(benchmark)},
-        "profile": options.profile,
-        "seeds": list(options.seeds),
-        "resolution": [width, height],
-        "cases": [case.id for case in cases],
-        # The sha256 of every file the cases read (relbench.input_files): a resume with a replaced
-        # reference image is refused. Only the main process writes run.json, so only it hashes.
-        "inputs": input_digests(benchmark, cases, data_root) if shard.rank == 0 else {},
-        # Generating computes no metric; a later --stage score adds the ones it computes.
-        "metrics": {} if options.stage == "generate" else {name: {"model": _metric_model(context, name)} for name in metric_names},
-        # Scoring an existing run touches no method: its methods stay as run.json has them.
-        "methods": {} if options.stage == "score" else {
-            name: {"settings_hash": settings_hash(requested), "settings": requested}
-            for name, (_, requested) in method_settings.items()
-        },
-    }
-    store = RunStore(Path(options.output))
-    summary = EvaluateSummary(Path(options.output), method_names if options.stage != "score" else [],
-                              metric_names if options.stage != "generate" else [])
+
+def run_plan(plan: EvaluationPlan, shard: "Shard | None" = None) -> EvaluateSummary:
+    """Generate, score and store what ``plan`` asks for that the run directory does not hold yet."""
+    from relbench.provenance import environment
+
+    shard = shard or Shard()
+    # Only the main process writes run.json, so only it hashes the reference files.
+    config = plan.run_config(input_digests(plan.benchmark, plan.cases, plan.data_root) if shard.rank == 0 else {})
+    store = RunStore(plan.output)
+    summary = EvaluateSummary(plan.output, [m.name for m in plan.methods] if plan.stage != "score" else [],
+                              list(plan.metrics) if plan.stage != "generate" else [])
     summary.rank, summary.world = shard.rank, shard.world
-    scorer = Scorer(context, metric_names, benchmark, data_root, options.progress)
-    env = environment(str(context.torch_device()))
+    scorer = Scorer(plan.context, plan.metrics, plan.benchmark, plan.data_root, plan.progress)
+    env = environment(str(plan.context.torch_device()))
     if shard.world == 1:
         with store.open_for_writing(config, env) as writer:
-            _work(writer, options, method_names, method_settings, config, cases, benchmark, scorer, width, height, summary, shard)
+            _work(writer, plan, scorer, summary, shard)
             writer.compact()
             summary.rows = len(writer.rows)
-            _record_metric_settings(store, writer, metric_names)
+            _record_metric_settings(store, writer, plan.metrics)
         return summary
     # Several processes (accelerate launch / torchrun): the main one checks the settings and merges
     # what a killed run left; each process then works on its share of the items and writes its own
@@ -229,14 +285,27 @@ def evaluate(options: EvaluateOptions) -> EvaluateSummary:
         store.open_for_writing(config, env).close()
     shard.barrier()
     with store.open_shard(shard.rank) as writer:
-        _work(writer, options, method_names, method_settings, config, cases, benchmark, scorer, width, height, summary, shard)
+        _work(writer, plan, scorer, summary, shard)
     shard.barrier()
     if shard.rank == 0:
         with store.open_for_writing(config, env) as writer:  # absorbs the shards
             summary.rows = len(writer.rows)
-            _record_metric_settings(store, writer, metric_names)
+            _record_metric_settings(store, writer, plan.metrics)
     shard.barrier()
     return summary
+
+
+def build_method(name: str, context: RunContext, settings: Any, benchmark: Benchmark | None, data_root: Path) -> "Method":
+    """The method lifecycle ``relbench evaluate`` and ``relbench generate`` share: build the method
+    once with its settings, then hand it the benchmark its requests come from (``use_benchmark``,
+    e.g. ReVersion's exemplars) before the caller asks for ``settings()`` and ``generate``.
+    ``benchmark`` is None only for ad-hoc inputs (``relbench generate`` without ``--case``)."""
+    from relbench.methods import METHODS
+
+    method = METHODS.get(name)(context, settings)
+    if benchmark is not None:
+        method.use_benchmark(benchmark, data_root)
+    return method
 
 
 @dataclass(frozen=True)
@@ -274,33 +343,26 @@ def _partial_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _work(writer: RunWriter, options: EvaluateOptions, method_names: list[str], method_settings: dict[str, Any],
-          config: dict[str, Any], cases: list[Case], benchmark: Benchmark, scorer: "Scorer", width: int, height: int,
-          summary: EvaluateSummary, shard: Shard) -> None:
+def _work(writer: RunWriter, plan: EvaluationPlan, scorer: "Scorer", summary: EvaluateSummary, shard: Shard) -> None:
     """Generate the missing images (this process's share), then score rows that lack a metric."""
-    from relbench.methods import METHODS
-
     before = set(writer.rows)  # the rows earlier runs left
-    if options.stage != "score":
+    if plan.stage != "score":
         pending = {
-            name: [(case, seed) for case in cases for seed in options.seeds
-                   if not writer.has((name, config["methods"][name]["settings_hash"], case.id, seed))]
-            for name in method_names
+            m.name: [(case, seed) for case in plan.cases for seed in plan.seeds
+                     if not writer.has((m.name, m.settings_hash, case.id, seed))]
+            for m in plan.methods
         }
-        summary.skipped = sum(len(cases) * len(options.seeds) - len(p) for p in pending.values())
-        for name in method_names:
-            mine = shard.take(pending[name])
+        summary.skipped = sum(len(plan.cases) * len(plan.seeds) - len(p) for p in pending.values())
+        for method_plan in plan.methods:
+            mine = shard.take(pending[method_plan.name])
             if mine:
-                settings, _ = method_settings[name]
-                method = METHODS.get(name)(scorer.context, settings)
-                method.use_benchmark(benchmark, scorer.inputs.data_root)
-                _generate(method, config["methods"][name]["settings_hash"], mine, benchmark, scorer,
-                          writer, width, height, summary, options.progress, score=options.stage == "all")
+                method = build_method(method_plan.name, plan.context, method_plan.settings, plan.benchmark, plan.data_root)
+                _generate(method, method_plan, mine, plan, scorer, writer, summary)
                 del method  # free its models before the next method loads
-    if options.stage != "generate":
+    if plan.stage != "generate":
         # Failed results of rows made before this run are retried; this run's own failures are
         # left for the next run (its judge would only repeat the same failed answers now).
-        summary.scored = scorer.score_missing(writer, {case.id for case in cases}, shard, retry=before)
+        summary.scored = scorer.score_missing(writer, {case.id for case in plan.cases}, shard, retry=before)
 
 
 STAGES = ("all", "generate", "score")
@@ -416,15 +478,15 @@ class Scorer:
 
         from relbench.metrics.base import RETRY_KEY
 
-        def needs(row: dict[str, Any], name: str) -> bool:
-            result = row.get("metrics", {}).get(name)
+        def needs(row: Row, name: str) -> bool:
+            result = row.metrics.get(name)
             if result is None:
                 return True
-            details = result.get("details") if isinstance(result, dict) else None
-            return (retry is None or row_key(row) in retry) and isinstance(details, dict) and bool(details.get(RETRY_KEY))
+            details = result.get("details")
+            return (retry is None or row.key in retry) and isinstance(details, dict) and bool(details.get(RETRY_KEY))
 
         todo = [row for row in writer.iter_rows()
-                if row["case_id"] in case_ids and any(needs(row, m) for m in self.metric_names)]
+                if row.case_id in case_ids and any(needs(row, m) for m in self.metric_names)]
         todo = shard.take(todo) if shard is not None else todo
         if not todo or not self.metric_names:
             return 0
@@ -434,15 +496,15 @@ class Scorer:
                 batch = todo[start : start + SCORE_BATCH]
                 images = []
                 for row in batch:
-                    path = writer.store.root / row["image"]
+                    path = writer.store.root / row.image
                     if not path.is_file():
-                        raise RelbenchError(f"{path}: image of row ({row['method']}, {row['case_id']}, seed {row['seed']}) is missing; run with --stage generate first")
+                        raise RelbenchError(f"{path}: image of row ({row.method}, {row.case_id}, seed {row.seed}) is missing; run with --stage generate first")
                     with Image.open(path) as stored:
                         images.append(stored.convert("RGB"))
                 missing = sorted({m for row in batch for m in self.metric_names if needs(row, m)})
-                scores = self.score([self.benchmark.case(row["case_id"]) for row in batch], images, only=missing)
+                scores = self.score([self.benchmark.case(row.case_id) for row in batch], images, only=missing)
                 for row, new in zip(batch, scores):
-                    writer.replace({**row, "metrics": {**row.get("metrics", {}), **{k: v for k, v in new.items() if needs(row, k)}}})
+                    writer.replace(dataclasses.replace(row, metrics={**row.metrics, **{k: v for k, v in new.items() if needs(row, k)}}))
                 bar.update(len(batch))
         finally:
             bar.close()
@@ -453,15 +515,15 @@ class Scorer:
 SCORE_BATCH = 16
 
 
-def _generate(
-    method: "Method", shash: str, items: list[tuple[Case, int]], benchmark: Benchmark, scorer: Scorer,
-    writer: RunWriter, width: int, height: int, summary: EvaluateSummary, progress: bool, score: bool,
-) -> None:
+def _generate(method: "Method", method_plan: MethodPlan, items: list[tuple[Case, int]], plan: EvaluationPlan,
+              scorer: Scorer, writer: RunWriter, summary: EvaluateSummary) -> None:
+    """Generate, save, score (``--stage all``) and store one row per (case, seed) of ``items``."""
     from PIL import Image
     from tqdm import tqdm
 
+    benchmark, width, height = plan.benchmark, plan.width, plan.height
     method_settings = method.settings()
-    bar = tqdm(total=len(items), desc=f"{method.name}", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(items), desc=f"{method.name}", unit="img", disable=not plan.progress, dynamic_ncols=True)
     try:
         for start in range(0, len(items), method.batch_size):
             batch = items[start : start + method.batch_size]
@@ -488,30 +550,19 @@ def _generate(
                     with Image.open(path) as stored:
                         images[i] = stored.convert("RGB")
                     summary.reused_images += 1
-            scores = scorer.score([case for case, _ in batch], images) if score else [{} for _ in batch]
+            scores = scorer.score([case for case, _ in batch], images) if plan.stage == "all" else [{} for _ in batch]
             for j, (case, seed) in enumerate(batch):
                 relation = benchmark.relations[case.relation]
-                writer.append({
-                    "schema": 1,
-                    "method": method.name,
-                    "settings_hash": shash,
-                    "benchmark": benchmark.name,
-                    "benchmark_version": benchmark.version,
-                    "profile": method.context.profile,
-                    "case_id": case.id,
-                    "relation": relation.id,
-                    "relation_kind": relation.kind.value,
-                    "subjects": list(case.subjects),
-                    "subject_categories": [benchmark.subjects[s].category for s in case.subjects],
-                    "prompt": case.prompt,
-                    "seed": seed,
-                    "width": width,
-                    "height": height,
-                    "image": writer.store.image_relpath(method.name, case.id, seed),
-                    "generation_seconds": seconds_per_image if j in todo else None,
-                    "metrics": scores[j],
-                    "method_settings": method_settings,
-                })
+                writer.append(Row(
+                    method=method.name, settings_hash=method_plan.settings_hash,
+                    benchmark=benchmark.name, benchmark_version=benchmark.version, profile=method.context.profile,
+                    case_id=case.id, relation=relation.id, relation_kind=relation.kind.value,
+                    subjects=tuple(case.subjects), subject_categories=tuple(benchmark.subjects[s].category for s in case.subjects),
+                    prompt=case.prompt, seed=seed, width=width, height=height,
+                    image=writer.store.image_relpath(method.name, case.id, seed),
+                    generation_seconds=seconds_per_image if j in todo else None,
+                    metrics=scores[j], method_settings=method_settings,
+                ))
             bar.update(len(batch))
     finally:
         bar.close()
@@ -526,7 +577,7 @@ def _record_metric_settings(store: RunStore, writer: RunWriter, metric_names: li
     run = store.read_run() or {}
     resolved: dict[str, Any] = {}
     for row in writer.iter_rows():
-        for name, value in row.get("metrics", {}).items():
+        for name, value in row.metrics.items():
             resolved.setdefault(name, value.get("settings"))
     for name, entry_info in run.get("metrics", {}).items():
         if name not in METRICS:

@@ -7,6 +7,7 @@ Layout of ``<output>/``::
                     (package versions, git commit, machine, times); see CONFIG_KEYS
     samples.jsonl   one JSON row per (method, case, seed): prompt, seed, image path, every metric
                     value with the settings that produced it, the method's settings and their hash
+                    (the format's owner: ``relbench.rows.Row``)
     images/<method>/<case_id>/<seed>.png
     .lock           held while a process writes here
 
@@ -33,40 +34,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relbench.atomic import atomic_write_bytes as atomic_write_bytes  # the one atomic writer (umask-respecting)
 from relbench.errors import RelbenchError
+from relbench.rows import Row, RowKey, row_key as row_key  # row_key: for readers of raw records (cli)
 
 if TYPE_CHECKING:
     from PIL import Image
 
-SCHEMA_VERSION = 1
-RowKey = tuple[str, str, str, int]  # (method, settings_hash, case_id, seed)
+# The version of run.json's format (a row's is relbench.rows.ROW_SCHEMA_VERSION).
+RUN_SCHEMA_VERSION = 1
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
     """A short, stable hash of JSON-serialisable settings (key order does not matter)."""
     canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
@@ -79,10 +67,6 @@ def atomic_save_image(image: "Image.Image", path: Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def row_key(row: dict[str, Any]) -> RowKey:
-    return (row["method"], row["settings_hash"], row["case_id"], int(row["seed"]))
 
 
 def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], bytes]:
@@ -113,12 +97,23 @@ def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], by
 
 
 def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Rows of a samples.jsonl without a cut-short last row (cut off the file when ``repair``)."""
+    """The JSON objects of a samples.jsonl as stored, without a cut-short last row (cut off the
+    file when ``repair``)."""
     rows, tail = read_numbered_rows(path)
     if repair and tail:
         data = path.read_bytes()
         atomic_write_bytes(path, data[: len(data) - len(tail)])
     return [row for _, row in rows]
+
+
+def load_rows(path: Path, *, repair: bool = False) -> list[Row]:
+    """``read_rows`` parsed into ``Row``s; a malformed row is an error naming the file and line."""
+    rows, tail = read_numbered_rows(path)
+    parsed = [Row.from_json(record, f"{path}: line {number}") for number, record in rows]
+    if repair and tail:
+        data = path.read_bytes()
+        atomic_write_bytes(path, data[: len(data) - len(tail)])
+    return parsed
 
 
 @dataclass
@@ -147,9 +142,9 @@ class RunStore:
             raise RelbenchError(f"{self.run_json}: not a relbench run file (expected keys {', '.join(CONFIG_KEYS)})")
         return value
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[Row]:
         """One row per key: the last version of each (a replaced row's scores are newer)."""
-        return list({row_key(r): r for r in read_rows(self.samples_jsonl)}.values())
+        return list({r.key: r for r in load_rows(self.samples_jsonl)}.values())
 
     def open_for_writing(self, config: dict[str, Any], environment: dict[str, Any]) -> "RunWriter":
         """Lock the directory, refuse mismatched settings, repair a cut-short row, write run.json."""
@@ -168,7 +163,7 @@ class RunStore:
         try:
             existing = self.read_run()
             merged = merge_config(identity(existing), config, self.root) if existing else config
-            run: dict[str, Any] = {"schema": SCHEMA_VERSION}
+            run: dict[str, Any] = {"schema": RUN_SCHEMA_VERSION}
             run.update({k: v for k, v in (existing or {}).items() if k != "schema"})
             run.setdefault("created", environment.get("time"))
             for key, value in merged.items():
@@ -181,8 +176,8 @@ class RunStore:
             run["packages"] = environment.get("packages")
             run["environment"] = {k: v for k, v in environment.items() if k not in ("packages", "relbench_version", "git_commit")}
             atomic_write_json(self.run_json, run)
-            rows = read_rows(self.samples_jsonl, repair=True)
-            writer = RunWriter(self, lock, {row_key(r): r for r in rows}, len(rows))
+            rows = load_rows(self.samples_jsonl, repair=True)
+            writer = RunWriter(self, lock, {r.key: r for r in rows}, len(rows))
         except BaseException:
             lock.release()
             raise
@@ -210,9 +205,9 @@ class RunStore:
         except Timeout:
             raise RelbenchError(f"{self.root}: another relbench process is writing shard {rank} of this run") from None
         try:
-            merged = {row_key(r): r for r in read_rows(self.samples_jsonl)}
-            own = read_rows(self.shard_path(rank), repair=True)
-            merged.update((row_key(r), r) for r in own)
+            merged = {r.key: r for r in load_rows(self.samples_jsonl)}
+            own = load_rows(self.shard_path(rank), repair=True)
+            merged.update((r.key, r) for r in own)
             return RunWriter(self, lock, merged, len(merged), path=self.shard_path(rank))
         except BaseException:
             lock.release()
@@ -289,7 +284,7 @@ class RunWriter:
     run, so a finished run has exactly one row per (method, settings hash, case, seed).
     """
 
-    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, dict[str, Any]], lines: int, path: Path | None = None):
+    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, Row], lines: int, path: Path | None = None):
         self.store = store
         self._lock = lock
         self.rows = rows
@@ -314,21 +309,20 @@ class RunWriter:
     def image_path(self, method: str, case_id: str, seed: int) -> Path:
         return self.store.root / self.store.image_relpath(method, case_id, seed)
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: Row) -> None:
         """Add a new row; a key that already has a row is left as it is."""
-        if row_key(row) not in self.rows:
+        if row.key not in self.rows:
             self._write(row)
 
-    def replace(self, row: dict[str, Any]) -> None:
+    def replace(self, row: Row) -> None:
         """Store a new version of a row (same key)."""
         self._write(row)
 
-    def _write(self, row: dict[str, Any]) -> None:
-        line = json.dumps(row, sort_keys=False, default=str).encode("utf-8") + b"\n"
-        self._handle.write(line)
+    def _write(self, row: Row) -> None:
+        self._handle.write(_line(row))
         self._handle.flush()
         os.fsync(self._handle.fileno())
-        self.rows[row_key(row)] = row
+        self.rows[row.key] = row
         self._lines += 1
 
     @property
@@ -343,7 +337,7 @@ class RunWriter:
         taken = 0
         shards = self.store.shard_paths()
         for shard in shards:
-            for row in read_rows(shard):
+            for row in load_rows(shard):
                 self.replace(row)
                 taken += 1
         if shards:
@@ -356,11 +350,16 @@ class RunWriter:
         """Rewrite samples.jsonl with the last version of each row only (atomic)."""
         if self.is_shard or self._lines == len(self.rows):
             return
-        data = b"".join(json.dumps(row, sort_keys=False, default=str).encode("utf-8") + b"\n" for row in self.rows.values())
+        data = b"".join(_line(row) for row in self.rows.values())
         self._handle.close()
         atomic_write_bytes(self.store.samples_jsonl, data)
         self._handle = open(self.store.samples_jsonl, "ab")
         self._lines = len(self.rows)
 
-    def iter_rows(self) -> Iterator[dict[str, Any]]:
+    def iter_rows(self) -> Iterator[Row]:
         return iter(list(self.rows.values()))
+
+
+def _line(row: Row) -> bytes:
+    """One row as its samples.jsonl line (``default=str``: a metric detail JSON cannot hold)."""
+    return json.dumps(row.to_json(), sort_keys=False, default=str).encode("utf-8") + b"\n"

@@ -1,14 +1,17 @@
 """Read a run directory (``run.json`` + ``samples.jsonl``) into a pandas table.
 
 ``load_run(run_dir)`` returns ``(run_info, samples)``: ``run_info`` is the parsed ``run.json`` and
-``samples`` has one row per generated image with the columns of ``SAMPLE_COLUMNS`` followed by one
-float column per metric (its ``value``; NaN where the image has not been scored by that metric).
+``samples`` has one row per generated image with the columns of ``SAMPLE_COLUMNS`` (the fields of
+``relbench.rows.Row``, the owner of a samples.jsonl row, except ``metrics`` and ``method_settings``;
+then ``metric_details`` and ``run_dir``) followed by one float column per metric (its ``value``;
+NaN where the image has not been scored by that metric).
 Metric columns come in the order ``run.json`` lists the metrics, then any metric only the samples
 name, in order of first appearance.
 
 Reading rules (the run store appends to ``samples.jsonl`` while it runs, and can be killed):
 
-* blank lines are skipped;
+* blank lines are skipped; each line is parsed by ``relbench.rows.Row.from_json`` (a bad key field,
+  image path or metric value is an error naming the file, line and field);
 * bytes after the last newline are a write cut short by a killed run: ignored with a warning;
   an unparseable complete line is an error naming the file and line
   (``relbench.runstore.read_numbered_rows``);
@@ -32,42 +35,32 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from relbench.errors import RelbenchError
-from relbench.runstore import read_numbered_rows
+from relbench.rows import KEY_FIELDS, ROW_FIELDS, Row
+from relbench.runstore import RUN_SCHEMA_VERSION, RunStore, read_numbered_rows
 
-RUN_FILE = "run.json"
-SAMPLES_FILE = "samples.jsonl"
-SCHEMA = 1
+# The run directory's file names, as the run store lays it out.
+RUN_FILE = RunStore(Path()).run_json.name
+SAMPLES_FILE = RunStore(Path()).samples_jsonl.name
+
+# The row's fields that are one column each (subjects and subject_categories as tuples, image
+# "/"-separated relative to the run directory, generation_seconds NaN where null).
+ROW_COLUMNS: tuple[str, ...] = tuple(name for name in ROW_FIELDS if name not in ("metrics", "method_settings"))
 
 # Columns every samples table has, in this order; every other column is a metric value.
 SAMPLE_COLUMNS: tuple[str, ...] = (
-    "method",
-    "settings_hash",
-    "benchmark",
-    "benchmark_version",
-    "profile",
-    "case_id",
-    "relation",
-    "relation_kind",
-    "subjects",  # tuple of subject ids
-    "subject_categories",  # tuple of categories
-    "prompt",
-    "seed",
-    "width",
-    "height",
-    "image",  # path relative to the run directory, "/"-separated
-    "generation_seconds",
+    *ROW_COLUMNS,
     "metric_details",  # {metric: details dict} for each metric the row was scored with
     "run_dir",  # the run directory the row was read from (as given)
 )
 
-# Identity of one generated image inside a run.
-SAMPLE_KEY: tuple[str, ...] = ("method", "settings_hash", "case_id", "seed")
+# Identity of one generated image inside a run (``Row.key``).
+SAMPLE_KEY: tuple[str, ...] = KEY_FIELDS
 
 
 def metric_columns(samples: pd.DataFrame) -> list[str]:
@@ -89,8 +82,8 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         raise RelbenchError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(info, dict):
         raise RelbenchError(f"{path}: expected a JSON object at the top level")
-    if info.get("schema") != SCHEMA:
-        raise RelbenchError(f"{path}: schema: expected {SCHEMA}, got {info.get('schema')!r}")
+    if info.get("schema") != RUN_SCHEMA_VERSION:
+        raise RelbenchError(f"{path}: schema: expected {RUN_SCHEMA_VERSION}, got {info.get('schema')!r}")
     for name, kind in (("benchmark", dict), ("methods", dict), ("metrics", dict)):
         if name in info and not isinstance(info[name], kind):
             raise RelbenchError(f"{path}: {name}: expected a JSON object")
@@ -108,71 +101,31 @@ def read_sample_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return records
 
 
-def _image_path(where: str, value: Any) -> str:
-    # The report links images relative to the run directory, so they must stay inside it.
-    if not isinstance(value, str) or not value:
-        raise RelbenchError(f"{where}: image: expected a path relative to the run directory")
-    posix = PurePosixPath(value.replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts or ":" in posix.parts[0]:
-        raise RelbenchError(f"{where}: image: expected a path inside the run directory, got {value!r}")
-    return posix.as_posix()
-
-
-def _number(where: str, field: str, value: Any) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RelbenchError(f"{where}: {field}: expected a number or null, got {value!r}")
-    return float(value)
-
-
 def _row(
     where: str, record: dict[str, Any], info: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, float], dict[str, bool]]:
     """The fixed columns, the metric values and the metric directions of one samples.jsonl record."""
-    if record.get("schema", SCHEMA) != SCHEMA:
-        raise RelbenchError(f"{where}: schema: expected {SCHEMA}, got {record.get('schema')!r}")
-    for field in ("method", "settings_hash", "case_id"):
-        if not isinstance(record.get(field), str) or not record[field]:
-            raise RelbenchError(f"{where}: {field}: expected a non-empty string")
-    seed = record.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise RelbenchError(f"{where}: seed: expected an integer, got {seed!r}")
+    parsed = Row.from_json(record, where)
     benchmark = info.get("benchmark", {})
+    row: dict[str, Any] = {name: getattr(parsed, name) for name in ROW_COLUMNS}
+    # What a row does not say, run.json does.
+    for column, fallback in (("benchmark", benchmark.get("name")), ("benchmark_version", benchmark.get("version")),
+                             ("profile", info.get("profile"))):
+        if row[column] is None:
+            row[column] = fallback
     # A method that names its rows (the folder method's `name` setting: images made elsewhere)
     # appears under that name in every table; the settings hash still tells configurations apart.
-    settings = record.get("method_settings") if isinstance(record.get("method_settings"), dict) else {}
-    display = settings.get("display_name")
-    row: dict[str, Any] = {
-        "method": display if isinstance(display, str) and display else record["method"],
-        "settings_hash": record["settings_hash"],
-        "benchmark": record.get("benchmark", benchmark.get("name")),
-        "benchmark_version": record.get("benchmark_version", benchmark.get("version")),
-        "profile": record.get("profile", info.get("profile")),
-        "case_id": record["case_id"],
-        "relation": record.get("relation"),
-        "relation_kind": record.get("relation_kind"),
-        "subjects": tuple(record.get("subjects") or ()),
-        "subject_categories": tuple(record.get("subject_categories") or ()),
-        "prompt": record.get("prompt"),
-        "seed": seed,
-        "width": record.get("width"),
-        "height": record.get("height"),
-        "image": _image_path(where, record.get("image")),
-        "generation_seconds": _number(where, "generation_seconds", record.get("generation_seconds")),
-    }
-    metrics = record.get("metrics") or {}
-    if not isinstance(metrics, dict):
-        raise RelbenchError(f"{where}: metrics: expected a JSON object")
+    display = parsed.method_settings.get("display_name")
+    if isinstance(display, str) and display:
+        row["method"] = display
+    row["generation_seconds"] = math.nan if parsed.generation_seconds is None else float(parsed.generation_seconds)
     values: dict[str, float] = {}
     details: dict[str, dict[str, Any]] = {}
     directions: dict[str, bool] = {}
-    for name, result in metrics.items():
+    for name, result in parsed.metrics.items():
         if name in SAMPLE_COLUMNS:
             raise RelbenchError(f"{where}: metrics.{name}: a metric may not be named like a sample column")
-        if not isinstance(result, dict) or "value" not in result:
-            raise RelbenchError(f"{where}: metrics.{name}: expected an object with a 'value'")
-        values[name] = _number(where, f"metrics.{name}.value", result["value"])
+        values[name] = math.nan if result["value"] is None else float(result["value"])
         # Details are free-form per metric; anything but an object is kept as no details.
         details[name] = result["details"] if isinstance(result.get("details"), dict) else {}
         if isinstance(result.get("higher_is_better"), bool):

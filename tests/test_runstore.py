@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from relbench.errors import RelbenchError
-from relbench.runstore import RunStore, read_rows, settings_hash
+from relbench.runstore import Row, RunStore, read_rows, settings_hash
 
 
 def config(**changes: Any) -> dict[str, Any]:
@@ -26,8 +26,9 @@ def config(**changes: Any) -> dict[str, Any]:
     return base
 
 
-def row(method: str = "m1", case: str = "a", seed: int = 0, shash: str = "h1") -> dict[str, Any]:
-    return {"method": method, "settings_hash": shash, "case_id": case, "seed": seed, "metrics": {"clip_t": {"value": 1.0}}}
+def row(method: str = "m1", case: str = "a", seed: int = 0, shash: str = "h1", value: float = 1.0) -> Row:
+    return Row(method=method, settings_hash=shash, case_id=case, seed=seed, image=f"images/{method}/{case}/{seed}.png",
+               metrics={"clip_t": {"value": value}})
 
 
 ENV = {"time": "t0", "relbench_version": "0", "git_commit": None, "packages": {}, "device": "cpu"}
@@ -45,7 +46,7 @@ def test_rows_are_appended_once_per_key_and_read_back(tmp_path: Path) -> None:
         writer.append(row(case="a"))
         writer.append(row(case="a"))  # same key: ignored
         writer.append(row(case="b"))
-    assert [r["case_id"] for r in store.rows()] == ["a", "b"]
+    assert [r.case_id for r in store.rows()] == ["a", "b"]
     with store.open_for_writing(config(), ENV) as writer:
         assert writer.has(("m1", "h1", "a", 0)) and not writer.has(("m1", "h1", "a", 1))
         writer.append(row(case="a"))
@@ -70,7 +71,7 @@ def test_a_row_cut_short_by_a_kill_is_dropped_and_repaired(tmp_path: Path) -> No
 
 def test_a_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "samples.jsonl"
-    path.write_text(json.dumps(row()) + "\nnot json\n" + json.dumps(row(case="b")) + "\n")
+    path.write_text(json.dumps(row().to_json()) + "\nnot json\n" + json.dumps(row(case="b").to_json()) + "\n")
     with pytest.raises(RelbenchError, match=r"samples.jsonl: line 2: not a valid JSON row"):
         read_rows(path)
     path.write_text("[1, 2]\n")
@@ -116,10 +117,10 @@ def test_replaced_rows_keep_the_last_version_and_compact_to_one_line(tmp_path: P
     with store.open_for_writing(config(), ENV) as writer:
         writer.append(row(case="a"))
         writer.append(row(case="b"))
-        writer.replace({**row(case="a"), "metrics": {"clip_t": {"value": 2.0}}})
+        writer.replace(row(case="a", value=2.0))
     # killed before compaction: two lines for "a", readers keep the last
     assert len(store.samples_jsonl.read_text().splitlines()) == 3
-    assert {r["case_id"]: r["metrics"]["clip_t"]["value"] for r in store.rows()} == {"a": 2.0, "b": 1.0}
+    assert {r.case_id: r.metrics["clip_t"]["value"] for r in store.rows()} == {"a": 2.0, "b": 1.0}
     with store.open_for_writing(config(), ENV) as writer:
         writer.compact()
     lines = [json.loads(line) for line in store.samples_jsonl.read_text().splitlines()]
