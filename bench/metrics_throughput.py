@@ -156,10 +156,10 @@ def full_shape_vitpose() -> Any:
     backbone = VitPoseBackboneConfig(image_size=[256, 192], patch_size=[16, 16], hidden_size=768, num_hidden_layers=12,
                                      num_attention_heads=12, intermediate_size=3072, num_experts=6, part_features=192,
                                      out_indices=[12])
-    from relbench.metrics.functional.keypoints import COCO_KEYPOINTS
+    from relbench.keypoints import COCO
 
-    id2label = dict(enumerate(COCO_KEYPOINTS))  # the converted checkpoints' labels: COCO's 17 keypoints
-    config = VitPoseConfig(backbone_config=backbone, num_labels=len(COCO_KEYPOINTS), id2label=id2label,
+    id2label = dict(enumerate(COCO.keypoints))  # the converted checkpoints' labels: COCO's 17 keypoints
+    config = VitPoseConfig(backbone_config=backbone, num_labels=len(COCO.keypoints), id2label=id2label,
                            label2id={name: i for i, name in id2label.items()})
     return VitPoseForPoseEstimation(config).eval(), VitPoseImageProcessor()
 

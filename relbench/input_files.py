@@ -8,8 +8,9 @@ refused (``relbench.runstore.merge_config``); ``relbench data validate --run RUN
 same digests with the same functions, so the two always agree.
 
 * Which files: for each case, its subjects' reference images and masks, and its relation's
-  reference poses (keypoint file, image, masks): every file the spec names for those cases,
-  whichever methods and metrics the run uses (one rule for every run).
+  reference poses (keypoint file and its optional ``_visibility.pth`` beside it, image, masks):
+  every file the spec names for those cases, whichever methods and metrics the run uses (one rule
+  for every run).
 * Keyed by the spec's reference (``dreambench/dog/00.jpg``, ``./imgs/a.png``, ``skimage:coffee``),
   so moving the data root keeps the identity; each entry also records the path it was read from.
 * ``skimage:<name>`` references are hashed like any file: the bytes of the photo inside the
@@ -28,6 +29,7 @@ from pathlib import Path
 from relbench.benchmark import Benchmark, Case
 from relbench.data_root import resolve_path
 from relbench.errors import Problem, RelbenchError
+from relbench.keypoints import visibility_file
 
 # run.json: {"inputs": {reference: {"path": str, "sha256": hex}}}
 InputDigests = dict[str, dict[str, str]]
@@ -49,10 +51,18 @@ def case_file_refs(benchmark: Benchmark, cases: Sequence[Case]) -> list[str]:
             refs.extend(subject.masks)
         for pose in benchmark.relations[case.relation].reference_poses:
             refs.append(pose.keypoints)
+            refs.append(_visibility_ref(pose.keypoints))
             if pose.image:
                 refs.append(pose.image)
             refs.extend(pose.masks)
     return list(dict.fromkeys(refs))
+
+
+def _visibility_ref(keypoints_ref: str) -> str:
+    """The reference of a keypoint file's visibility file: the same folder, spelled as the spec
+    spells it (``./`` kept: it says where the reference is resolved)."""
+    name = keypoints_ref.replace("\\", "/").rsplit("/", 1)[-1]
+    return keypoints_ref[: len(keypoints_ref) - len(name)] + visibility_file(Path(name)).name
 
 
 def input_digests(benchmark: Benchmark, cases: Sequence[Case], data_root: Path) -> InputDigests:

@@ -32,6 +32,7 @@ from typing import Any
 from relbench.benchmark import Benchmark, Case, ReferencePose, Relation, RelationKind, Subject
 from relbench.data_root import is_bundled, open_image, resolve_path
 from relbench.errors import Problem, RelbenchError, SpecError
+from relbench.keypoints import SKELETONS, KeypointFileError, load_pose
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 # Ids name files and folders; 100 keeps <output>/images/<method>/<case>/<seed>.png far from the
@@ -43,8 +44,6 @@ WINDOWS_RESERVED = frozenset(
 )
 # Lists and mappings inside one another; a spec needs 6, a sweep file about as many.
 MAX_NESTING = 32
-# Keypoints per instance for each skeleton a reference pose may use.
-SKELETON_SIZES = {"ap10k": 17, "coco": 17}
 
 
 def read_spec_file(path: Path) -> Any:
@@ -309,8 +308,8 @@ def _parse_poses(check: _Checker, value: Any, where: str) -> tuple[ReferencePose
             continue
         keypoints = check.string(item, "keypoints", at)
         skeleton = check.string(item, "skeleton", at)
-        if skeleton is not None and skeleton not in SKELETON_SIZES:
-            check.add(f"{at}.skeleton", f"expected one of {', '.join(SKELETON_SIZES)}, got {skeleton!r}")
+        if skeleton is not None and skeleton not in SKELETONS:
+            check.add(f"{at}.skeleton", f"expected one of {', '.join(SKELETONS)}, got {skeleton!r}")
             skeleton = None
         image = check.string(item, "image", at, required=False)
         masks = check.string_list(item, "masks", at, required=False)
@@ -466,14 +465,12 @@ def _check_keypoints(file: str, where: str, pose: ReferencePose, data_root: Path
     field = f"{where}.keypoints"
     if not path.is_file():
         return [Problem(file, field, f"keypoint file not found: {path} (data root {data_root})")]
-    from relbench.keypoints import KeypointFileError, load_keypoints
-
     try:
-        points = load_keypoints(path)
+        points, _ = load_pose(path)
     except KeypointFileError as exc:
         return [Problem(file, field, str(exc))]
     problems = []
-    expected_k = SKELETON_SIZES[pose.skeleton]
+    expected_k = SKELETONS[pose.skeleton].size
     if points.shape[1] != expected_k:
         problems.append(Problem(file, field, f"expected {expected_k} keypoints per instance for skeleton {pose.skeleton!r}, got {points.shape[1]}"))
     if pose.masks and points.shape[0] != len(pose.masks):

@@ -13,12 +13,10 @@ import torch
 from PIL import Image
 
 from relbench.errors import RelbenchError
+from relbench.keypoints import AP10K, COCO, Skeleton
 from relbench.methods.dreamrelation.data import (
-    AP10K,
-    COCO,
     NUMBER_WORDS,
     Placement,
-    Skeleton,
     TrainingDataError,
     TripletDataset,
     TripletTransform,
@@ -27,7 +25,6 @@ from relbench.methods.dreamrelation.data import (
     collate,
     derive_predicate,
     load_mask,
-    load_pose,
     read_relation_dir,
     validate_relation_dir,
 )
@@ -143,7 +140,7 @@ def test_hug_2_instance_0_is_the_tiger(shared_data: Path) -> None:
     t = read_relation_dir(shared_data / "dreamrelation", "hug")[2]
     assert t.entities == ("bear", "tiger")
     bear, tiger = (load_mask(p) for p in t.masks)
-    hind_legs = t.keypoints[0, [AP10K.keypoints.index(name) for name in ("L_Knee", "L_B_Paw", "R_Knee", "R_B_Paw")]]
+    hind_legs = t.keypoints[0, [AP10K.keypoints.index(name) for name in ("l_knee", "l_b_paw", "r_knee", "r_b_paw")]]
     height, width = bear.shape
     cols = (hind_legs[:, 0] * width).long().clamp(max=width - 1)
     rows = (hind_legs[:, 1] * height).long().clamp(max=height - 1)
@@ -263,33 +260,7 @@ def test_missing_relation_folder(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Visibility formats and association.
-
-
-def test_visibility_from_third_channel_or_separate_file(tmp_path: Path) -> None:
-    points = torch.rand(2, 5, 2)
-    flags = torch.tensor([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1]], dtype=torch.float32)
-    torch.save(torch.cat([points, flags[..., None]], -1), tmp_path / "three.pth")
-    xy, shown = load_pose(tmp_path / "three.pth")
-    assert torch.equal(xy, points) and torch.equal(shown, flags.bool())
-
-    torch.save(points, tmp_path / "two.pth")
-    torch.save(flags.bool(), tmp_path / "two_visibility.pth")
-    xy, shown = load_pose(tmp_path / "two.pth")
-    assert torch.equal(xy, points) and torch.equal(shown, flags.bool())
-
-    torch.save(points, tmp_path / "plain.pth")
-    assert bool(load_pose(tmp_path / "plain.pth")[1].all())
-
-    # An invisible keypoint may carry any coordinate (COCO writes 0, others -1).
-    odd = torch.cat([points, flags[..., None]], -1)
-    odd[0, 2, :2] = -1.0
-    torch.save(odd, tmp_path / "odd.pth")
-    assert load_pose(tmp_path / "odd.pth")[0][0, 2].tolist() == [-1.0, -1.0]
-
-    torch.save(torch.ones(2, 5, dtype=torch.bool), tmp_path / "three_visibility.pth")
-    with pytest.raises(RelbenchError, match=r"three_visibility.pth: three.pth already has a visibility channel"):
-        load_pose(tmp_path / "three.pth")
+# Instance association.
 
 
 def _strip_masks(n: int, width: int = 60, height: int = 40) -> list[np.ndarray]:
@@ -343,16 +314,6 @@ def test_association_needs_one_mask_per_instance() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation.
-
-
-def test_flip_pairs_are_left_right_names() -> None:
-    for skeleton, left, right in ((AP10K, "L_", "R_"), (COCO, "left_", "right_")):
-        perm = skeleton.flip_permutation()
-        assert [perm[p] for p in perm] == list(range(17))  # an involution
-        assert len(skeleton.flip_pairs) == sum(name.startswith(left) for name in skeleton.keypoints)
-        for a, b in skeleton.flip_pairs:
-            assert skeleton.keypoints[a].startswith(left) and skeleton.keypoints[b] == right + skeleton.keypoints[a][len(left):]
-    assert AP10K.keypoints[7] == "L_F_Paw" and AP10K.flip_permutation()[7] == AP10K.keypoints.index("R_F_Paw")
 
 
 @pytest.mark.parametrize("skeleton", [AP10K, COCO], ids=lambda s: s.name)

@@ -19,10 +19,9 @@ import pytest
 from PIL import Image
 
 from relbench.errors import RelbenchError
+from relbench.keypoints import AP10K, COCO, skeleton_of_labels
 from relbench.metrics.base import ScoringSample
 from relbench.metrics.functional.keypoints import (
-    AP10K_SIGMAS,
-    COCO_SIGMAS,
     associate_instances,
     box_area,
     compared_keypoints,
@@ -33,7 +32,6 @@ from relbench.metrics.functional.keypoints import (
     pck,
     pck_threshold,
     score_configuration,
-    skeleton_of_labels,
     unscorable_reason,
 )
 from relbench.metrics.pose import PoseInputs, PoseReference, PoseScore
@@ -42,6 +40,7 @@ from relbench.metrics.pose.metric import reference_configuration
 from relbench.profiles import RunContext
 
 TINY = dict(profile="tiny", device="cpu")
+AP10K_SIGMAS, COCO_SIGMAS = AP10K.sigmas, COCO.sigmas
 BOXES = ((0.05, 0.05, 0.55, 0.95), (0.45, 0.1, 0.95, 0.9))
 
 
@@ -521,6 +520,34 @@ def test_metric_records_excluded_subjects_and_prefers_references_that_score_all(
         f"no subject can be scored against the reference poses: ref0 ({tmp_path / 'empty.pth'}) "
         "subject dog: 0 visible keypoints in the reference, need >= 2, subject cat: 0 visible keypoints in the reference, need >= 2"
     )
+
+
+@pytest.mark.parametrize("form", ["visibility file", "third channel"])
+def test_reference_keypoints_marked_invisible_are_not_scored(astronaut, tmp_path, form):
+    import torch
+
+    from relbench.benchmark import ReferencePose
+    from relbench.metrics.pose.metric import load_reference_poses
+
+    target = two_animals(4)
+    metric = PoseScore(RunContext(**TINY), ReplayBackend(target * 512))  # the generated image: the reference's pose
+    stored = target.copy()
+    stored[0, 3] = (0.99, 0.01)  # the dog's neck, hidden in the reference photo: its coordinates mean nothing
+    visible = np.ones((2, 17), dtype=bool)
+    visible[0, 3] = False
+    if form == "visibility file":
+        torch.save(torch.tensor(stored, dtype=torch.float32), tmp_path / "pose.pth")
+        torch.save(torch.tensor(visible), tmp_path / "pose_visibility.pth")
+    else:
+        torch.save(torch.tensor(np.concatenate([stored, visible[..., None]], -1), dtype=torch.float32), tmp_path / "pose.pth")
+    references = load_reference_poses([ReferencePose("pose.pth", "ap10k")], tmp_path, None)
+    assert np.isnan(references[0].keypoints[0, 3]).all() and np.isfinite(references[0].keypoints[1]).all()
+    result = metric.score([scoring_sample(astronaut)], [PoseInputs(BOXES, references)])[0]
+    # The old loader scored the hidden neck as if visible: 0.68 here instead of a perfect copy.
+    assert result.value == pytest.approx(1.0, abs=1e-9)
+    assert result.details["oks/dog"] == pytest.approx(1.0, abs=1e-9) and result.details["pck/dog"] == 1.0
+    seen = PoseReference(stored, "ap10k")  # the same file without its visibility: the neck counts
+    assert metric.score([scoring_sample(astronaut)], [PoseInputs(BOXES, (seen,))])[0].value < 0.9
 
 
 def test_metric_reads_reference_poses_from_the_sample(astronaut, tmp_path):

@@ -101,7 +101,7 @@ def test_files_are_the_cases_subject_and_reference_pose_files_each_hashed_once(t
     from relbench import input_files
     from relbench.benchmark import Benchmark, Case, ReferencePose, Relation, RelationKind, Subject
 
-    for name in ("a.png", "a_mask.png", "b.png", "pose.pth", "pose.png", "m0.png", "m1.png", "unused.png"):
+    for name in ("a.png", "a_mask.png", "b.png", "pose.pth", "pose_visibility.pth", "pose.png", "m0.png", "m1.png", "unused.png"):
         (tmp_path / name).write_bytes(name.encode())
     pose = ReferencePose("pose.pth", "coco", "pose.png", ("m0.png", "m1.png"))
     relations = {"hug": Relation("hug", "hugging", RelationKind.INTERACTION, (("x",), ("x",)), (pose, ReferencePose("absent.pth", "coco"))),
@@ -111,12 +111,14 @@ def test_files_are_the_cases_subject_and_reference_pose_files_each_hashed_once(t
     box = (0.0, 0.0, 1.0, 1.0)
     cases = (Case("1", ("a", "b"), "hug", "p", (box, box)), Case("2", ("b", "a"), "near", "p", (box, box)), Case("3", ("c", "a"), "near", "p", (box, box)))
     benchmark = Benchmark("t", "1", "", subjects, relations, cases)
-    assert case_file_refs(benchmark, cases[:2]) == ["a.png", "a_mask.png", "b.png", "pose.pth", "pose.png", "m0.png", "m1.png", "absent.pth"]
+    assert case_file_refs(benchmark, cases[:2]) == ["a.png", "a_mask.png", "b.png", "pose.pth", "pose_visibility.pth", "pose.png",
+                                                    "m0.png", "m1.png", "absent.pth", "absent_visibility.pth"]
     hashed: list[Path] = []
     real = input_files.file_sha256
     monkeypatch.setattr(input_files, "file_sha256", lambda path: hashed.append(path) or real(path))
     digests = input_digests(benchmark, cases[:2], tmp_path)
-    assert list(digests) == ["a.png", "a_mask.png", "b.png", "pose.pth", "pose.png", "m0.png", "m1.png"]  # absent.pth: no file
+    # absent.pth and absent_visibility.pth: no file; the visibility file beside pose.pth is read by the pose metric
+    assert list(digests) == ["a.png", "a_mask.png", "b.png", "pose.pth", "pose_visibility.pth", "pose.png", "m0.png", "m1.png"]
     assert digests["pose.pth"] == {"path": str(tmp_path / "pose.pth"), "sha256": hashlib.sha256(b"pose.pth").hexdigest()}
     assert sorted(hashed) == sorted(tmp_path / ref for ref in digests)  # each file read once
 

@@ -173,14 +173,15 @@ def test_check_files_reports_missing_truncated_and_mismatched_files(tmp_path: Pa
     data = (root / "poses/hug0.png").read_bytes()
     (root / "poses/hug0.png").write_bytes(data[: len(data) // 2])  # truncated
     Image.new("L", (10, 10)).save(root / "subjects/dog/0_mask.png")  # wrong size
-    torch.save(torch.rand(2, 17, 3), root / "poses" / "hug0.pth")  # wrong shape
+    torch.save(torch.rand(2, 17, 4), root / "poses" / "hug0.pth")  # wrong shape
     (spec_dir / "mini.yaml").write_text(yaml.safe_dump(good_spec()))
     _, problems, _ = validate_spec(spec_dir / "mini.yaml", root)
     by_field = {p.field: p.message for p in problems}
     assert "image not found" in by_field["subjects[dog].images[1]"]
     assert by_field["relations[hug].reference_poses[0].image"] == f"{root / 'poses/hug0.png'}: cannot read image: image file is truncated"
     assert by_field["subjects[dog].masks[0]"] == "mask size (10, 10) does not match image size (40, 30)"
-    assert "expected shape (instances, keypoints, 2), got (2, 17, 3)" in by_field["relations[hug].reference_poses[0].keypoints"]
+    assert "expected shape (instances, keypoints, 2), or (instances, keypoints, 3) with a visibility channel, got (2, 17, 4)" \
+        in by_field["relations[hug].reference_poses[0].keypoints"]
 
 
 def test_keypoints_outside_unit_square_and_non_tensor_pickles(tmp_path: Path) -> None:
@@ -199,6 +200,23 @@ def test_keypoints_outside_unit_square_and_non_tensor_pickles(tmp_path: Path) ->
     (root / "poses" / "hug0.pth").write_bytes(b"garbage")
     problems, _ = check_files(bench, root)
     assert any("not a readable keypoint tensor file" in p.message for p in problems)
+
+
+def test_reference_pose_with_a_visibility_channel_is_valid(tmp_path: Path) -> None:
+    import torch
+
+    root, spec_dir = tmp_path / "data", tmp_path / "spec"
+    write_files(root, spec_dir)
+    poses = torch.cat([torch.rand(2, 17, 2), torch.ones(2, 17, 1)], -1)
+    poses[0, 3] = torch.tensor([-1.0, -1.0, 0.0])  # hidden: any coordinate
+    torch.save(poses, root / "poses" / "hug0.pth")
+    (spec_dir / "mini.yaml").write_text(yaml.safe_dump(good_spec()))
+    assert validate_spec(spec_dir / "mini.yaml", root)[1] == []  # the old check refused the (x, y, v) form
+    poses[0, 3, 2] = 1.0  # now visible: its coordinates must be in [0, 1]
+    torch.save(poses, root / "poses" / "hug0.pth")
+    problems = validate_spec(spec_dir / "mini.yaml", root)[1]
+    assert [p.field for p in problems] == ["relations[hug].reference_poses[0].keypoints"]
+    assert "visible keypoints must be normalised to [0, 1], got values in [-1.000" in problems[0].message
 
 
 def test_data_root_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

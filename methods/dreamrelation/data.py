@@ -13,12 +13,10 @@ from the files, never assumed)::
     <root>/<relation>/masks/<i>/motion<j>.png              mask of entity j in motion.png
 
 Keypoints are normalised (x, y): x = 0 is the left edge of the image and x = 1 its right edge, so
-pixel column ``c`` covers ``[c / W, (c + 1) / W)``. Visibility (1 = visible) is optional, in one of
-two forms: a third channel in the keypoint file, shape (N, K, 3) with (x, y, v) and v > 0 meaning
-visible; or a separate file beside it named ``<stem>_visibility.pth`` (for example
-``motion_keyposes_visibility.pth``) holding an (N, K) tensor, non-zero meaning visible. Without
-either, every keypoint is visible. The coordinates of invisible keypoints are never used and may
-lie outside [0, 1] (after a crop they do).
+pixel column ``c`` covers ``[c / W, (c + 1) / W)``. Visibility is optional: a third channel
+(x, y, v) or a ``<stem>_visibility.pth`` file beside it (``relbench.keypoints.load_pose``, the one
+reader of keypoint files, also used by the specs' reference poses). The coordinates of invisible
+keypoints are never used and may lie outside [0, 1] (after a crop they do).
 
 The masks are in entity order (motion0 belongs to entity 0), but the instance order of
 ``motion_keyposes.pth`` is not trusted (upstream matched by index and the sample data has swapped
@@ -40,7 +38,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from relbench.errors import Problem, RelbenchError, SpecError
-from relbench.keypoints import KeypointFileError, load_keypoints
+from relbench.keypoints import KeypointFileError, Skeleton, get_skeleton, load_pose
 
 # Upstream names concept keypoint files by the English number of the entity (1-based).
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -50,49 +48,6 @@ MASK_THRESHOLD = 127  # masks are 8-bit; above this is inside
 
 class TrainingDataError(SpecError):
     """Training triplets that cannot be used; carries every problem found, not just the first."""
-
-
-# --------------------------------------------------------------------------------------------
-# Skeletons: keypoint names and the left/right pairs a horizontal flip exchanges.
-
-
-@dataclass(frozen=True)
-class Skeleton:
-    name: str
-    keypoints: tuple[str, ...]
-    # Index pairs (left, right) that swap roles when the image is mirrored.
-    flip_pairs: tuple[tuple[int, int], ...]
-
-    def flip_permutation(self) -> list[int]:
-        """``new[k] = old[perm[k]]`` after a horizontal flip: left and right exchanged."""
-        perm = list(range(len(self.keypoints)))
-        for left, right in self.flip_pairs:
-            perm[left], perm[right] = right, left
-        return perm
-
-
-AP10K = Skeleton(
-    "ap10k",
-    ("L_Eye", "R_Eye", "Nose", "Neck", "Root_of_tail", "L_Shoulder", "L_Elbow", "L_F_Paw", "R_Shoulder",
-     "R_Elbow", "R_F_Paw", "L_Hip", "L_Knee", "L_B_Paw", "R_Hip", "R_Knee", "R_B_Paw"),
-    ((0, 1), (5, 8), (6, 9), (7, 10), (11, 14), (12, 15), (13, 16)),
-)
-COCO = Skeleton(
-    "coco",
-    ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
-     "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-     "right_ankle"),
-    ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
-)
-SKELETONS: dict[str, Skeleton] = {s.name: s for s in (AP10K, COCO)}
-
-
-def get_skeleton(skeleton: str | Skeleton) -> Skeleton:
-    if isinstance(skeleton, Skeleton):
-        return skeleton
-    if skeleton not in SKELETONS:
-        raise RelbenchError(f"skeleton: unknown skeleton {skeleton!r}; expected one of {', '.join(SKELETONS)}")
-    return SKELETONS[skeleton]
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,59 +103,7 @@ def _find_sequence(words: list[str], phrase: list[str], start: int) -> int | Non
 
 
 # --------------------------------------------------------------------------------------------
-# Keypoint files with optional visibility, and masks.
-
-
-def load_pose(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K, 2) normalised keypoints and (N, K) bool visibility; formats in the module docstring."""
-    try:
-        xy, visibility = load_keypoints(path), None
-    except KeypointFileError:
-        three = _load_three_channel(path)
-        if three is None:
-            raise  # not the (x, y, v) form either: load_keypoints' message says what is wrong
-        xy, visibility = three
-    sidecar = path.with_name(f"{path.stem}_visibility.pth")
-    if sidecar.is_file():
-        if visibility is not None:
-            raise KeypointFileError(f"{sidecar}: {path.name} already has a visibility channel; keep one of the two")
-        visibility = _load_visibility(sidecar, tuple(xy.shape[:2]))
-    if visibility is None:
-        visibility = torch.ones(xy.shape[:2], dtype=torch.bool)
-    return xy, visibility
-
-
-def _load_three_channel(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(x, y, v) keypoints, or None when the file is not a float (N, K, 3) tensor."""
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # load_keypoints already reported why it cannot be read
-        return None
-    if not isinstance(value, torch.Tensor) or value.ndim != 3 or value.shape[-1] != 3 or not value.is_floating_point():
-        return None
-    value = value.float()
-    xy, visibility = value[..., :2].clone(), value[..., 2] > 0
-    if not torch.isfinite(value).all():
-        raise KeypointFileError(f"{path}: keypoints must be finite numbers")
-    shown = xy[visibility]
-    if shown.numel() and (shown.min() < 0 or shown.max() > 1):
-        raise KeypointFileError(
-            f"{path}: visible keypoints must be normalised to [0, 1], got values in "
-            f"[{shown.min().item():.3f}, {shown.max().item():.3f}]"
-        )
-    return xy, visibility
-
-
-def _load_visibility(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
-    try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        message = " ".join(str(exc).split())[:200]
-        raise KeypointFileError(f"{path}: not a readable visibility tensor file (loaded with weights_only=True): {message}") from exc
-    if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
-        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise KeypointFileError(f"{path}: expected a visibility tensor of shape {shape} (instances, keypoints), got {got}")
-    return value != 0
+# Masks.
 
 
 def load_mask(path: Path) -> np.ndarray:

@@ -141,7 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     relation_dir = args.data_root / args.relation
     if not (relation_dir / "prompts.json").is_file():
         raise RelbenchError(f"{relation_dir}: not a DreamRelation relation folder (no prompts.json); check --data-root and --relation")
-    from relbench.methods.dreamrelation.data import get_skeleton, validate_relation_dir
+    from relbench.keypoints import get_skeleton
+    from relbench.methods.dreamrelation.data import validate_relation_dir
     from relbench.profiles import parse_model_overrides
 
     get_skeleton(args.skeleton)

@@ -13,7 +13,7 @@ Definitions (d_i: distance between predicted and reference keypoint i, both in t
   pycocotools. A reference keypoint whose prediction is missing (NaN) adds exp(-inf) = 0. ``area``
   (COCO's s^2) is the area w * h of the box around the reference instance's keypoints: COCO uses the
   segmentation area, which keypoint references do not have. Sigmas are those of the reference's
-  skeleton (``COCO_SIGMAS``, ``AP10K_SIGMAS``).
+  skeleton (``relbench.keypoints.SKELETONS``).
 * PCK@a: the fraction of the ``v_i`` keypoints with d_i <= a * max(w, h) of that same box
   (a = 0.1 by default); a missing prediction is a miss.
 * Alignment: one similarity transform (scale s, rotation R, no reflection, translation t) maps the
@@ -42,10 +42,10 @@ Definitions (d_i: distance between predicted and reference keypoint i, both in t
   instance n's keypoints that fall inside subject s's mask; ``scipy.optimize.linear_sum_assignment``
   maximises the total. The keypoint order of a file is not trusted (in DreamRelation's ``shake``
   examples 0-2 instance 0 is entity 1).
-* Skeletons: ``coco`` (17 human keypoints) and ``ap10k`` (17 animal keypoints). Between the two, the
-  15 keypoints with the same body part correspond (eyes, nose, shoulders, elbows, hips, knees;
-  wrists = front paws, ankles = back paws); COCO's ears and AP-10K's neck and root of tail have no
-  counterpart and are left out of every term.
+* Skeletons (defined in ``relbench.keypoints``): ``coco`` (17 human keypoints) and ``ap10k`` (17
+  animal keypoints). Between the two, the 15 keypoints with the same body part correspond (eyes,
+  nose, shoulders, elbows, hips, knees; wrists = front paws, ankles = back paws); COCO's ears and
+  AP-10K's neck and root of tail have no counterpart and are left out of every term.
 """
 
 from __future__ import annotations
@@ -56,71 +56,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from relbench.keypoints import COCO_TO_AP10K, SKELETONS
+
 PCK_ALPHA = 0.1
 INTER_KAPPA = 0.5
 # A reference instance needs this many visible keypoints to have a size (box, radius) to score against.
 MIN_VISIBLE_KEYPOINTS = 2
-
-# Names in the spelling of transformers' ViTPose configs (COCO) and the AP-10K annotations.
-COCO_KEYPOINTS = (
-    "nose", "l_eye", "r_eye", "l_ear", "r_ear", "l_shoulder", "r_shoulder", "l_elbow", "r_elbow",
-    "l_wrist", "r_wrist", "l_hip", "r_hip", "l_knee", "r_knee", "l_ankle", "r_ankle",
-)
-AP10K_KEYPOINTS = (
-    "l_eye", "r_eye", "nose", "neck", "root_of_tail", "l_shoulder", "l_elbow", "l_f_paw", "r_shoulder",
-    "r_elbow", "r_f_paw", "l_hip", "l_knee", "l_b_paw", "r_hip", "r_knee", "r_b_paw",
-)
-# Per-keypoint OKS sigmas: COCO (pycocotools' default kpt_oks_sigmas) and AP-10K (its mmpose
-# dataset config), each in its skeleton's keypoint order.
-COCO_SIGMAS = (
-    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
-    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
-)
-AP10K_SIGMAS = (
-    0.025, 0.025, 0.026, 0.035, 0.035, 0.079, 0.072, 0.062, 0.079,
-    0.072, 0.062, 0.107, 0.087, 0.089, 0.107, 0.087, 0.089,
-)
-# COCO keypoint -> the AP-10K keypoint on the same body part.
-COCO_TO_AP10K = {
-    "nose": "nose", "l_eye": "l_eye", "r_eye": "r_eye", "l_shoulder": "l_shoulder", "r_shoulder": "r_shoulder",
-    "l_elbow": "l_elbow", "r_elbow": "r_elbow", "l_wrist": "l_f_paw", "r_wrist": "r_f_paw", "l_hip": "l_hip",
-    "r_hip": "r_hip", "l_knee": "l_knee", "r_knee": "r_knee", "l_ankle": "l_b_paw", "r_ankle": "r_b_paw",
-}
-
-
-@dataclass(frozen=True)
-class Skeleton:
-    name: str
-    keypoints: tuple[str, ...]
-    sigmas: tuple[float, ...]
-
-    @property
-    def size(self) -> int:
-        return len(self.keypoints)
-
-
-SKELETONS: dict[str, Skeleton] = {
-    "coco": Skeleton("coco", COCO_KEYPOINTS, COCO_SIGMAS),
-    "ap10k": Skeleton("ap10k", AP10K_KEYPOINTS, AP10K_SIGMAS),
-}
-
-
-def normalize_keypoint_name(name: str) -> str:
-    """``"L_Eye"``, ``"left_eye"``, ``"Root of tail"`` -> ``"l_eye"``, ``"l_eye"``, ``"root_of_tail"``."""
-    name = name.strip().lower().replace(" ", "_").replace("-", "_")
-    for long, short in (("left_", "l_"), ("right_", "r_")):
-        if name.startswith(long):
-            name = short + name[len(long):]
-    return name
-
-
-def skeleton_of_labels(labels: Sequence[str]) -> str | None:
-    """The known skeleton whose keypoint names are ``labels`` in order, or None."""
-    names = tuple(normalize_keypoint_name(label) for label in labels)
-    for skeleton in SKELETONS.values():
-        if names == skeleton.keypoints:
-            return skeleton.name
-    return None
 
 
 def _correspondence(source: str, target: str) -> dict[str, str]:

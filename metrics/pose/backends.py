@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from relbench.errors import RelbenchError
+from relbench.keypoints import COCO, SKELETONS, skeleton_of_labels
 from relbench.metrics.loading import batched, built_model_name, load_component, load_pretrained, model_source, resolve_revision
-from relbench.metrics.functional.keypoints import COCO_KEYPOINTS, SKELETONS, skeleton_of_labels
 from relbench.profiles import FULL_MODELS, ModelRef, RunContext, resolved_revision, torch_dtype
 
 if TYPE_CHECKING:
@@ -127,9 +127,9 @@ def tiny_vitpose(seed: int = 0, *, num_experts: int = 6) -> tuple[Any, Any]:
         image_size=[64, 48], patch_size=[16, 16], hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         mlp_ratio=2, num_experts=num_experts, part_features=8 if num_experts > 1 else 0, out_indices=[2],
     )
-    id2label = {i: name for i, name in enumerate(COCO_KEYPOINTS)}
+    id2label = {i: name for i, name in enumerate(COCO.keypoints)}
     config = VitPoseConfig(
-        backbone_config=backbone, num_labels=len(COCO_KEYPOINTS), id2label=id2label,
+        backbone_config=backbone, num_labels=len(COCO.keypoints), id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
     )
     with seeded(seed):
@@ -288,8 +288,8 @@ class MediaPipeBackend(PoseBackend):
         for image, image_boxes in zip(images, boxes_):
             pixels = np.asarray(image.convert("RGB"))
             height, width = pixels.shape[:2]
-            keypoints = np.full((len(image_boxes), len(COCO_KEYPOINTS), 2), np.nan)
-            scores = np.zeros((len(image_boxes), len(COCO_KEYPOINTS)))
+            keypoints = np.full((len(image_boxes), len(COCO.keypoints), 2), np.nan)
+            scores = np.zeros((len(image_boxes), len(COCO.keypoints)))
             for s, box in enumerate(image_boxes):
                 x0, y0, x1, y1 = padded_box(box, width, height)
                 result = self._pose.process(np.ascontiguousarray(pixels[y0:y1, x0:x1]))

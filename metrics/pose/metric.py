@@ -4,7 +4,8 @@ For each case: a top-down pose estimator (``relbench.metrics.pose.backends``, Vi
 finds one pose per subject inside the case's layout boxes (one box per subject, in role order; the
 layout is what the methods were asked to follow, so the box says which subject is which without a
 detector; a detector can come later). The poses are compared with each reference example of the
-relation (DreamRelation's motion keypoints):
+relation (DreamRelation's motion keypoints; a keypoint the file marks invisible, see
+``relbench.keypoints``, is absent from the reference and never scored):
 
 1. the reference's instances are assigned to the case's subjects by mask containment (Hungarian
    assignment; by file order only when the reference pose has no masks, and the settings say so);
@@ -35,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from relbench.errors import RelbenchError
+from relbench.keypoints import SKELETONS
 from relbench.metrics.base import Metric, MetricResult, ScoringSample
 from relbench.metrics.functional.keypoints import (
     INTER_KAPPA,
     MIN_VISIBLE_KEYPOINTS,
     PCK_ALPHA,
-    SKELETONS,
     associate_instances,
     compared_keypoints,
     convert_skeleton,
@@ -68,7 +69,7 @@ Box = tuple[float, float, float, float]
 class PoseReference:
     """One reference example, loaded: keypoints of each instance and what places them."""
 
-    keypoints: np.ndarray  # (N, K, 2) normalised (x, y) in [0, 1] of the reference image
+    keypoints: np.ndarray  # (N, K, 2) normalised (x, y) in [0, 1] of the reference image; NaN: not visible
     skeleton: str  # keypoint order: "coco" or "ap10k"
     image_size: tuple[int, int] | None = None  # (width, height) of the reference image; None: square
     masks: tuple[np.ndarray, ...] = ()  # one boolean (H, W) mask per subject, in role order
@@ -89,29 +90,28 @@ class PoseInputs:
 
 
 def _open_image(path: Path, what: str) -> "Image.Image":
-    from PIL import Image, UnidentifiedImageError
+    """A reference image or mask, through the one opener of spec images (full decode, pixel limit)."""
+    from relbench.data_root import open_image
 
     if not path.is_file():
         raise RelbenchError(f"{path}: {what} not found (run `relbench data download` or pass --data-root)")
-    try:
-        image = Image.open(path)
-        image.load()
-        return image
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise RelbenchError(f"{path}: cannot read {what}: {exc}") from exc
+    return open_image(path)
 
 
 def load_reference_poses(poses: Sequence["ReferencePose"], data_root: Path, spec_dir: Path | None) -> tuple[PoseReference, ...]:
-    """Read the keypoint files, image sizes and masks of a relation's reference poses."""
+    """Read the keypoint files, image sizes and masks of a relation's reference poses; a keypoint
+    the file marks invisible (``relbench.keypoints``: (x, y, v) or ``_visibility.pth``) becomes NaN,
+    which every term of the score leaves out."""
     from relbench.data_root import resolve_path
-    from relbench.keypoints import load_keypoints
+    from relbench.keypoints import load_pose
 
     loaded = []
     for pose in poses:
         path = resolve_path(pose.keypoints, data_root, spec_dir)
         if not path.is_file():
             raise RelbenchError(f"{path}: keypoints file not found (run `relbench data download` or pass --data-root)")
-        keypoints = load_keypoints(path).numpy().astype(np.float64)
+        xy, visible = load_pose(path)
+        keypoints = np.where(visible.numpy()[..., None], xy.numpy().astype(np.float64), np.nan)
         if pose.skeleton not in SKELETONS or keypoints.shape[1] != SKELETONS[pose.skeleton].size:
             raise RelbenchError(f"{path}: skeleton {pose.skeleton!r} with {keypoints.shape[1]} keypoints per instance; expected one of "
                                 + ", ".join(f"{name} ({s.size})" for name, s in SKELETONS.items()))
