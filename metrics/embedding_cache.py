@@ -14,8 +14,8 @@ Layout: ``<folder>/<settings hash[:32]>/settings.json`` (the identity, for peopl
 ``<folder>/<settings hash[:32]>/<digest[:2]>/<digest>.safetensors``, one float32 vector per file,
 whose metadata repeats the full settings hash, the digest and a SHA-256 of the vector bytes. A
 file that cannot be read, belongs to another key, has the wrong size or fails its checksum is
-recomputed with a warning and replaced. Writes go to a temporary file in the same folder, then
-``os.replace``: a killed process leaves no half-written entry, and concurrent writers of one key
+recomputed with a warning and replaced. Writes are atomic (``relbench.atomic``: a temporary file
+in the same folder, then ``os.replace``): a killed process leaves no half-written entry, and concurrent writers of one key
 write the same vector.
 
 What fixes the weights, by where the model came from:
@@ -42,12 +42,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relbench.atomic import atomic_write_bytes
 from relbench.errors import RelbenchError
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ class EmbeddingStore:
         meta = {"schema": str(SCHEMA), "settings": self.hash, "digest": digest, "sha256": _vector_sha256(vector)}
         try:
             self._write_settings()
-            _atomic_write(self.path(digest), save({TENSOR_NAME: vector}, metadata=meta))
+            atomic_write_bytes(self.path(digest), save({TENSOR_NAME: vector}, metadata=meta))
         except OSError as exc:
             self.writable = False
             log.warning("embedding cache: cannot write under %s (%s); embeddings are kept in memory only", self.folder, exc)
@@ -219,24 +219,11 @@ class EmbeddingStore:
         path = self.folder / "settings.json"
         if not path.is_file():
             text = json.dumps({"schema": SCHEMA, "settings_hash": self.hash, **self.identity}, indent=1, sort_keys=True, default=str)
-            _atomic_write(path, text.encode("utf-8"))
+            atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _vector_sha256(vector: "torch.Tensor") -> str:
     return hashlib.sha256(vector.contiguous().numpy().tobytes()).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, then rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,23 +22,17 @@ same digests with the same functions, so the two always agree.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from relbench.benchmark import Benchmark, Case
 from relbench.data_root import resolve_path
 from relbench.errors import Problem, RelbenchError
+from relbench.hashing import file_sha256
 from relbench.keypoints import visibility_file
 
 # run.json: {"inputs": {reference: {"path": str, "sha256": hex}}}
 InputDigests = dict[str, dict[str, str]]
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, streamed (hex)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def case_file_refs(benchmark: Benchmark, cases: Sequence[Case]) -> list[str]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from relbench.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer
@@ -62,13 +63,9 @@ def clip_bpe_files(cache_dir: Path | None = None) -> tuple[Path, Path]:
         raise RuntimeError(f"{source}: derived {len(tokens)} tokens, expected {CLIP_VOCAB_SIZE}")
     vocab = {token: i for i, token in enumerate(tokens)}
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Written to temporary files and renamed, so that concurrent processes never read half a file.
+    # Written atomically, so that concurrent processes never read half a file.
     for path, text in ((vocab_path, json.dumps(vocab)), (merges_path, "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")):
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return vocab_path, merges_path
 
 

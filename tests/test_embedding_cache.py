@@ -283,7 +283,7 @@ def test_unwritable_cache_warns_once_and_keeps_scoring(samples, monkeypatch, cap
     def full_disk(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache_module, "_atomic_write", full_disk)
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", full_disk)
     metric = DINOScore(RunContext(profile="tiny", **CPU))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         results = metric.score(samples)

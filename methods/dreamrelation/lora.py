@@ -13,12 +13,13 @@ at half its trained strength. Files without it (the released LoRAs) are read as 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relbench.atomic import atomic_save_safetensors
 from relbench.errors import RelbenchError
+from relbench.hashing import file_sha256  # noqa: F401  (re-exported: dreamrelation/method.py imports it from here)
 
 if TYPE_CHECKING:
     import torch
@@ -69,25 +70,10 @@ def lora_config(unet: "UNet2DConditionModel") -> dict[str, Any]:
 def save_relation_lora(unet: "UNet2DConditionModel", directory: Path, metadata: dict[str, str] | None = None) -> Path:
     """Write ``<directory>/pytorch_lora_weights.safetensors`` atomically with the adapter config in
     diffusers' metadata (module docstring); returns its path."""
-    import os
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LORA_WEIGHT_NAME
     state = {key: value.to("cpu") for key, value in lora_state_dict(unet).items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{LORA_WEIGHT_NAME}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        # Keys prefixed "unet." as diffusers' SDXL pipeline packs them; it passes the config to LoraConfig(**...).
-        adapter = json.dumps({f"unet.{key}": value for key, value in lora_config(unet).items()}, sort_keys=True)
-        save_file(state, tmp, metadata={"format": "pt", **(metadata or {}), LORA_ADAPTER_METADATA_KEY: adapter})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # Keys prefixed "unet." as diffusers' SDXL pipeline packs them; it passes the config to LoraConfig(**...).
+    adapter = json.dumps({f"unet.{key}": value for key, value in lora_config(unet).items()}, sort_keys=True)
+    return atomic_save_safetensors(directory / LORA_WEIGHT_NAME, state, {**(metadata or {}), LORA_ADAPTER_METADATA_KEY: adapter})
 
 
 def resolve_lora_file(source: str | Path) -> Path:
@@ -136,14 +122,6 @@ def read_lora_config(path: Path) -> dict[str, Any] | None:
     if not isinstance(config.get("r"), int) or not isinstance(config.get("lora_alpha"), (int, float)):
         raise RelbenchError(f"{path}: metadata {LORA_ADAPTER_METADATA_KEY} lacks the UNet's integer r and numeric lora_alpha")
     return config
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def lora_rank(state: dict[str, Any]) -> int | None:

@@ -13,16 +13,15 @@ every other row after each step" (Adam is elementwise and the other rows never m
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from relbench.atomic import atomic_save_safetensors
 from relbench.errors import RelbenchError
+from relbench.hashing import file_sha256  # noqa: F401  (re-exported: reversion/method.py imports it from here)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -55,20 +54,8 @@ class RelationEmbedding(nn.Module):
 def save_learned_embeds(vector: "Tensor", token: str, folder: Path, name: str = EMBEDS_NAME,
                         metadata: dict[str, str] | None = None) -> Path:
     """Write ``{token: (1, D)}`` atomically; returns the file's path."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
     state = {token: vector.detach().float().reshape(1, -1).cpu().contiguous()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_safetensors(folder / name, state, metadata)
 
 
 def read_learned_embeds(path: Path) -> tuple[str, "Tensor"]:
@@ -90,11 +77,3 @@ def read_learned_embeds(path: Path) -> tuple[str, "Tensor"]:
     if not isinstance(vector, torch.Tensor) or vector.dim() not in (1, 2) or (vector.dim() == 2 and vector.shape[0] != 1):
         raise RelbenchError(f"{path}: {token}: expected a (D,) or (1, D) tensor, got {getattr(vector, 'shape', type(vector).__name__)}")
     return str(token), vector.reshape(-1).float()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -25,11 +25,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from relbench.atomic import atomic_write_text
 from relbench.errors import RelbenchError
 from relbench.metrics.relation_judge import (
     ChoiceAnswer,
@@ -94,16 +94,8 @@ class JudgeCache:
 
     def put(self, parts: dict[str, str], answer: dict[str, Any]) -> None:
         path = self.path(cache_key(parts))
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"schema": CACHE_SCHEMA, "key": parts, "answer": answer}, ensure_ascii=False, indent=1)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text)
 
 
 Answer = TypeVar("Answer", YesNoAnswer, ChoiceAnswer)
