@@ -392,8 +392,7 @@ def data_validate(
     if problems:
         _echo_err(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
         raise typer.Exit(2)
-    if bench is None:  # unreachable: validate_spec reports a problem whenever it returns no benchmark
-        raise typer.Exit(2)
+    assert bench is not None  # validate_spec reports a problem whenever it returns no benchmark
     checked = "files not checked" if no_files else f"{n_images} images checked in {root}"
     typer.echo(f"{bench.label}: {len(bench.cases)} cases, {len(bench.relations)} relations, {len(bench.subjects)} subjects, {checked}{run_note}")
 

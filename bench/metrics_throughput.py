@@ -37,7 +37,6 @@ from typing import Any
 IDENTITY = ("identity_clip", "identity_dino", "presence", "confusion", "swap", "blend")
 IDENTITY_GROUP = "identity (6 metrics)"
 JUDGE = ("relation_vqa", "relation_acc", "relation_mc")
-BOXES = ((0.0, 0.2, 0.55, 0.85), (0.55, 0.26, 0.95, 0.9))
 
 
 # --------------------------------------------------------------------------------------------

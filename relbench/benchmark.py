@@ -84,15 +84,3 @@ class Benchmark:
                 return case
         raise KeyError(case_id)
 
-    def image_refs(self) -> list[str]:
-        """Every image and mask the benchmark needs, each once, in spec order."""
-        refs: list[str] = []
-        for subject in self.subjects.values():
-            refs.extend(subject.images)
-            refs.extend(subject.masks)
-        for relation in self.relations.values():
-            for pose in relation.reference_poses:
-                if pose.image:
-                    refs.append(pose.image)
-                refs.extend(pose.masks)
-        return list(dict.fromkeys(refs))

@@ -54,7 +54,9 @@ class Method(ABC):
     Subclasses set ``info`` (their ``MethodInfo``, from a torch-free module; ``name`` and
     ``profiles`` are assigned from it) and ``settings_cls`` (a dataclass of their options, one
     comment per field, with the authors' recommended defaults), and implement ``generate``.
-    Methods that train override ``train``.
+    Training is not part of this interface: trainers are ``relbench train`` entries (the method's
+    ``MethodInfo``), and methods that fine-tune per subject set train on first need
+    (``relbench.trained_cache``).
     """
 
     info: ClassVar[MethodInfo]
@@ -125,9 +127,6 @@ class Method(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list["Image.Image"]:
         """One RGB image per request, of the requested size, deterministic given the seed."""
-
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        raise RelbenchError(f"method {self.name!r} has no training step")
 
 
 ALL_RELATIONS = "*"  # a per-relation setting's value for every relation

@@ -70,8 +70,8 @@ TINY_BANNER = (
 )
 NOT_COMPARABLE = "settings may differ; not directly comparable"
 
-# The paper's numbers, copied from the DreamRelation project page table (multi-object columns), as
-# recorded in the project notes (shared/notes/dreamrelation.md, "Reported results"). Scores x100.
+# The paper's numbers, copied from the DreamRelation project page table (multi-object columns).
+# Scores x100.
 PAPER_SOURCE = "DreamRelation (CVPR 2025, arXiv 2410.23280), project page table, multi-object columns"
 PAPER_COLUMNS: tuple[tuple[str, str], ...] = (("CLIP-T", "clip_t"), ("CLIP-R", "clip_r"), ("CLIP-I", "clip_i"), ("DINO", "dino"))
 PAPER_RESULTS: tuple[tuple[str, float, float, float, float], ...] = (
@@ -84,10 +84,11 @@ PAPER_RESULTS: tuple[tuple[str, float, float, float, float], ...] = (
     ("DreamRelation", 28.9, 20.4, 75.4, 62.1),
 )
 
-# Metrics the identity-vs-relation scatter plots, in order of preference (the first present wins);
-# a relation judge metric (tables.judge_metrics) comes before the named relation metrics.
-IDENTITY_METRICS: tuple[str, ...] = ("identity", "dino", "clip_i")
-RELATION_METRICS: tuple[str, ...] = ("relation_judge", "clip_r")
+# Metrics the identity-vs-relation scatter plots, in order of preference (the first present wins):
+# per-subject identity (crops of the detected subjects) before whole-image similarity; a relation
+# judge metric (tables.judge_metrics, e.g. relation_vqa) comes before the named relation metrics.
+IDENTITY_METRICS: tuple[str, ...] = ("identity_dino", "identity_clip", "dino", "clip_i")
+RELATION_METRICS: tuple[str, ...] = ("clip_r",)
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
@@ -729,14 +730,3 @@ def build_report(
     }, formats)
     notes = board_notes(Headline(data.headline, data.headline_reason), data.summary)
     return ReportFiles(page, board, tuple(exports), tuple(notes))
-
-
-def write_report(
-    run_dirs: str | Path | Sequence[str | Path],
-    output: str | Path | None = None,
-    formats: str | Sequence[str] | None = (),
-    headline: str | None = None,
-    cases: str = COMMON,
-) -> Path:
-    """``build_report``, returning the page's path."""
-    return build_report(run_dirs, output, formats, headline, cases).page

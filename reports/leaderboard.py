@@ -273,11 +273,6 @@ def load_runs(run_dirs: Sequence[str | Path]) -> RunSet:
     return RunSet(runs, deduped.reset_index(drop=True))
 
 
-def merge_runs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """The samples of several runs in one table, each image counted once (see the module docstring)."""
-    return load_runs(run_dirs).samples
-
-
 @dataclass(frozen=True)
 class Board:
     """A leaderboard with what it was computed from: the metric summary and the headline."""

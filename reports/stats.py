@@ -106,17 +106,6 @@ def bootstrap_ci(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def case_means(samples: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per configuration and case: the mean of ``metric`` over the seeds that have a value.
-
-    Columns: GROUP_COLUMNS, ``case_id``, ``value``, ``n_seeds``; cases without any value are absent.
-    """
-    keys = [*GROUP_COLUMNS, "case_id"]
-    values = samples.loc[samples[metric].notna(), [*keys, metric]]
-    table = values.groupby(keys, dropna=False, sort=True).agg(value=(metric, "mean"), n_seeds=(metric, "size"))
-    return table.reset_index()
-
-
 def nan_free(values: Iterable[Any]) -> tuple[Any, ...]:
     """Group-key values with NaN as None: old files may lack a benchmark or profile, and NaN != NaN."""
     return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)

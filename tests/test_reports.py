@@ -20,11 +20,11 @@ from PIL import Image
 from relbench.errors import RelbenchError
 from relbench.reports.compare import compare_runs, comparison_table, format_comparison, verdict
 from relbench.reports.html import (
-    PAPER_RESULTS, SCRIPT, TINY_BANNER, build_report, collect, parse_formats, samples_for_export, write_report,
+    PAPER_RESULTS, SCRIPT, TINY_BANNER, build_report, collect, parse_formats, samples_for_export,
 )
-from relbench.reports.leaderboard import best_mask, case_set_note, leaderboard, load_runs, merge_runs, write_leaderboard_csv
+from relbench.reports.leaderboard import best_mask, case_set_note, leaderboard, load_runs, write_leaderboard_csv
 from relbench.reports.stats import (
-    Headline, bootstrap_ci, breakdown, case_means, choose_headline, cis_overlap, compare, metric_summary, resolve_config,
+    Headline, bootstrap_ci, breakdown, choose_headline, cis_overlap, compare, metric_summary, resolve_config,
 )
 from relbench.reports.tables import SAMPLE_COLUMNS, failure_flags, judge_metrics, load_run
 
@@ -207,8 +207,6 @@ def test_seeds_are_averaged_within_a_case_before_the_bootstrap(tmp_path: Path) -
         sample("sdxl", "cat-on-rocket", 0, clip_t=10.0),
     ]
     samples = frame(rows, tmp_path)
-    per_case = case_means(samples, "clip_t")
-    assert per_case[["case_id", "value", "n_seeds"]].values.tolist() == [["astronaut-hug-cat", 3.0, 3], ["cat-on-rocket", 10.0, 1]]
     row = metric_summary(samples, ["clip_t"], **BOOT).iloc[0]
     assert row["mean"] == pytest.approx(6.5)  # (3 + 10) / 2, not (1 + 3 + 5 + 10) / 4
     assert (row["ci_low"], row["ci_high"]) == bootstrap_ci([3.0, 10.0], **BOOT)
@@ -336,7 +334,7 @@ def test_identical_point_intervals_are_a_tie_not_an_overlap(tmp_path: Path) -> N
     assert cis_overlap((100.0, 100.0), (90.0, 100.0)) and cis_overlap((1.0, 3.0), (2.0, 4.0))
     # Both methods score 100 on every case: CIs [100, 100] and [100, 100]; no warning, no winner.
     run = make_run(tmp_path / "run", [sample(m, c, 0, clip_t=100.0) for m in HASHES for c in CASES])
-    assert 'id="ci-overlap"' not in write_report(run).read_text()
+    assert 'id="ci-overlap"' not in build_report(run).page.read_text()
     result = compare_runs([run], "sdxl", "reference-collage", metrics=["clip_t"])
     assert result.headline_ci_a == result.headline_ci_b == (100.0, 100.0) and result.warning is None
     row = result.table.iloc[0].to_dict()
@@ -525,14 +523,14 @@ def test_merge_refuses_a_metric_measured_with_another_model_or_settings(
     other = {**METRICS, "clip_t": {**METRICS["clip_t"], field: value}}
     run_b = make_run(tmp_path / "run-b", BASE_SAMPLES[:1], metrics=other)
     with pytest.warns(UserWarning), pytest.raises(RelbenchError, match=rf"run-b/run\.json: metrics\.clip_t\.{field}: differs"):
-        merge_runs([run_dir, run_b])
+        load_runs([run_dir, run_b])
 
 
 def test_merge_accepts_a_run_that_has_not_recorded_metric_settings_yet(run_dir: Path, tmp_path: Path) -> None:
     unscored = {name: {**entry, "settings": None} for name, entry in METRICS.items()}
     run_b = make_run(tmp_path / "run-b", [sample("sdxl", "astronaut-hug-cat", 1)], metrics=unscored)
     with pytest.warns(UserWarning, match="truncated"):
-        table = leaderboard(merge_runs([run_dir, run_b]))
+        table = leaderboard(load_runs([run_dir, run_b]).samples)
     assert table["n_images"].tolist() == [2, 3]
 
 
@@ -580,7 +578,7 @@ def cells(html: str, table_class: str) -> list[list[str]]:
 
 def test_report_has_leaderboard_with_cis_images_and_tiny_banner(run_dir: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
-        page = write_report(run_dir)
+        page = build_report(run_dir).page
     assert page == run_dir / "report" / "index.html"
     html = page.read_text()
 
@@ -621,7 +619,7 @@ def test_report_has_leaderboard_with_cis_images_and_tiny_banner(run_dir: Path) -
 
 def test_report_is_self_contained_with_one_hashed_script(run_dir: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
-        html = write_report(run_dir).read_text()
+        html = build_report(run_dir).page.read_text()
     # Nothing fetched: no external script, stylesheet, font or image; the CSP allows only our script.
     assert "<link" not in html and "@import" not in html
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
@@ -635,7 +633,7 @@ def test_report_is_self_contained_with_one_hashed_script(run_dir: Path) -> None:
 
 def test_report_plots_are_inline_svg(run_dir: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
-        html = write_report(run_dir).read_text()
+        html = build_report(run_dir).page.read_text()
     svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
     assert len(svgs) == 2  # metric bars and the relation heat map; no judge metric: no scatter
     bars, heat = svgs
@@ -657,7 +655,7 @@ def test_report_scatter_when_identity_and_judge_metrics_exist(tmp_path: Path) ->
         for i, (m, c, v) in enumerate([("sdxl", "astronaut-hug-cat", 0.9), ("sdxl", "cat-on-rocket", 0.2),
                                        ("reference-collage", "astronaut-hug-cat", 0.1), ("reference-collage", "cat-on-rocket", 0.3)])
     ]
-    html = write_report(make_run(tmp_path / "run", rows)).read_text()
+    html = build_report(make_run(tmp_path / "run", rows)).page.read_text()
     svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
     assert len(svgs) == 3
     assert ">identity: clip_i</text>" in svgs[2] and ">relation: judge</text>" in svgs[2]
@@ -665,11 +663,23 @@ def test_report_scatter_when_identity_and_judge_metrics_exist(tmp_path: Path) ->
     assert html.count('judge (judge): <span class="flag">relation not shown</span>') == 3
 
 
+def test_scatter_metrics_are_registered_and_per_subject_identity_comes_first(tmp_path: Path) -> None:
+    from relbench.metrics import METRICS as REGISTERED
+    from relbench.reports.html import IDENTITY_METRICS, RELATION_METRICS
+
+    assert set(IDENTITY_METRICS) | set(RELATION_METRICS) <= set(REGISTERED.names())  # once "identity", "relation_judge"
+    rows = [sample(m, c, 0, identity_dino=20.0 + 5 * i, clip_i=60.0 + i, clip_r=10.0 + i)
+            for i, (m, c) in enumerate([("sdxl", "astronaut-hug-cat"), ("sdxl", "cat-on-rocket"),
+                                        ("reference-collage", "astronaut-hug-cat"), ("reference-collage", "cat-on-rocket")])]
+    svgs = re.findall(r"<svg .*?</svg>", build_report(make_run(tmp_path / "run", rows)).page.read_text(), flags=re.S)
+    assert ">identity: identity_dino</text>" in svgs[-1] and ">relation: clip_r</text>" in svgs[-1]
+
+
 def test_ci_overlap_warning_only_when_the_headline_cis_overlap(tmp_path: Path) -> None:
     def run(name: str, gap: float) -> str:
         rows = [sample(m, c, s, clip_t=base + 4 * i + s) for m, base in (("sdxl", 30.0 + gap), ("reference-collage", 30.0))
                 for i, c in enumerate(CASES) for s in range(2)]
-        return write_report(make_run(tmp_path / name, rows)).read_text()
+        return build_report(make_run(tmp_path / name, rows)).page.read_text()
 
     close = run("close", 1.0)
     assert 'id="ci-overlap"' in close
@@ -703,19 +713,19 @@ def test_report_without_a_headline_says_so_and_sorts_by_method(tmp_path: Path) -
     metrics = {"pose_error": METRICS["pose_error"]}
     rows = [sample(m, c, 0, pose_error=0.1 * (i + 1)) for i, (m, c) in enumerate((m, c) for m in HASHES for c in CASES)]
     run = make_run(tmp_path / "run", rows, metrics=metrics)
-    html = write_report(run).read_text()
+    html = build_report(run).page.read_text()
     assert '<p id="headline">No headline metric (the default relation_vqa and its fallbacks' in html
     assert "pick one with --headline from: pose_error); rows sorted by method.</p>" in html
     assert [row[0] for row in cells(html, "leaderboard")[1:]] == ["reference-collage", "sdxl"]
     assert "per method and relation" not in html  # no headline: no heat map of it
-    chosen = write_report(run, headline="pose_error").read_text()
+    chosen = build_report(run, headline="pose_error").page.read_text()
     assert [row[0] for row in cells(chosen, "leaderboard")[1:]] == ["sdxl", "reference-collage"]  # 0.15 < 0.35
     assert "Headline metric: <code>pose_error</code> (chosen with --headline)" in chosen
 
 
 def test_paper_table_is_labelled_and_scaled(run_dir: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
-        html = write_report(run_dir).read_text()
+        html = build_report(run_dir).page.read_text()
     assert "Settings may differ; not directly comparable." in html
     rows = cells(html, "paper")
     assert rows[0] == ["source", "method", "CLIP-T", "CLIP-R", "CLIP-I", "DINO"]
@@ -727,13 +737,13 @@ def test_paper_table_is_labelled_and_scaled(run_dir: Path) -> None:
 
 def test_paper_table_scales_a_plain_cosine_metric(tmp_path: Path) -> None:
     metrics = {**METRICS, "dino": {"model": None, "settings": {}, "higher_is_better": True, "range": [-1, 1]}}
-    html = write_report(make_run(tmp_path / "run", [sample("sdxl", "cat-on-rocket", 0, dino=0.621)], metrics=metrics)).read_text()
+    html = build_report(make_run(tmp_path / "run", [sample("sdxl", "cat-on-rocket", 0, dino=0.621)], metrics=metrics)).page.read_text()
     assert cells(html, "paper")[-1][-1] == "62.1"
 
 
 def test_breakdown_tables_in_the_report(run_dir: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
-        html = write_report(run_dir).read_text()
+        html = build_report(run_dir).page.read_text()
     relations = cells(html, "relations")
     assert relations[0] == ["relation", "relation kind", "method", "cases", "clip_t ↑", "clip_i ↑", "pose_error ↓"]
     # The leaderboard's view: only astronaut-hug-cat, the one case both methods scored; n per cell.
@@ -744,14 +754,14 @@ def test_breakdown_tables_in_the_report(run_dir: Path) -> None:
     assert ["animal", "sdxl", "2", "20 n=1", "60 n=1", "0.2 n=1"] in categories
     assert ["person", "reference-collage", "1", "10 n=1", "80 n=1", "0.5 n=1"] in categories
     with pytest.warns(UserWarning, match="truncated"):
-        every = write_report(run_dir, cases="all").read_text()
+        every = build_report(run_dir, cases="all").page.read_text()
     assert ["on-top-of", "spatial", "sdxl", "1", "30 n=1", "50 n=1", "0.4 n=1"] in cells(every, "relations")
     assert ["animal", "sdxl", "2", "25 n=2", "55 n=2", "0.3 n=2"] in cells(every, "categories")
 
 
 def test_filters_are_disabled_without_flag_metrics_and_work_with_them(run_dir: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
-        plain = write_report(run_dir).read_text()
+        plain = build_report(run_dir).page.read_text()
     assert plain.count(" disabled>") == 3 and "there is nothing to filter" in plain
     assert plain.count('<tr class="case" data-flags="">') == 2
 
@@ -760,7 +770,7 @@ def test_filters_are_disabled_without_flag_metrics_and_work_with_them(run_dir: P
         sample("sdxl", "cat-on-rocket", 0, details={"presence": {"n_missing": 0, "swapped": 1}}, presence=1.0),
         sample("reference-collage", "cat-on-rocket", 0, details={"presence": {"n_missing": 0}}, presence=1.0),
     ]
-    html = write_report(make_run(tmp_path / "flags", rows)).read_text()
+    html = build_report(make_run(tmp_path / "flags", rows)).page.read_text()
     assert '<input type="checkbox" value="subject_missing"> a subject is missing (1 cases)' in html
     assert '<input type="checkbox" value="subjects_confused"> subjects are confused (1 cases)' in html
     assert '<input type="checkbox" value="relation_not_shown" disabled> the relation is not shown (not measured)' in html
@@ -781,7 +791,7 @@ def test_report_escapes_everything_from_run_files_including_plot_labels(tmp_path
     info = json.loads((run / "run.json").read_text())
     info["methods"][hostile_method]["settings"] = {"note": "<img src=y onerror=alert(2)>"}
     (run / "run.json").write_text(json.dumps(info))
-    html = write_report(run, headline=hostile_metric).read_text()  # its per-relation heat map names the relation
+    html = build_report(run, headline=hostile_metric).page.read_text()  # its per-relation heat map names the relation
     for raw in ("<script>alert(1)</script>", "<img src=x", "<img src=y", 'a"b<i>', "<b>hug</b>", "<u>cat</u>",
                 "<s>animal</s>", 'm"<i>'):
         assert raw not in html, raw
@@ -803,7 +813,7 @@ def test_run_without_samples_gives_an_empty_leaderboard(tmp_path: Path) -> None:
     (run / "samples.jsonl").unlink()
     _, samples = load_run(run)
     assert samples.empty and list(leaderboard(samples).columns) == LEADERBOARD_HEADER
-    html = write_report(run).read_text()
+    html = build_report(run).page.read_text()
     assert "<img" not in html and "<svg" not in html
 
 
@@ -850,7 +860,7 @@ def test_full_profile_has_no_tiny_banner_and_missing_image_is_shown(tmp_path: Pa
     rows = [{**s, "profile": "full"} for s in BASE_SAMPLES]
     run = make_run(tmp_path / "run", rows, profile="full")
     (run / rows[0]["image"]).unlink()
-    html = write_report(run).read_text()
+    html = build_report(run).page.read_text()
     assert TINY_BANNER not in html
     assert "image missing: <code>images/sdxl/astronaut-hug-cat/0.png</code>" in html
     assert len(re.findall(r"<img ", html)) == 3

@@ -15,6 +15,7 @@ from relbench.benchmark import RelationKind
 from relbench.benchmarks import load_benchmark, spec_path_for
 from relbench.data_root import DATA_ROOT_ENV, load_image, resolve_data_root, resolve_path
 from relbench.errors import RelbenchError, SpecError, UnknownNameError
+from relbench.input_files import case_file_refs
 from relbench.spec import check_files, load_spec, parse_spec, validate_spec
 
 
@@ -67,7 +68,7 @@ def test_good_spec_parses_into_the_data_model(tmp_path: Path) -> None:
     case = bench.case("dog-hug-bear")
     assert case.subjects == ("dog", "bear")
     assert case.boxes[1] == (0.55, 0.26, 0.95, 0.9)
-    assert bench.image_refs()[:3] == ["subjects/dog/0.png", "subjects/dog/1.png", "subjects/dog/0_mask.png"]
+    assert case_file_refs(bench, bench.cases)[:3] == ["subjects/dog/0.png", "subjects/dog/1.png", "subjects/dog/0_mask.png"]
 
 
 @pytest.mark.parametrize(
@@ -248,7 +249,7 @@ def test_builtin_benchmarks_and_unknown_names() -> None:
     demo = load_benchmark("demo")
     assert demo.label == "demo v1" and len(demo.cases) >= 3
     assert all(len(c.subjects) == 2 for c in demo.cases)
-    assert all(ref.startswith("skimage:") for ref in demo.image_refs())
+    assert all(ref.startswith("skimage:") for ref in case_file_refs(demo, demo.cases))
     problems, n = check_files(demo, Path("/nonexistent"))
     assert problems == [] and n == 4
     with pytest.raises(UnknownNameError, match="Did you mean 'demo'"):
