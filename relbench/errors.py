@@ -6,7 +6,11 @@ the message and exits 2; it never shows a traceback for these.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 # The most characters an error shows of what the user wrote: a field (ids included), a message
 # with the value it quotes, a file name, the whole `error:` line. A longer text keeps its start,
@@ -25,14 +29,20 @@ def clip(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
     return f"{kept}… ({len(text):,} characters)"
 
 
+def shorten(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut at a word boundary with "…"."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:(") + "…"
+
+
 def exception_line(exc: BaseException, limit: int = MAX_QUOTED_CHARS) -> str:
     """``Type: first line of the message`` of a library's exception, cut at a word boundary with "…"
     (libraries' messages run over many lines; the error line quotes only their first)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    if len(text) > limit:
-        cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
-        text = cut.rstrip(" ,;:") + "…"
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = shorten(lines[0], limit) if lines else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -46,6 +56,31 @@ class Interrupted(RelbenchError):
     """Ctrl-C during long work: nothing is lost, the same command resumes."""
 
     exit_code = 130
+
+
+# What the disk says when an output cannot be written: the user frees space or picks another folder.
+_OUTPUT_ERRNO_HINTS = {
+    errno.ENOSPC: "no space left on device; free space and run the same command again",
+    errno.EDQUOT: "disk quota exceeded; free space and run the same command again",
+    errno.EACCES: "permission denied; make it writable or choose another output folder, then run the command again",
+    errno.EPERM: "operation not permitted; make it writable or choose another output folder, then run the command again",
+    errno.EROFS: "read-only file system; choose another output folder",
+}
+
+
+@contextmanager
+def output_errors(path: Path | str) -> Iterator[None]:
+    """Writing ``path`` (a file or folder of the command's own output): a full disk, an exceeded
+    quota, a folder without write permission or a read-only file system end in one error line
+    naming ``path`` (the target, never a temporary file beside it). Any other OSError passes: it is
+    not the user's disk, so it is a bug to show in full."""
+    try:
+        yield
+    except OSError as exc:
+        hint = _OUTPUT_ERRNO_HINTS.get(exc.errno or 0)
+        if hint is None:
+            raise
+        raise RelbenchError(f"{path}: {hint}") from None
 
 
 class UnknownNameError(RelbenchError, KeyError):

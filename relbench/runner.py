@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from relbench.benchmark import Benchmark, Case
 from relbench.data_root import load_image, resolve_data_root
-from relbench.errors import RelbenchError
+from relbench.errors import RelbenchError, output_errors
 from relbench.input_files import input_digests
 from relbench.profiles import RunContext
 from relbench.rows import Row, RowKey
-from relbench.runstore import RunStore, RunWriter, atomic_save_image, settings_hash
+from relbench.runstore import RunStore, RunWriter, image_looks_whole, settings_hash
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -68,6 +68,7 @@ class EvaluateSummary:
     skipped: int = 0  # rows that were already there
     scored: int = 0  # stored rows scored by the scoring pass (new metrics, or --stage generate rows)
     rows: int = 0
+    regenerated: int = 0  # rows whose image was missing or unreadable, made again (part of generated)
     rank: int = 0  # this process in a distributed run (counts above are this process's own)
     world: int = 1
 
@@ -273,7 +274,7 @@ def run_plan(plan: EvaluationPlan, shard: "Shard | None" = None) -> EvaluateSumm
     env = environment(str(plan.context.torch_device()))
     if shard.world == 1:
         with store.open_for_writing(config, env) as writer:
-            _work(writer, plan, scorer, summary, shard)
+            problem = _work(writer, plan, scorer, summary, shard)
             writer.compact()
             summary.rows = len(writer.rows)
             _record_metric_settings(store, writer, plan.metrics)
@@ -282,10 +283,12 @@ def run_plan(plan: EvaluationPlan, shard: "Shard | None" = None) -> EvaluateSumm
     # what a killed run left; each process then works on its share of the items and writes its own
     # shard; the main one merges the shards at the end.
     if shard.rank == 0:
+        if problem:
+            raise problem
         store.open_for_writing(config, env).close()
     shard.barrier()
     with store.open_shard(shard.rank) as writer:
-        _work(writer, plan, scorer, summary, shard)
+        problem = _work(writer, plan, scorer, summary, shard)
     shard.barrier()
     if shard.rank == 0:
         with store.open_for_writing(config, env) as writer:  # absorbs the shards
@@ -297,6 +300,8 @@ def run_plan(plan: EvaluationPlan, shard: "Shard | None" = None) -> EvaluateSumm
 
 def build_method(name: str, context: RunContext, settings: Any, benchmark: Benchmark | None, data_root: Path) -> "Method":
     """The method lifecycle ``relbench evaluate`` and ``relbench generate`` share: build the method
+    if problem:
+        raise problem
     once with its settings, then hand it the benchmark its requests come from (``use_benchmark``,
     e.g. ReVersion's exemplars) before the caller asks for ``settings()`` and ``generate``.
     ``benchmark`` is None only for ad-hoc inputs (``relbench generate`` without ``--case``)."""
@@ -343,26 +348,71 @@ def _partial_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _work(writer: RunWriter, plan: EvaluationPlan, scorer: "Scorer", summary: EvaluateSummary, shard: Shard) -> None:
-    """Generate the missing images (this process's share), then score rows that lack a metric."""
+def _work(writer: RunWriter, plan: EvaluationPlan, scorer: "Scorer", summary: EvaluateSummary, shard: Shard) -> RelbenchError | None:
+    """Generate the missing images (this process's share), then score rows that lack a metric.
+
+    A stored row whose image is missing or unreadable is made again (image and scores) and its row
+    replaced: by every start that generates, from a cheap check of every row (``image_looks_whole``),
+    and when the scorer fails to decode one. Returns the error to raise once the rows are compacted:
+    an unreadable image this command cannot make again (another method's, or ``--stage score``).
+    """
     before = set(writer.rows)  # the rows earlier runs left
     if plan.stage != "score":
         pending = {
             m.name: [(case, seed) for case in plan.cases for seed in plan.seeds
-                     if not writer.has((m.name, m.settings_hash, case.id, seed))]
+                     if (key := (m.name, m.settings_hash, case.id, seed)) not in before or key in broken]
             for m in plan.methods
         }
+        todo = {(m.name, m.settings_hash, case.id, seed) for m in plan.methods for case in plan.cases for seed in plan.seeds}
+        broken = {key for key in todo & before if not image_looks_whole(writer.store.root / writer.rows[key].image)}
+        if broken and shard.rank == 0:
+            _warn_regenerating(len(broken))
         summary.skipped = sum(len(plan.cases) * len(plan.seeds) - len(p) for p in pending.values())
-        for method_plan in plan.methods:
-            mine = shard.take(pending[method_plan.name])
-            if mine:
-                method = build_method(method_plan.name, plan.context, method_plan.settings, plan.benchmark, plan.data_root)
-                _generate(method, method_plan, mine, plan, scorer, writer, summary)
-                del method  # free its models before the next method loads
-    if plan.stage != "generate":
-        # Failed results of rows made before this run are retried; this run's own failures are
-        # left for the next run (its judge would only repeat the same failed answers now).
-        summary.scored = scorer.score_missing(writer, {case.id for case in plan.cases}, shard, retry=before)
+        mine = {name: shard.take(items) for name, items in pending.items()}
+        summary.regenerated += sum((m.name, m.settings_hash, case.id, seed) in broken for m in plan.methods for case, seed in mine[m.name])
+        _generate_pending(plan, scorer, writer, summary, mine)
+    if plan.stage == "generate":
+        return None
+    # Failed results of rows made before this run are retried; this run's own failures are
+    # left for the next run (its judge would only repeat the same failed answers now).
+    summary.scored, unreadable = scorer.score_missing(writer, {case.id for case in plan.cases}, shard, retry=before)
+    if not unreadable:
+        return None
+    ours = {(m.name, m.settings_hash) for m in plan.methods} if plan.stage == "all" else set()
+    redo = [row for row in unreadable if (row.method, row.settings_hash) in ours]
+    if redo:  # damaged in the middle: the cheap check passed, decoding failed
+        _warn_regenerating(len(redo))
+        summary.regenerated += len(redo)
+        pending = {m.name: [(plan.benchmark.case(r.case_id), r.seed) for r in redo if r.method == m.name] for m in plan.methods}
+        _generate_pending(plan, scorer, writer, summary, pending)
+    left = [row for row in unreadable if (row.method, row.settings_hash) not in ours]
+    if not left:
+        return None
+    first = left[0]
+    more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
+    return RelbenchError(
+        f"{writer.store.root / first.image}: image of row ({first.method}, {first.case_id}, seed {first.seed}) is missing "
+        f"or unreadable{more}; run `relbench evaluate` with method {first.method!r} and its settings again, without "
+        "--stage score, to make it again (its other rows were scored)"
+    )
+
+
+def _warn_regenerating(count: int) -> None:
+    import warnings
+
+    warnings.warn(f"regenerating {count} image{'s' if count != 1 else ''} that {'are' if count != 1 else 'is'} "
+                  "missing or unreadable (their rows are replaced)", stacklevel=3)
+
+
+def _generate_pending(plan: EvaluationPlan, scorer: "Scorer", writer: RunWriter, summary: EvaluateSummary,
+                      pending: dict[str, list[tuple[Case, int]]]) -> None:
+    """Per method with items in ``pending`` (this process's share): build it once, generate them."""
+    for method_plan in plan.methods:
+        mine = pending.get(method_plan.name)
+        if mine:
+            method = build_method(method_plan.name, plan.context, method_plan.settings, plan.benchmark, plan.data_root)
+            _generate(method, method_plan, mine, plan, scorer, writer, summary)
+            del method  # free its models before the next method loads
 
 
 STAGES = ("all", "generate", "score")
@@ -469,11 +519,11 @@ class Scorer:
         return out
 
     def score_missing(self, writer: RunWriter, case_ids: set[str], shard: "Shard | None" = None,
-                      retry: set[RowKey] | None = None) -> int:
+                      retry: set[RowKey] | None = None) -> tuple[int, list[Row]]:
         """Score every row of the chosen cases that lacks a requested metric, or whose result of it
         failed for a reason that may pass (``RETRY_KEY``) when the row is in ``retry`` (None: every
-        row); rows are replaced."""
-        from PIL import Image
+        row); rows are replaced. Returns the number scored and the rows left unscored because
+        their image is missing or cannot be decoded (the caller makes them again or says so)."""
         from tqdm import tqdm
 
         from relbench.metrics.base import RETRY_KEY
@@ -489,26 +539,41 @@ class Scorer:
                 if row.case_id in case_ids and any(needs(row, m) for m in self.metric_names)]
         todo = shard.take(todo) if shard is not None else todo
         if not todo or not self.metric_names:
-            return 0
+            return 0, []
+        unreadable: list[Row] = []
         bar = tqdm(total=len(todo), desc="score", unit="img", disable=not self.progress, dynamic_ncols=True)
         try:
             for start in range(0, len(todo), SCORE_BATCH):
-                batch = todo[start : start + SCORE_BATCH]
-                images = []
-                for row in batch:
-                    path = writer.store.root / row.image
-                    if not path.is_file():
-                        raise RelbenchError(f"{path}: image of row ({row.method}, {row.case_id}, seed {row.seed}) is missing; run with --stage generate first")
-                    with Image.open(path) as stored:
-                        images.append(stored.convert("RGB"))
+                batch, images = [], []
+                for row in todo[start : start + SCORE_BATCH]:
+                    image = read_stored_image(writer.store.root / row.image)
+                    if image is None:
+                        unreadable.append(row)
+                    else:
+                        batch.append(row)
+                        images.append(image)
                 missing = sorted({m for row in batch for m in self.metric_names if needs(row, m)})
-                scores = self.score([self.benchmark.case(row.case_id) for row in batch], images, only=missing)
+                scores = self.score([self.benchmark.case(row.case_id) for row in batch], images, only=missing) if batch else []
                 for row, new in zip(batch, scores):
                     writer.replace(dataclasses.replace(row, metrics={**row.metrics, **{k: v for k, v in new.items() if needs(row, k)}}))
-                bar.update(len(batch))
+                bar.update(len(todo[start : start + SCORE_BATCH]))
         finally:
             bar.close()
-        return len(todo)
+        return len(todo) - len(unreadable), unreadable
+
+
+def read_stored_image(path: Path, size: tuple[int, int] | None = None) -> "Image.Image | None":
+    """A run's stored image decoded as RGB, or None when it is missing, truncated, corrupt, not an
+    image (or not ``size``): the caller makes it again."""
+    from relbench.data_root import open_image
+
+    try:
+        image = open_image(path)
+    except RelbenchError:
+        return None
+    if size is not None and image.size != size:
+        return None
+    return image.convert("RGB")
 
 
 # Images scored per metric call when scoring stored images.
@@ -518,7 +583,6 @@ SCORE_BATCH = 16
 def _generate(method: "Method", method_plan: MethodPlan, items: list[tuple[Case, int]], plan: EvaluationPlan,
               scorer: Scorer, writer: RunWriter, summary: EvaluateSummary) -> None:
     """Generate, save, score (``--stage all``) and store one row per (case, seed) of ``items``."""
-    from PIL import Image
     from tqdm import tqdm
 
     benchmark, width, height = plan.benchmark, plan.width, plan.height
@@ -529,10 +593,12 @@ def _generate(method: "Method", method_plan: MethodPlan, items: list[tuple[Case,
             batch = items[start : start + method.batch_size]
             requests = [scorer.inputs.request(case, seed, width, height) for case, seed in batch]
             paths = [writer.image_path(method.name, case.id, seed) for case, seed in batch]
-            # Images a killed run saved before its row are reused, not generated again.
-            todo = [i for i, path in enumerate(paths) if not path.is_file()]
+            # Images a killed run saved before its row are reused, not generated again; a missing
+            # or unreadable one is generated (its stale row, if any, is replaced below).
+            images: list[Any] = [read_stored_image(path, (width, height)) if image_looks_whole(path) else None for path in paths]
+            summary.reused_images += sum(image is not None for image in images)
+            todo = [i for i, image in enumerate(images) if image is None]
             seconds_per_image = None
-            images: list[Any] = [None] * len(batch)
             if todo:
                 began = time.perf_counter()
                 generated = method.generate([requests[i] for i in todo])
@@ -543,17 +609,13 @@ def _generate(method: "Method", method_plan: MethodPlan, items: list[tuple[Case,
                     if image.size != (width, height):
                         raise RelbenchError(f"method {method.name!r} returned a {image.size[0]}x{image.size[1]} image, expected {width}x{height}")
                     images[i] = image.convert("RGB")
-                    atomic_save_image(images[i], paths[i])
+                    writer.save_image(images[i], paths[i])
                 summary.generated += len(todo)
-            for i, path in enumerate(paths):
-                if images[i] is None:
-                    with Image.open(path) as stored:
-                        images[i] = stored.convert("RGB")
-                    summary.reused_images += 1
             scores = scorer.score([case for case, _ in batch], images) if plan.stage == "all" else [{} for _ in batch]
             for j, (case, seed) in enumerate(batch):
                 relation = benchmark.relations[case.relation]
-                writer.append(Row(
+                # replace: an item is pending when it has no row or its row's image was unreadable
+                writer.replace(Row(
                     method=method.name, settings_hash=method_plan.settings_hash,
                     benchmark=benchmark.name, benchmark_version=benchmark.version, profile=method.context.profile,
                     case_id=case.id, relation=relation.id, relation_kind=relation.kind.value,
@@ -590,4 +652,5 @@ def _record_metric_settings(store: RunStore, writer: RunWriter, metric_names: li
             "settings": resolved.get(name, entry_info.get("settings")),
         })
     run["updated"] = now()
-    atomic_write_json(store.run_json, run)
+    with output_errors(store.run_json):
+        atomic_write_json(store.run_json, run)

@@ -9,6 +9,7 @@ Layout of ``<output>/``::
                     value with the settings that produced it, the method's settings and their hash
                     (the format's owner: ``relbench.rows.Row``)
     images/<method>/<case_id>/<seed>.png
+    samples.rejected.jsonl  lines of samples.jsonl that were not valid rows, moved aside (if any)
     .lock           held while a process writes here
 
 Guarantees:
@@ -20,9 +21,16 @@ Guarantees:
   for a stored image append a new version of its row (readers keep the last) and the file is
   compacted to one line per key when the run ends, so a run killed at any moment and started again
   ends with exactly one row per key;
-* an output directory made with other settings is refused, naming the setting that differs.
-  New methods and metrics may be added to an existing run; one already there must keep its
-  settings hash (methods) or model (metrics);
+* a complete line that is not a valid row (``{}``, a missing field, an image path outside the
+  run directory) is moved to ``samples.rejected.jsonl`` by the writer, with a warning, and its
+  item is made again; readers (reports) refuse it, naming the file, line and field;
+* an output directory whose stored rows were made with other settings is refused, naming the
+  setting that differs. New methods and metrics may be added to an existing run; a method with a
+  stored row must keep its settings hash, a metric with a stored value its model. Settings with
+  nothing stored bind nothing: a start that failed before its first row does not block the
+  corrected command (images it left without a row are removed);
+* a full disk or an output folder that cannot be written ends in one error line naming the file
+  (``relbench.errors.output_errors``); what was half-written is repaired by the next start;
 * the reference files the cases read are part of the run: run.json's ``inputs`` holds their sha256
   (``relbench.input_files``) and a resume that finds one with other bytes is refused, naming the
   file. A run.json without ``inputs`` (an older relbench) gets them on its next resume, with a
@@ -34,18 +42,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.atomic import atomic_write_bytes as atomic_write_bytes  # the one atomic writer (umask-respecting)
-from relbench.errors import RelbenchError
-from relbench.rows import Row, RowKey, row_key as row_key  # row_key: for readers of raw records (cli)
+from relbench.errors import RelbenchError, output_errors
+from relbench.rows import ROW_SCHEMA_VERSION, Row, RowKey, row_key as row_key  # row_key: for readers of raw records (cli)
 
 if TYPE_CHECKING:
     from PIL import Image
+
+# A method name that is one plain folder name (run.json is read from the user's folder: a name
+# like "../x" must never lead a deletion outside the run).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # The version of run.json's format (a row's is relbench.rows.ROW_SCHEMA_VERSION).
 RUN_SCHEMA_VERSION = 1
@@ -69,6 +83,26 @@ def atomic_save_image(image: "Image.Image", path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _split_lines(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """``(line number, bytes)`` of each complete, non-blank line, and the bytes after the last
+    newline (a row cut short by a kill: each row is written as one ``line + "\n"``)."""
+    complete, newline, tail = data.rpartition(b"\n")
+    if not newline:
+        complete, tail = b"", data
+    lines = complete.split(b"\n") if complete else []
+    return [(number, line) for number, line in enumerate(lines, start=1) if line.strip()], tail
+
+
+def _parse_line(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise RelbenchError(f"{path}: line {number}: not a valid JSON row ({exc}); the file was edited or damaged") from None
+    if not isinstance(row, dict):
+        raise RelbenchError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
 def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], bytes]:
     """``(line number, row)`` for each row of a samples.jsonl, and the bytes of a cut-short row.
 
@@ -78,42 +112,66 @@ def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], by
     """
     if not path.is_file():
         return [], b""
-    data = path.read_bytes()
-    complete, newline, tail = data.rpartition(b"\n")
-    if not newline:
-        complete, tail = b"", data
-    rows: list[tuple[int, dict[str, Any]]] = []
-    for number, line in enumerate(complete.split(b"\n") if complete else [], start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise RelbenchError(f"{path}: line {number}: not a valid JSON row ({exc}); the file was edited or damaged") from None
-        if not isinstance(row, dict):
-            raise RelbenchError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-        rows.append((number, row))
-    return rows, tail
+    lines, tail = _split_lines(path.read_bytes())
+    return [(number, _parse_line(path, number, line)) for number, line in lines], tail
 
 
-def read_rows(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """The JSON objects of a samples.jsonl as stored, without a cut-short last row (cut off the
-    file when ``repair``)."""
-    rows, tail = read_numbered_rows(path)
-    if repair and tail:
-        data = path.read_bytes()
-        atomic_write_bytes(path, data[: len(data) - len(tail)])
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a samples.jsonl as stored, without a cut-short last row."""
+    rows, _ = read_numbered_rows(path)
     return [row for _, row in rows]
 
 
+# Where the writer moves the complete lines of a samples file that are not valid rows.
+REJECTED_FILE = "samples.rejected.jsonl"
+
+
 def load_rows(path: Path, *, repair: bool = False) -> list[Row]:
-    """``read_rows`` parsed into ``Row``s; a malformed row is an error naming the file and line."""
-    rows, tail = read_numbered_rows(path)
-    parsed = [Row.from_json(record, f"{path}: line {number}") for number, record in rows]
-    if repair and tail:
-        data = path.read_bytes()
-        atomic_write_bytes(path, data[: len(data) - len(tail)])
-    return parsed
+    """The ``Row``s of a samples file. Reading (``repair`` False): a malformed row is an error
+    naming the file, line and field. The writer (``repair``, under the run's lock) repairs instead:
+    a cut-short last row is cut off (a kill), and each complete line that is not a valid row (not
+    JSON, ``{}``, a missing or bad field, an image outside the run directory) is moved to
+    ``samples.rejected.jsonl`` beside it with one warning, so that its item is made again. A row of
+    a newer schema is refused (it is not damage: a newer relbench wrote it)."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines, tail = _split_lines(data)
+    rows: list[Row] = []
+    kept: list[bytes] = []
+    rejected: list[tuple[bytes, str]] = []
+    for number, line in lines:
+        where = f"{path}: line {number}"
+        try:
+            record = _parse_line(path, number, line)
+            schema = record.get("schema", ROW_SCHEMA_VERSION)
+            if repair and isinstance(schema, int) and not isinstance(schema, bool) and schema > ROW_SCHEMA_VERSION:
+                raise _NewerRow(f"{where}: schema: expected {ROW_SCHEMA_VERSION}, got {schema}: written by a newer "
+                                "relbench; upgrade relbench to resume this run")
+            rows.append(Row.from_json(record, where))
+            kept.append(line)
+        except _NewerRow:
+            raise
+        except RelbenchError as exc:
+            if not repair:
+                raise
+            rejected.append((line, str(exc)))
+    if repair and (rejected or tail):
+        if rejected:
+            aside = path.with_name(REJECTED_FILE)
+            with open(aside, "ab") as handle:
+                handle.write(b"".join(line + b"\n" for line, _ in rejected))
+                handle.flush()
+                os.fsync(handle.fileno())
+            more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+            warnings.warn(f"{rejected[0][1]}{more}: moved {len(rejected)} damaged line(s) to {aside}; "
+                          "a run that generates makes their items again", stacklevel=2)
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
+    return rows
+
+
+class _NewerRow(RelbenchError):
+    """A row of a newer schema: refused, never moved aside."""
 
 
 @dataclass
@@ -147,37 +205,52 @@ class RunStore:
         return list({r.key: r for r in load_rows(self.samples_jsonl)}.values())
 
     def open_for_writing(self, config: dict[str, Any], environment: dict[str, Any]) -> "RunWriter":
-        """Lock the directory, refuse mismatched settings, repair a cut-short row, write run.json."""
+        """Lock the directory, repair the samples file, refuse settings that differ from those of
+        the stored rows, write run.json. A full disk or a folder that cannot be written is one
+        error line (``relbench.errors.output_errors``)."""
         from filelock import FileLock, Timeout
 
         if self.root.exists() and not self.root.is_dir():
             raise RelbenchError(f"{self.root}: --output exists and is not a directory")
-        if self.root.is_dir() and not self.run_json.exists() and any(self.root.iterdir()):
+        if self.root.is_dir() and not self.run_json.exists() and any(not _start_leftover(p.name) for p in self.root.iterdir()):
             raise RelbenchError(f"{self.root}: --output is a non-empty directory that is not a relbench run; choose a new one")
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.root / ".lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise RelbenchError(f"{self.root}: another relbench process is writing to this run directory") from None
+        with output_errors(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.root / ".lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise RelbenchError(f"{self.root}: another relbench process is writing to this run directory") from None
         try:
             existing = self.read_run()
-            merged = merge_config(identity(existing), config, self.root) if existing else config
+            with output_errors(self.samples_jsonl):
+                rows = load_rows(self.samples_jsonl, repair=True)
+                stored = [*rows, *(r for shard in self.shard_paths() for r in load_rows(shard, repair=True))]
+            merged = merge_config(identity(existing), config, self.root, stored) if existing else config
+            # Images a forgotten start left without a row were made with the settings it forgot:
+            # removed before run.json names the new settings, so that none is reused.
+            for method in _forgotten_images(identity(existing), merged) if existing else ():
+                folder = self.root / "images" / method
+                if _SAFE_NAME.fullmatch(method) and folder.is_dir() and not folder.is_symlink():
+                    with output_errors(folder):
+                        shutil.rmtree(folder)
             run: dict[str, Any] = {"schema": RUN_SCHEMA_VERSION}
             run.update({k: v for k, v in (existing or {}).items() if k != "schema"})
             run.setdefault("created", environment.get("time"))
             for key, value in merged.items():
                 if key == "metrics":  # keep what a finished run recorded about each metric
                     old = (existing or {}).get("metrics", {})
-                    value = {name: {**old.get(name, {}), **entry} for name, entry in value.items()}
+                    value = {name: {**old.get(name, {}), **entry} if old.get(name, {}).get("model") == entry.get("model") else entry
+                             for name, entry in value.items()}
                 run[key] = value
             run["relbench_version"] = environment.get("relbench_version")
             run["git_commit"] = environment.get("git_commit")
             run["packages"] = environment.get("packages")
             run["environment"] = {k: v for k, v in environment.items() if k not in ("packages", "relbench_version", "git_commit")}
-            atomic_write_json(self.run_json, run)
-            rows = load_rows(self.samples_jsonl, repair=True)
-            writer = RunWriter(self, lock, {r.key: r for r in rows}, len(rows))
+            with output_errors(self.run_json):
+                atomic_write_json(self.run_json, run)
+            with output_errors(self.samples_jsonl):
+                writer = RunWriter(self, lock, {r.key: r for r in rows}, len(rows))
         except BaseException:
             lock.release()
             raise
@@ -206,9 +279,10 @@ class RunStore:
             raise RelbenchError(f"{self.root}: another relbench process is writing shard {rank} of this run") from None
         try:
             merged = {r.key: r for r in load_rows(self.samples_jsonl)}
-            own = load_rows(self.shard_path(rank), repair=True)
-            merged.update((r.key, r) for r in own)
-            return RunWriter(self, lock, merged, len(merged), path=self.shard_path(rank))
+            with output_errors(self.shard_path(rank)):
+                own = load_rows(self.shard_path(rank), repair=True)
+                merged.update((r.key, r) for r in own)
+                return RunWriter(self, lock, merged, len(merged), path=self.shard_path(rank))
         except BaseException:
             lock.release()
             raise
@@ -227,27 +301,33 @@ def identity(run: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path) -> dict[str, Any]:
-    """The config of a resumed run.
+def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path, stored: Sequence[Row]) -> dict[str, Any]:
+    """The config of a resumed run whose samples file holds the rows ``stored``.
 
-    Benchmark, profile, seeds, resolution and cases must match. Methods and metrics may be added
-    (a new method joins the run; a new metric scores the stored images), but one already in the
-    run must keep its settings hash (methods) or its model (metrics). Every reference file recorded
-    in ``inputs`` must keep its sha256; files not recorded yet are added.
+    Settings bind the directory once results made with them are stored. Benchmark, profile, seeds,
+    resolution, cases and the reference files' sha256 (``inputs``; files not recorded yet are
+    added) must match once any row is stored. Methods and metrics may be added (a new method joins
+    the run; a new metric scores the stored images), but a method with a stored row must keep its
+    settings hash, and a metric with a stored value its model. Until then they may change: a start
+    that failed before storing anything (``--set sdxl.dtype=int8`` refused by the model) does not
+    block the corrected command.
     """
     from relbench.input_files import changed_inputs, changed_message
 
-    for key in sorted(set(old) | set(new)):
-        if key in ("methods", "metrics", "inputs"):
-            continue
-        if old.get(key) != new.get(key):
-            raise RelbenchError(
-                f"{root}: this run was made with different settings ({key}: {_short(old.get(key))} != "
-                f"{_short(new.get(key))}); use a new --output directory"
-            )
+    if stored:
+        for key in sorted(set(old) | set(new)):
+            if key in ("methods", "metrics", "inputs"):
+                continue
+            if old.get(key) != new.get(key):
+                raise RelbenchError(
+                    f"{root}: this run was made with different settings ({key}: {_short(old.get(key))} != "
+                    f"{_short(new.get(key))}); use a new --output directory"
+                )
+    with_rows = {row.method for row in stored}
+    with_values = {name for row in stored for name in row.metrics}
     methods = dict(old.get("methods") or {})
     for name, entry in (new.get("methods") or {}).items():
-        if name in methods and methods[name]["settings_hash"] != entry["settings_hash"]:
+        if name in with_rows and name in methods and methods[name]["settings_hash"] != entry["settings_hash"]:
             raise RelbenchError(
                 f"{root}: method {name!r} was run here with other settings (hash {methods[name]['settings_hash']} "
                 f"!= {entry['settings_hash']}); use a new --output directory"
@@ -255,7 +335,7 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path) -> dict[s
         methods[name] = entry
     metrics = dict(old.get("metrics") or {})
     for name, entry in (new.get("metrics") or {}).items():
-        if name in metrics and metrics[name].get("model") != entry.get("model"):
+        if name in with_values and name in metrics and metrics[name].get("model") != entry.get("model"):
             raise RelbenchError(
                 f"{root}: metric {name!r} was computed here with another model ({_short(metrics[name].get('model'))} != "
                 f"{_short(entry.get('model'))}); use a new --output directory"
@@ -263,12 +343,31 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path) -> dict[s
         metrics[name] = entry
     recorded, current = old.get("inputs"), new.get("inputs") or {}
     changed = changed_inputs(recorded, current)
-    if changed:
+    if changed and stored:
         raise RelbenchError(changed_message(changed[0], recorded or {}, current, root))
-    if recorded is None and current:
+    if recorded is None and current and stored:
         warnings.warn(f"{root}: run.json records no sha256 of the reference files (written by an older relbench); "
                       "recording them now: a file replaced before this resume cannot be detected", stacklevel=2)
     return {**new, "methods": methods, "metrics": metrics, "inputs": {**(recorded or {}), **current}}
+
+
+def _start_leftover(name: str) -> bool:
+    """A file a start that failed before writing run.json (a full disk, a kill) may leave: the lock
+    file or an atomic writer's temporary; a folder holding only these is still a new run."""
+    return name == ".lock" or name.startswith(".lock.rank-") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _forgotten_images(old: dict[str, Any], merged: dict[str, Any]) -> list[str]:
+    """Methods whose images folder holds only images of settings ``merged`` no longer has (a
+    method's settings hash changed, or the benchmark or a reference file did; ``merge_config``
+    allows that only where no row was stored, so those images have no row)."""
+    from relbench.input_files import changed_inputs
+
+    old_methods = old.get("methods") or {}
+    if old.get("benchmark") != merged.get("benchmark") or changed_inputs(old.get("inputs"), merged.get("inputs") or {}):
+        return sorted(old_methods)
+    return sorted(name for name, entry in old_methods.items()
+                  if (merged.get("methods") or {}).get(name, entry)["settings_hash"] != entry["settings_hash"])
 
 
 def _short(value: Any) -> str:
@@ -299,9 +398,13 @@ class RunWriter:
         self.close()
 
     def close(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
-        self._lock.release()
+        try:
+            if not self._handle.closed:
+                self._handle.close()
+        except OSError:
+            pass  # a row a full disk cut short: the next open cuts it off (load_rows' repair)
+        finally:
+            self._lock.release()
 
     def has(self, key: RowKey) -> bool:
         return key in self.rows
@@ -319,9 +422,10 @@ class RunWriter:
         self._write(row)
 
     def _write(self, row: Row) -> None:
-        self._handle.write(_line(row))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        with output_errors(self.path):
+            self._handle.write(_line(row))
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
         self.rows[row.key] = row
         self._lines += 1
 
@@ -337,7 +441,9 @@ class RunWriter:
         taken = 0
         shards = self.store.shard_paths()
         for shard in shards:
-            for row in load_rows(shard):
+            with output_errors(shard):
+                shard_rows = load_rows(shard, repair=True)
+            for row in shard_rows:
                 self.replace(row)
                 taken += 1
         if shards:
@@ -352,12 +458,43 @@ class RunWriter:
             return
         data = b"".join(_line(row) for row in self.rows.values())
         self._handle.close()
-        atomic_write_bytes(self.store.samples_jsonl, data)
-        self._handle = open(self.store.samples_jsonl, "ab")
+        with output_errors(self.store.samples_jsonl):
+            atomic_write_bytes(self.store.samples_jsonl, data)
+            self._handle = open(self.store.samples_jsonl, "ab")
         self._lines = len(self.rows)
 
     def iter_rows(self) -> Iterator[Row]:
         return iter(list(self.rows.values()))
+
+    def save_image(self, image: "Image.Image", path: Path) -> None:
+        """Save a generated image (atomic PNG) before its row is appended."""
+        with output_errors(path):
+            atomic_save_image(image, path)
+
+
+# The first and last bytes of every PNG file: the signature, and the IEND chunk (length 0, type,
+# CRC) that ends it.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def image_looks_whole(path: Path) -> bool:
+    """Whether a stored image is there and whole as far as its first and last bytes tell: a PNG
+    signature and the IEND chunk at the end (a missing, empty or truncated file fails; a file
+    damaged in its middle is found when it is decoded). Every row is checked on every start that
+    generates: 3,600 rows of 1024 px images take 0.18 s with the files in the page cache, 2.3 s
+    from a cold disk (a plain stat: 0.03 s)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+                return False
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() < len(_PNG_SIGNATURE) + len(_PNG_END):
+                return False
+            handle.seek(-len(_PNG_END), os.SEEK_END)
+            return handle.read() == _PNG_END
+    except OSError:  # missing, a folder, unreadable
+        return False
 
 
 def _line(row: Row) -> bytes:

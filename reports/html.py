@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from relbench.errors import RelbenchError
+from relbench.errors import RelbenchError, output_errors
 from relbench.reports import plots
 from relbench.reports.leaderboard import (
     RunSet, best_mask, board_notes, build_leaderboard, case_set_note, load_runs, save_csv,
@@ -688,7 +688,8 @@ def export_tables(directory: Path, tables: dict[str, pd.DataFrame], formats: Seq
             if fmt == "csv":
                 save_csv(table, path)
             else:
-                table.to_parquet(path, index=False)
+                with output_errors(path):
+                    table.to_parquet(path, index=False)
             written.append(path)
     return written
 
@@ -716,12 +717,14 @@ def build_report(
     page_dir = Path(output) if output is not None else dirs[0] / REPORT_DIR
     if page_dir.exists() and not page_dir.is_dir():
         raise RelbenchError(f"{page_dir}: --output exists and is not a directory")
-    page_dir.mkdir(parents=True, exist_ok=True)
+    with output_errors(page_dir):  # a full disk or a folder that cannot be written: one line
+        page_dir.mkdir(parents=True, exist_ok=True)
     board = dirs[0] / LEADERBOARD_CSV if output is None and len(dirs) == 1 else page_dir / LEADERBOARD_CSV
     save_csv(data.table, board)
     page = page_dir / PAGE
     link = quote(Path(os.path.relpath(board.resolve(), page_dir.resolve())).as_posix(), safe="/")
-    page.write_text(render_report(data, page_dir, link), encoding="utf-8")
+    with output_errors(page):
+        page.write_text(render_report(data, page_dir, link), encoding="utf-8")
     exports = export_tables(page_dir, {
         "samples": samples_for_export(data.samples, data.flags),
         "leaderboard": data.table,

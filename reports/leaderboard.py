@@ -51,7 +51,7 @@ from typing import Any
 
 import pandas as pd
 
-from relbench.errors import RelbenchError
+from relbench.errors import RelbenchError, output_errors
 from relbench.reports.stats import (
     COMMON, COMPARISON_COLUMNS, DIFFER, GROUP_COLUMNS, MIN_CASES_FOR_BEST, SAME, Headline, choose_headline,
     comparison_key, metric_summary, nan_free,
@@ -313,6 +313,7 @@ def write_leaderboard_csv(
 def save_csv(table: pd.DataFrame, output: str | Path) -> Path:
     """Write a table as CSV; numbers with 10 significant digits (0.3, not 0.30000000000000004)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output, index=False, float_format="%.10g")
+    with output_errors(output):  # a full disk or a folder that cannot be written: one line
+        output.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output, index=False, float_format="%.10g")
     return output

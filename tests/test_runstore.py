@@ -91,8 +91,8 @@ def test_a_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path: Path) 
 )
 def test_reusing_an_output_with_other_settings_is_refused(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
     store = RunStore(tmp_path / "run")
-    with store.open_for_writing(config(), ENV):
-        pass
+    with store.open_for_writing(config(), ENV) as writer:
+        writer.append(row())  # settings bind the directory once a row made with them is stored
     with pytest.raises(RelbenchError) as info:
         store.open_for_writing(config(**changes), ENV)
     assert message in str(info.value) and "use a new --output directory" in str(info.value)
@@ -129,8 +129,8 @@ def test_replaced_rows_keep_the_last_version_and_compact_to_one_line(tmp_path: P
 
 def test_methods_may_be_added_but_not_changed(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "run")
-    with store.open_for_writing(config(), ENV):
-        pass
+    with store.open_for_writing(config(), ENV) as writer:
+        writer.append(row())
     added = config(methods={"m2": {"settings_hash": "h2", "settings": {}}})
     with store.open_for_writing(added, ENV):
         pass
@@ -145,8 +145,8 @@ def test_reference_files_may_be_added_but_not_changed(tmp_path: Path) -> None:
         return {"inputs": {f"{name}.png": {"path": f"/data/{name}.png", "sha256": sha * 64} for name, sha in digests.items()}}
 
     store = RunStore(tmp_path / "run")
-    with store.open_for_writing(config(**inputs(a="1")), ENV):
-        pass
+    with store.open_for_writing(config(**inputs(a="1")), ENV) as writer:
+        writer.append(row())
     with store.open_for_writing(config(**inputs(a="1", b="2")), ENV):  # a file not recorded yet joins
         pass
     assert json.loads(store.run_json.read_text())["inputs"] == inputs(a="1", b="2")["inputs"]
