@@ -491,7 +491,7 @@ def models_check(method: ModelsMethodOption = None, metrics: ModelsMetricsOption
             typer.echo(f"missing: {need.key}: {need.entry.repo}@{need.revision}: {path}")
     if missing:
         raise RelbenchError(missing_message(missing))
-    typer.echo(f"{cache_dir()}: all {sum(len(n.files) for n in needs)} files of {len(needs)} models are cached")
+    typer.echo(f"{cache_dir()}: all {sum(len(n.files) for n in needs)} files of {len(needs)} model{'s' if len(needs) != 1 else ''} are cached")
 
 
 def main() -> None:

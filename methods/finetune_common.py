@@ -249,6 +249,10 @@ def load_sdxl_parts(ref: ModelRef, dtype: str, variant: str | None, tiny_seed: i
             if next(parts[name].parameters()).dtype != weight_dtype:
                 parts[name].to(dtype=weight_dtype)
     else:
+        from relbench.errors import exception_line
+        from relbench.models_manifest import fix_hint, require_cached_ref
+
+        require_cached_ref("sdxl", ref.id, ref.revision, {"variant": variant or ""})
         try:
             pipe = StableDiffusionXLPipeline.from_pretrained(
                 ref.id, revision=ref.revision, dtype=weight_dtype, variant=variant or None, use_safetensors=True,
@@ -256,8 +260,8 @@ def load_sdxl_parts(ref: ModelRef, dtype: str, variant: str | None, tiny_seed: i
             )
         except (OSError, ValueError) as exc:
             raise RelbenchError(
-                f"cannot load SDXL from {ref.id!r} ({' '.join(str(exc).split())[:200]}); download it first or pass "
-                f"--model sdxl=/local/path (and an empty variant if the folder has no fp16 files)"
+                f"cannot load SDXL from {ref.id!r} ({exception_line(exc)}); {fix_hint('sdxl', ref.id)} "
+                f"(and an empty variant if the folder has no fp16 files)"
             ) from exc
         parts = {name: getattr(pipe, name) for name in SDXL_PARTS}
         parts["scheduler"] = EulerDiscreteScheduler.from_config(pipe.scheduler.config)

@@ -24,6 +24,11 @@ def model_source(ref: ModelRef) -> str:
     "Repo id must be in the form ..." message.
     """
     path = Path(ref.id).expanduser()
+    if not path.exists():
+        from relbench.models_manifest import require_cached_ref
+
+        # Offline, a default hub model missing from the HF cache: which files, and the download command.
+        require_cached_ref(ref.key, ref.id, ref.revision)
     if path.exists():
         if not path.is_dir():
             raise RelbenchError(f"--model {ref.key}={ref.id}: expected a folder saved with save_pretrained, got a file")
@@ -33,17 +38,12 @@ def model_source(ref: ModelRef) -> str:
     return ref.id
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def load_error(ref: ModelRef, what: str, exc: BaseException) -> RelbenchError:
+    from relbench.errors import exception_line
+    from relbench.models_manifest import fix_hint
+
     revision = f" (revision {ref.revision})" if ref.revision else ""
-    return RelbenchError(
-        f"{ref.key} model {ref.id!r}{revision}: cannot load {what}: {type(exc).__name__}: {_first_line(exc)}; "
-        f"without network, pass --model {ref.key}=/local/path to a folder saved with save_pretrained"
-    )
+    return RelbenchError(f"{ref.key} model {ref.id!r}{revision}: cannot load {what}: {exception_line(exc)}; {fix_hint(ref.key, ref.id)}")
 
 
 def load_pretrained(model_cls: Any, ref: ModelRef, source: str, **kwargs: Any) -> Any:

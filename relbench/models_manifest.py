@@ -235,29 +235,39 @@ def missing_files(needs: Iterable[Need], cache: str | os.PathLike[str] | None = 
 
 
 def download_command(needs: Iterable[Need]) -> str:
-    """The ``relbench models download`` command(s) that fetch these needs' files."""
+    """The ``relbench models download`` command(s) that fetch these needs' files: one per weight
+    variant in use (``--variant`` only where it differs from a key's GPU default)."""
     groups: dict[str | None, list[str]] = {}
+    plain: list[str] = []  # keys without a variant join the first command
     for need in needs:
-        variant = need.values.get("variant") if "variant" in need.entry.settings else None
-        if variant is not None and variant == need.entry.settings.get("variant"):
-            variant = None  # the default: no option needed
-        groups.setdefault(variant, [])
-        if need.key not in groups[variant]:
-            groups[variant].append(need.key)
-    commands = []
-    for variant, keys in groups.items():
-        option = "" if variant is None else f" --variant {variant or 'none'}"
-        commands.append("relbench models download " + " ".join(f"--key {k}" for k in keys) + option)
+        default = need.entry.settings.get("variant")
+        if "variant" not in need.entry.settings:
+            plain += [] if need.key in plain else [need.key]
+            continue
+        value = need.values.get("variant", default)
+        keys = groups.setdefault(None if value == default else value, [])
+        keys += [] if need.key in keys else [need.key]
+    groups = groups or {None: []}
+    groups[next(iter(groups))] += [k for k in plain if k not in groups[next(iter(groups))]]
+    commands = [
+        "relbench models download " + " ".join(f"--key {k}" for k in keys) + ("" if variant is None else f" --variant {variant or 'none'}")
+        for variant, keys in groups.items()
+    ]
     return " and ".join(f"`{c}`" for c in commands)
 
 
 def missing_message(missing: Sequence[tuple[Need, list[str]]], cache: str | os.PathLike[str] | None = None) -> str:
     """One line: every missing file by key and repo, then the command that fetches them."""
     where = cache or cache_dir()
-    parts = [f"{need.key} ({need.entry.repo}@{need.revision}): {', '.join(files)}" for need, files in missing]
+    parts = [
+        f"{need.key} ({need.entry.repo}@{need.revision}): "
+        + (f"all {len(files)} files" if len(files) == len(need.files) and len(files) > 1 else ", ".join(files))
+        for need, files in missing
+    ]
     count = sum(len(files) for _, files in missing)
-    return (f"{count} model file{'s' if count != 1 else ''} not in the HF cache {where}: " + "; ".join(parts)
-            + f"; fetch them where there is network with {download_command(n for n, _ in missing)} (same HF_HUB_CACHE)")
+    # The command first: a long list may be clipped at the end of the line.
+    return (f"{count} model file{'s' if count != 1 else ''} not in the HF cache {where}; fetch them where there is network "
+            f"with {download_command(n for n, _ in missing)} (same HF_HUB_CACHE): " + "; ".join(parts))
 
 
 def require_cached(needs: Sequence[Need], cache: str | os.PathLike[str] | None = None) -> None:
@@ -279,6 +289,18 @@ def require_cached_ref(key: str, ref_id: str, revision: str | None, values: Mapp
     if manifest.entry_for(key, ref_id) is None:
         return
     require_cached(resolve(manifest, [Request(user or f"key:{key}", key, revision, values or {})]))
+
+
+def fix_hint(key: str, ref_id: str) -> str:
+    """How to get a model that did not load: the download command for a repo the manifest knows,
+    else a local folder."""
+    try:
+        known = load_manifest().entry_for(key, ref_id) is not None
+    except RelbenchError:
+        known = False
+    if known:
+        return f"fetch it with `relbench models download --key {key}` (offline: HF_HUB_CACHE must hold it) or pass --model {key}=/local/path"
+    return f"download it first or pass --model {key}=/local/path"
 
 
 def plan_needs(manifest: Manifest, model_ref: Any, method_models: Iterable[tuple[str, Sequence[str], Any]],
@@ -306,6 +328,24 @@ def plan_needs(manifest: Manifest, model_ref: Any, method_models: Iterable[tuple
         if key in manifest.models:
             add(f"model:{key}", key)
     return resolve(manifest, requests)
+
+
+def check_model_cache(context: Any, methods: Sequence[tuple[str, Sequence[str], Any]], metrics: Sequence[str]) -> None:
+    """Evaluate's check before any model loads (full profile): offline, a missing file is an error
+    listing every one and the download command; online, a warning that the loaders download them."""
+    import warnings
+
+    if context.is_tiny:
+        return
+    needs = plan_needs(load_manifest(), context.model, methods, metrics, context.model_overrides)
+    missing = missing_files(needs)
+    if not missing:
+        return
+    if hub_offline():
+        raise RelbenchError(missing_message(missing))
+    count = sum(len(files) for _, files in missing)
+    warnings.warn(f"{count} model files are not in the HF cache {cache_dir()} yet: the loaders download them now "
+                  f"(on a node without network: {download_command(n for n, _ in missing)} first, then HF_HUB_OFFLINE=1)")
 
 
 def human_size(size: int) -> str:

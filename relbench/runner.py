@@ -250,6 +250,13 @@ def plan_evaluation(options: EvaluateOptions, shard: "Shard | None" = None) -> E
     for name in method_names:
         settings, requested = method_config(METHODS.get(name), context, options.method_overrides.get(name, {}), width, height)
         if options.stage != "score":
+    # Offline, the HF cache must hold every file the full profile's models read: one error listing them.
+    from relbench.models_manifest import check_model_cache
+
+    check_model_cache(
+        context, [(m.name, METHODS.get(m.name).model_keys, m.settings) for m in methods] if options.stage != "score" else [],
+        metric_names if options.stage != "generate" else [],
+    )
             METHODS.get(name).check_cases(settings, benchmark, cases, tuple(options.seeds))
         methods.append(MethodPlan(name, settings, requested, settings_hash(requested)))
     return EvaluationPlan(

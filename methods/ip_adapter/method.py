@@ -97,6 +97,13 @@ class IPAdapter(Method):
         elif self.sdxl_ref.is_tiny:
             raise RelbenchError("--model ip_adapter: a pretrained IP-Adapter needs the pretrained SDXL; pass --model sdxl too")
         else:
+            from relbench.models_manifest import require_cached_ref
+
+            require_cached_ref("sdxl", self.sdxl_ref.id, self.sdxl_ref.revision, {"variant": self.config.variant})
+            require_cached_ref("ip_adapter", self.adapter_ref.id, self.adapter_ref.revision, {
+                "subfolder": self.config.subfolder, "weight_name": self.config.weight_name,
+                "image_encoder_subfolder": self.config.image_encoder_subfolder,
+            })
             encoder, processor = self._load_full_encoder(dtype)
         if self.sdxl_ref.is_tiny:
             from relbench.tiny import tiny_sdxl_components
@@ -327,4 +334,6 @@ def _hub_commit(repo_id: str, filename: str, revision: str | None) -> str | None
 
 
 def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
+    from relbench.errors import exception_line
+
+    return exception_line(exc)

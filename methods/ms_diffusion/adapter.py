@@ -40,7 +40,9 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:
-    return " ".join(str(exc).split())[:limit]
+    from relbench.errors import shorten
+
+    return shorten(str(exc), limit)
 
 
 def _shape(shape: Any) -> str:
@@ -139,17 +141,19 @@ class MSAdapter(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, source: str | Path | Mapping[str, Any], config: MSAdapterConfig, unet: nn.Module, *,
+    def from_pretrained(cls, source: str | Path | Mapping[str, Any], config: MSAdapterConfig | None, unet: nn.Module, *,
                         weight_name: str = WEIGHT_NAME, subfolder: str | None = None,
                         revision: str | None = None) -> "MSAdapter":
         """Load public-format weights from a hub id, a file, a folder or an in-memory dict.
 
+        ``config`` None: the sizes are read from the weights (:func:`config_from_state`).
         The adapter ends on the UNet's device and dtype, not installed (call ``install(unet)``).
         """
         state, label, provenance = _read_state(source, weight_name, subfolder, revision)
+        flat = _flatten(state, label)
+        config = config or config_from_state(flat, label)
         with torch.device("meta"):  # no memory and no random init for weights about to be replaced
             adapter = cls(config, unet)
-        flat = _flatten(state, label)
         _check_state(flat, adapter.state_dict(), label)
         if isinstance(source, Mapping):
             flat = {k: v.detach().clone() for k, v in flat.items()}  # never alias the caller's tensors
@@ -208,9 +212,11 @@ def _download(repo_id: str, weight_name: str, subfolder: str | None, revision: s
         return Path(hf_hub_download(repo_id, weight_name, subfolder=subfolder, revision=revision))
     except (OSError, ValueError) as exc:  # offline cache misses, missing repos/files, HTTP errors
         at = f"@{revision}" if revision else ""
+        from relbench.models_manifest import fix_hint
+
         raise RelbenchError(
             f"cannot get {weight_name} from hub repo {repo_id}{at} ({type(exc).__name__}: {_one_line(exc, 160)}); "
-            "download it first (with HF_HUB_OFFLINE=1 it must be in the HF cache) or pass a local file"
+            f"{fix_hint('ms_adapter', repo_id)}"
         ) from exc
 
 
@@ -258,6 +264,33 @@ def _flatten(state: Any, label: str) -> dict[str, Tensor]:
         if not isinstance(value, Tensor):
             raise RelbenchError(f"{label}: {key!r} must be a tensor, got {type(value).__name__}")
     return flat
+
+
+def config_from_state(flat: Mapping[str, Tensor], label: str) -> MSAdapterConfig:
+    """The adapter's sizes read from its (flat) weights; what the file does not hold keeps the
+    public SDXL value: 64-wide heads (the head count is the query width / 64, as diffusers reads
+    IP-Adapter files), 8 Fourier frequencies, 77 text tokens, 257 image tokens, scale 0.6."""
+    defaults = MSAdapterConfig.sdxl()
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in flat:
+            raise RelbenchError(f"{label}: missing key {key!r}; is it an MS-Diffusion adapter file?")
+        return tuple(flat[key].shape)
+
+    dim, image_embed_dim = shape("image_proj.proj_in.weight")
+    grounding = shape("image_proj.latent_proj.0.weight")[1]
+    depth = len({key.split(".")[2] for key in flat if key.startswith("image_proj.layers.")})
+    inner = shape("image_proj.layers.0.0.to_q.weight")[0]
+    if inner % defaults.dim_head:
+        raise RelbenchError(f"{label}: resampler query width {inner} is not a multiple of {defaults.dim_head}-wide heads")
+    return MSAdapterConfig(
+        cross_attention_dim=shape("image_proj.proj_out.weight")[0], image_embed_dim=image_embed_dim,
+        image_tokens=defaults.image_tokens, phrase_embed_dim=grounding - defaults.fourier_freqs * 2 * 4,
+        resampler_dim=dim, depth=depth, dim_head=defaults.dim_head, heads=inner // defaults.dim_head,
+        num_queries=shape("image_proj.latent_proj.2.weight")[0] // dim,
+        ff_mult=shape("image_proj.layers.0.1.1.weight")[0] // dim, fourier_freqs=defaults.fourier_freqs,
+        num_dummy_tokens=shape("dummy_image_tokens")[1], text_tokens=defaults.text_tokens, scale=defaults.scale,
+    )
 
 
 def _check_state(flat: Mapping[str, Tensor], expected: Mapping[str, Tensor], label: str) -> None:

@@ -76,10 +76,13 @@ class SubjectEncoder:
             source = str(image_encoder)
             try:
                 model = CLIPVisionModelWithProjection.from_pretrained(source, revision=revision, dtype=dtype)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: weights of the wrong shape
+                from relbench.errors import exception_line
+                from relbench.models_manifest import fix_hint
+
                 raise RelbenchError(
-                    f"cannot load the MS-Diffusion image encoder from {source!r} ({' '.join(str(exc).split())[:200]}); "
-                    f"download {DEFAULT_IMAGE_ENCODER} first or pass a local path"
+                    f"cannot load the MS-Diffusion image encoder from {source!r} ({exception_line(exc)}); "
+                    f"{fix_hint('image_encoder', source)}"
                 ) from exc
         # The authors build CLIPImageProcessor() with its defaults rather than reading the repo's file.
         return cls(model.to(device=device, dtype=dtype), CLIPImageProcessor(), pipe.text_encoder, pipe.tokenizer, source=source)

@@ -126,8 +126,10 @@ class DenseImageEncoder:
             try:
                 model, info = CLIPVisionModel.from_pretrained(name, revision=revision, dtype=dtype, output_loading_info=True)
             except (OSError, ValueError) as exc:
+                from relbench.errors import exception_line
+
                 raise RelbenchError(
-                    f"--model {MODEL_KEY}={name}: cannot load a CLIP vision model ({' '.join(str(exc).split())[:160]}); "
+                    f"--model {MODEL_KEY}={name}: cannot load a CLIP vision model ({exception_line(exc, 160)}); "
                     f"expected a CLIPVisionModel folder (convert a CLIPSelf .pt with "
                     f"relbench.methods.ms_diffusion.local_features.convert_open_clip_checkpoint)"
                 ) from exc
@@ -332,6 +334,9 @@ def dense_encoder_for(context: "RunContext", *, device: torch.device | str | Non
     ref = context.model(MODEL_KEY, tiny_id=TINY_ID)
     if ref.is_tiny:
         return DenseImageEncoder.tiny(seed=context.seed + 3).to(device=device, dtype=dtype)
+    from relbench.models_manifest import require_cached_ref
+
+    require_cached_ref(MODEL_KEY, ref.id, ref.revision)
     return DenseImageEncoder.from_pretrained(ref.id, revision=ref.revision, device=device, dtype=dtype)
 
 

@@ -89,7 +89,11 @@ def load_models(context: RunContext, dtype: str = "float32", variant: str | None
             adapter = MSAdapter(config, parts["unet"])
         adapter.to(device=device, dtype=weight_dtype)
     else:
-        adapter = MSAdapter.from_pretrained(refs["ms_adapter"].id, config, parts["unet"], revision=refs["ms_adapter"].revision)
+        from relbench.models_manifest import require_cached_ref
+
+        require_cached_ref("ms_adapter", refs["ms_adapter"].id, refs["ms_adapter"].revision)
+        # Sizes read from the file (the public one gives MSAdapterConfig.sdxl()).
+        adapter = MSAdapter.from_pretrained(refs["ms_adapter"].id, None, parts["unet"], revision=refs["ms_adapter"].revision)
         revisions["ms_adapter"] = (getattr(adapter, "loaded_from", None) or {}).get("resolved_revision")
     adapter.requires_grad_(False)
     adapter.install(parts["unet"])
@@ -97,6 +101,9 @@ def load_models(context: RunContext, dtype: str = "float32", variant: str | None
     if refs["image_encoder"].is_tiny:
         encoder = SubjectEncoder.tiny(holder, seed=context.seed + 2)
     else:
+        from relbench.models_manifest import require_cached_ref
+
+        require_cached_ref("image_encoder", refs["image_encoder"].id, refs["image_encoder"].revision)
         encoder = SubjectEncoder.from_pretrained(holder, refs["image_encoder"].id, revision=refs["image_encoder"].revision)
         revisions["image_encoder"] = resolved_revision(getattr(encoder.image_encoder.config, "_name_or_path", None))
     if local_features:
@@ -115,6 +122,10 @@ def _load_sdxl_parts(ref: ModelRef, dtype: Any, variant: str | None) -> tuple[di
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    from relbench.errors import exception_line
+    from relbench.models_manifest import fix_hint, require_cached_ref
+
+    require_cached_ref("sdxl", ref.id, ref.revision, {"variant": variant or ""})
     common = {"revision": ref.revision}
     try:
         parts = {
@@ -128,7 +139,7 @@ def _load_sdxl_parts(ref: ModelRef, dtype: Any, variant: str | None) -> tuple[di
         scheduler = DDPMScheduler.from_pretrained(ref.id, subfolder="scheduler", **common)
     except (OSError, ValueError) as exc:
         raise RelbenchError(
-            f"cannot load SDXL from {ref.id!r} ({' '.join(str(exc).split())[:200]}); download it first or pass "
-            f"--model sdxl=/local/path (and no fp16 variant if the folder has none)"
+            f"cannot load SDXL from {ref.id!r} ({exception_line(exc)}); {fix_hint('sdxl', ref.id)} "
+            f"(and no fp16 variant if the folder has none)"
         ) from exc
     return parts, dict(scheduler.config), resolved_revision(getattr(parts["unet"].config, "_name_or_path", None))

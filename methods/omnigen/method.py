@@ -103,9 +103,12 @@ class OmniGen(Method):
             try:
                 pipe = OmniGenPipeline.from_pretrained(self.model_ref.id, revision=self.model_ref.revision, dtype=dtype)
             except (OSError, ValueError) as exc:
+            from relbench.errors import exception_line
+            from relbench.models_manifest import fix_hint, require_cached_ref
+
+            require_cached_ref("omnigen", self.model_ref.id, self.model_ref.revision)
                 raise RelbenchError(
-                    f"cannot load OmniGen from {self.model_ref.id!r} ({' '.join(str(exc).split())[:200]}); "
-                    f"download it first or pass --model omnigen=/local/path"
+                    f"cannot load OmniGen from {self.model_ref.id!r} ({exception_line(exc)}); {fix_hint('omnigen', self.model_ref.id)}"
                 ) from exc
             # An offline load of a missing tokenizer can come back as an almost empty one.
             if pipe.tokenizer is None or len(pipe.tokenizer) < 1000:

@@ -70,6 +70,10 @@ def load_sd15(ref: ModelRef, dtype: str = "float32", variant: str = "", tiny_see
         if torch_dtype(dtype) != pipe.unet.dtype:
             pipe = pipe.to(dtype=torch_dtype(dtype))
     else:
+        from relbench.errors import exception_line
+        from relbench.models_manifest import fix_hint, require_cached_ref
+
+        require_cached_ref(ref.key, ref.id, ref.revision, {"variant": variant})
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 ref.id, revision=ref.revision, dtype=torch_dtype(dtype), variant=variant or None,
@@ -77,8 +81,7 @@ def load_sd15(ref: ModelRef, dtype: str = "float32", variant: str = "", tiny_see
             )
         except (OSError, ValueError) as exc:
             raise RelbenchError(
-                f"cannot load Stable Diffusion 1.5 from {ref.id!r} ({' '.join(str(exc).split())[:200]}); "
-                f"download it first or pass --model {ref.key}=/local/path"
+                f"cannot load Stable Diffusion 1.5 from {ref.id!r} ({exception_line(exc)}); {fix_hint(ref.key, ref.id)}"
             ) from exc
         revision = resolved_revision(pipe.config.get("_name_or_path"))
     if len(pipe.tokenizer) < MIN_VOCABULARY:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from relbench.errors import RelbenchError
-from relbench.method import GenerationRequest, Method
+from relbench.errors import RelbenchError, exception_line
+from relbench.method import GUIDANCE, STEPS, GenerationRequest, Method, bounded
 from relbench.methods.sdxl.meta import INFO
 from relbench.profiles import RunContext, resolved_revision, torch_dtype
 
@@ -68,6 +68,9 @@ class SDXL(Method):
             pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(self.context.seed), add_watermarker=False)
             self.resolved_revision = None
         else:
+            from relbench.models_manifest import fix_hint, require_cached_ref
+
+            require_cached_ref("sdxl", self.model_ref.id, self.model_ref.revision, {"variant": self.config.variant})
             try:
                 pipe = StableDiffusionXLPipeline.from_pretrained(
                     self.model_ref.id, revision=self.model_ref.revision, dtype=dtype,
@@ -75,8 +78,8 @@ class SDXL(Method):
                 )
             except (OSError, ValueError) as exc:
                 raise RelbenchError(
-                    f"cannot load SDXL from {self.model_ref.id!r} ({' '.join(str(exc).split())[:200]}); "
-                    f"download it first or pass --model sdxl=/local/path (and --set sdxl.variant= if it has no fp16 files)"
+                    f"cannot load SDXL from {self.model_ref.id!r} ({exception_line(exc)}); "
+                    f"{fix_hint('sdxl', self.model_ref.id)} (and --set sdxl.variant= if it has no fp16 files)"
                 ) from exc
             self.resolved_revision = resolved_revision(pipe.config.get("_name_or_path"))
             pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
