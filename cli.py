@@ -47,6 +47,17 @@ def _split(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
+def _names(values: list[str] | None, option: str) -> list[str] | None:
+    """The names of a list option, None when it is not given; given but empty (`-m ""`) is a
+    mistake, not "all"."""
+    if values is None:
+        return None
+    names = _split(values)
+    if not names:
+        raise RelbenchError(f"{option}: empty; give names, comma-separated, or leave the option out")
+    return names
+
+
 def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
@@ -98,10 +109,10 @@ def evaluate(
     method_overrides = _parse_sets(set_)
     add_option_settings(method_overrides, "--lora", lora)  # the setting of methods declaring --lora
     options = EvaluateOptions(
-        benchmark=benchmark, output=output, methods=_split(method) or ["all"], metrics=_split(metrics) or None,
+        benchmark=benchmark, output=output, methods=_names(method, "--method") or ["all"], metrics=_names(metrics, "--metrics"),
         profile=profile, seeds=seed_list, resolution=resolution, data_root=data_root, device=device,
         model_overrides=parse_model_overrides(model), method_overrides=method_overrides, limit=limit,
-        relations=_split(relations) or None, stage=stage, progress=not quiet,
+        relations=_names(relations, "--relations"), stage=stage, progress=not quiet,
         judge_options=_parse_judge_options(judge_option),
     )
     try:

@@ -29,14 +29,16 @@ def generate_one(*, method: str, output: Path, benchmark: str, case_id: str | No
     from relbench.data_root import load_image
     from relbench.method import GenerationRequest, SubjectInput
     from relbench.methods import METHODS
+    from relbench.options import check_resolution, check_seed, size_multiple
     from relbench.profiles import RunContext
     from relbench.runner import DEFAULT_RESOLUTION, SubjectInputs, build_method, select_methods
     from relbench.runstore import atomic_save_image
 
     select_methods([method], profile)  # unknown names and profiles: the evaluate messages
     context = RunContext(profile=profile, device=device, model_overrides=model_overrides)
-    size = resolution or DEFAULT_RESOLUTION[profile]
     cls = METHODS.get(method)
+    size = check_resolution(DEFAULT_RESOLUTION[profile] if resolution is None else resolution, size_multiple([cls.resolution_multiple]))
+    check_seed(seed)
     config = cls.settings_from_overrides(context, settings)
     bench: Benchmark | None = None  # ad-hoc inputs come from no benchmark
     if case_id is not None:

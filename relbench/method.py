@@ -8,6 +8,8 @@ a number goes into ``settings()``; the run store hashes it and writes it into ev
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,6 +71,8 @@ class Method(ABC):
     max_subjects: ClassVar[int | None] = None
     # How many requests one generate() call should get; the runner batches by this.
     batch_size: ClassVar[int] = 1
+    # --resolution must be a multiple of this (relbench.options.check_resolution; 16 for OmniGen).
+    resolution_multiple: ClassVar[int] = 8
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -77,6 +81,7 @@ class Method(ABC):
     def __init__(self, context: "RunContext", settings: Any | None = None):
         self.context = context
         self.config = settings if settings is not None else self.default_settings(context)
+        check_setting_ranges(self.name, self.config)  # settings built in Python, not from --set, too
 
     @classmethod
     def default_settings(cls, context: "RunContext") -> Any:
@@ -95,7 +100,9 @@ class Method(ABC):
                     f"--set {cls.name}.{key}: unknown setting; expected one of {', '.join(sorted(fields))}"
                 )
             changes[key] = _coerce(raw, getattr(base, key), f"--set {cls.name}.{key}")
-        return dataclasses.replace(base, **changes)
+        settings = dataclasses.replace(base, **changes)
+        check_setting_ranges(cls.name, settings)
+        return settings
 
     @classmethod
     def settings_fingerprint(cls, settings: Any) -> dict[str, Any]:
@@ -127,6 +134,40 @@ class Method(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list["Image.Image"]:
         """One RGB image per request, of the requested size, deterministic given the seed."""
+
+
+# The values a settings field accepts: declared on the field, checked by check_setting_ranges.
+RANGE = "range"
+STEPS = (1, 1000)  # denoising steps: 0 would divide by zero in the scheduler
+GUIDANCE = (0, 100)  # classifier-free guidance scales
+SEED = (0, 2**32 - 1)  # numpy's seed range (relbench.options.MAX_SEED)
+
+
+def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
+    """A settings field whose value (each element, for a tuple) must lie in [low, high] (None: no
+    bound), e.g. ``num_inference_steps: int = bounded(30, *STEPS)``."""
+    return dataclasses.field(default=default, metadata={RANGE: (low, high)})
+
+
+def check_setting_ranges(method: str, settings: Any) -> None:
+    """Refuse, before any model loads, a value outside its field's declared range and any NaN or
+    infinite number: ``--set sdxl.num_inference_steps=0: must be >= 1``."""
+    if not dataclasses.is_dataclass(settings):
+        return
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        low, high = f.metadata.get(RANGE, (None, None))
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            shown = json.dumps(_jsonable(value)) if isinstance(value, (tuple, list)) else str(value)
+            where = f"--set {method}.{f.name}={shown}"
+            if not math.isfinite(item):
+                raise RelbenchError(f"{where}: must be a finite number")
+            if low is not None and item < low:
+                raise RelbenchError(f"{where}: must be >= {low}")
+            if high is not None and item > high:
+                raise RelbenchError(f"{where}: must be <= {high}")
 
 
 ALL_RELATIONS = "*"  # a per-relation setting's value for every relation
@@ -167,9 +208,12 @@ def _coerce(raw: str, current: Any, where: str) -> Any:
         if current is None or isinstance(current, str):
             return None if raw.lower() in ("none", "null") and current is None else raw
         if isinstance(current, (tuple, list)):
-            import json
-
             value = json.loads(raw)
+            # A JSON list; as long as a tuple default (an RGB triple), of integers where it has them.
+            if not isinstance(value, list) or (isinstance(current, tuple) and len(value) != len(current)):
+                raise ValueError(raw)
+            if current and all(type(v) is int for v in current) and not all(type(v) is int for v in value):
+                raise ValueError(raw)
             return type(current)(value)
     except ValueError:
         raise RelbenchError(f"{where}: cannot read {raw!r} as {type(current).__name__}") from None

@@ -9,11 +9,14 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
+from relbench.registry import unknown_name_message
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +60,40 @@ FULL_MODELS: dict[str, tuple[str, str | None]] = {
     "ms_adapter": ("doge1516/MS-Diffusion", "main"),
     "image_encoder": ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "main"),
 }
+# Keys without a pretrained default, given only as --model KEY=... (README's models table).
+NO_DEFAULT_MODEL_KEYS = ("dense_encoder",)
+# Every key --model accepts: a misspelt key (--model sdxxl=...) is refused, never silently unused.
+MODEL_KEYS = (*FULL_MODELS, *NO_DEFAULT_MODEL_KEYS)
+
+# What --device accepts; anything else would end in torch's traceback when the first model loads.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device string torch does not know, or a GPU this machine does not have, in one
+    line before anything loads. torch is imported only for a GPU device (it is needed then anyway)."""
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise RelbenchError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise RelbenchError("--device mps: no Apple GPU is visible (torch.backends.mps.is_available() is False)")
+        return
+    if not torch.cuda.is_available():
+        raise RelbenchError(f"--device {device}: no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise RelbenchError(f"--device {device}: {count} CUDA GPU{'s' if count != 1 else ''} visible (cuda:0 to cuda:{count - 1})")
+
+
+def check_model_keys(keys: Iterable[str], where: str = "--model") -> None:
+    """Refuse --model keys no loader reads, with suggestions (``Did you mean 'sdxl'?``)."""
+    for key in keys:
+        if key not in MODEL_KEYS:
+            raise RelbenchError(f"{where} {key}=...: {unknown_name_message('model key', key, list(MODEL_KEYS))}")
 
 
 @dataclass
@@ -74,6 +111,8 @@ class RunContext:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise RelbenchError(f"--profile: unknown profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
+        check_device(self.device)
+        check_model_keys(self.model_overrides)
 
     @property
     def is_tiny(self) -> bool:

@@ -132,7 +132,11 @@ class Registry(Generic[T]):
         return self._loaded[name]
 
     def unknown_message(self, name: str) -> str:
-        names = self.names()
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
+        return unknown_name_message(self.kind, name, self.names())
+
+
+def unknown_name_message(kind: str, name: str, names: list[str]) -> str:
+    """``unknown <kind> 'sdxxl'. Did you mean 'sdxl'? Available: ...``: for any list of known names."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"

@@ -22,6 +22,7 @@ from relbench.benchmark import Benchmark, Case
 from relbench.data_root import load_image, resolve_data_root
 from relbench.errors import RelbenchError, output_errors
 from relbench.input_files import input_digests
+from relbench.options import check_resolution, check_seeds, size_multiple
 from relbench.profiles import RunContext
 from relbench.rows import Row, RowKey
 from relbench.runstore import RunStore, RunWriter, image_looks_whole, settings_hash
@@ -231,8 +232,7 @@ def plan_evaluation(options: EvaluateOptions, shard: "Shard | None" = None) -> E
     check_judge_options(context)  # before any model loads
     benchmark = load_benchmark(options.benchmark)
     cases = select_cases(benchmark, options.relations, options.limit)
-    if not options.seeds:
-        raise RelbenchError("--seeds: expected at least one seed")
+    check_seeds(options.seeds)
     data_root = resolve_data_root(options.data_root)
     check_case_files(benchmark, cases, data_root)
 
@@ -241,10 +241,8 @@ def plan_evaluation(options: EvaluateOptions, shard: "Shard | None" = None) -> E
     for name in options.method_overrides:
         if name not in method_names:
             raise RelbenchError(f"--set {name}.*: method {name!r} is not being evaluated (methods: {', '.join(method_names)})")
-    size = options.resolution or DEFAULT_RESOLUTION[options.profile]
-    if size < 8 or size % 8:
-        raise RelbenchError(f"--resolution: expected a multiple of 8 of at least 8, got {size}")
-    width = height = size
+    size = DEFAULT_RESOLUTION[options.profile] if options.resolution is None else options.resolution
+    width = height = check_resolution(size, size_multiple(METHODS.get(name).resolution_multiple for name in method_names))
 
     methods: list[MethodPlan] = []
     for name in method_names:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError
+from relbench.options import check_resolution, check_seeds, size_multiple
 
 TOP_KEYS = {"output", "profile", "benchmarks", "seeds", "metrics", "relations", "limit", "resolution", "models", "methods", "device"}
 METHOD_KEYS = {"method", "set", "grid"}
@@ -90,6 +91,7 @@ def load_sweep(path: Path) -> Sweep:
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise RelbenchError(f"{where}: seeds: expected a non-empty list of integers, got {seeds!r}")
+    check_seeds(seeds, f"{where}: seeds")
     methods = data["methods"]
     if not isinstance(methods, list) or not methods:
         raise RelbenchError(f"{where}: methods: expected a non-empty list of {{method, set, grid}}")
@@ -142,10 +144,11 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
     """Every run of the sweep, validated (names, settings, cases) without loading a model."""
     from relbench.benchmarks import load_benchmark
     from relbench.methods import METHODS
-    from relbench.profiles import RunContext
-    from relbench.runner import select_cases
+    from relbench.profiles import RunContext, check_model_keys
+    from relbench.runner import DEFAULT_RESOLUTION, select_cases
 
     context = RunContext(profile=sweep.profile, device="cpu")
+    check_model_keys(sweep.models, f"{sweep.path}: models:")  # before any run (the device is checked as each starts)
     runs: list[PlannedRun] = []
     for benchmark_name in sweep.benchmarks:
         benchmark = load_benchmark(benchmark_name)
@@ -154,6 +157,8 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
         for entry in sweep.methods:
             name = entry["method"]
             cls = METHODS.get(name)
+            size = DEFAULT_RESOLUTION[sweep.profile] if sweep.resolution is None else sweep.resolution
+            check_resolution(size, size_multiple([cls.resolution_multiple]), f"{sweep.path}: resolution")
             fixed = {k: _as_setting(v) for k, v in entry.get("set", {}).items()}
             grid = entry.get("grid", {})
             keys = sorted(grid)

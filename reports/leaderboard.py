@@ -310,10 +310,29 @@ def write_leaderboard_csv(
     return board
 
 
+# A text cell starting with one of these is run as a formula by spreadsheets (OWASP's CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula (a method named ``=HYPERLINK(...)``,
+    a prompt starting with "-"), prefixed with a single quote so it shows as text; numbers, -0.5
+    included, and every other value stay as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def save_csv(table: pd.DataFrame, output: str | Path) -> Path:
-    """Write a table as CSV; numbers with 10 significant digits (0.3, not 0.30000000000000004)."""
+    """Write a table as CSV; numbers with 10 significant digits (0.3, not 0.30000000000000004);
+    text cells and headers through ``spreadsheet_safe``."""
     output = Path(output)
+    safe = table.copy()
+    safe.columns = [spreadsheet_safe(column) for column in table.columns]
+    for position, dtype in enumerate(safe.dtypes):
+        if not pd.api.types.is_numeric_dtype(dtype):  # numbers are never escaped
+            safe.isetitem(position, safe.iloc[:, position].map(spreadsheet_safe))
     with output_errors(output):  # a full disk or a folder that cannot be written: one line
         output.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output, index=False, float_format="%.10g")
+        safe.to_csv(output, index=False, float_format="%.10g")
     return output

@@ -87,7 +87,7 @@ def test_plan_refuses_bad_options_before_any_model_loads(tmp_path: Path) -> None
     base = {"benchmark": "demo", "output": tmp_path / "run", "methods": ["reference-collage"], "progress": False}
     with pytest.raises(RelbenchError, match="--stage: expected one of all, generate, score, got 'both'"):
         plan_evaluation(EvaluateOptions(**base, stage="both"))
-    with pytest.raises(RelbenchError, match="--resolution: expected a multiple of 8 of at least 8, got 12"):
+    with pytest.raises(RelbenchError, match="--resolution: expected a multiple of 8 from 8 to 4096, got 12"):
         plan_evaluation(EvaluateOptions(**base, resolution=12))
     assert not (tmp_path / "run").exists()
 

@@ -19,31 +19,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relbench.errors import RelbenchError
-from relbench.method import SubjectInput
+from relbench.method import GUIDANCE, SEED, STEPS, SubjectInput, bounded
 from relbench.methods.custom_diffusion.meta import INFO
 from relbench.methods.custom_diffusion.train import FREEZE_MODELS, INITIALIZER_TOKENS, MODIFIER_TOKENS
 from relbench.methods.finetune_common import (
     MIXED_PRECISION, SubjectFinetuneMethod, check_single_tokens, default_dtype, split_list,
 )
+from relbench.options import MAX_RESOLUTION
 from relbench.profiles import RunContext
 
 
 @dataclass(frozen=True)
 class CustomDiffusionSettings:
     # Optimizer steps per subject; a set of N subjects trains N times this (authors: 250 for one concept, 500 for two).
-    max_train_steps_per_subject: int = 250
+    max_train_steps_per_subject: int = bounded(250, 1)
     # Base learning rate (authors: 1e-5), multiplied by batch x accumulation x processes when scale_lr (and x2 with prior preservation).
-    learning_rate: float = 1e-5
+    learning_rate: float = bounded(1e-5, 0, 1)
     # Scale the learning rate as above (authors: --scale_lr).
     scale_lr: bool = True
     # Images per micro-batch (authors: 2).
-    train_batch_size: int = 2
+    train_batch_size: int = bounded(2, 1)
     # Micro-batches per optimizer step: 2 on one GPU stands for the authors' two GPUs (same batch of 4 and learning rate).
-    gradient_accumulation_steps: int = 2
+    gradient_accumulation_steps: int = bounded(2, 1)
     # Training resolution in pixels (authors' SDXL script: 1024).
-    resolution: int = 1024
+    resolution: int = bounded(1024, 64, MAX_RESOLUTION)
     # Training seed: sample order, augmentation, noise (the diffusers example's default 42).
-    seed: int = 42
+    seed: int = bounded(42, *SEED)
     # What trains in cross-attention: crossattn_kv (authors' default) or crossattn (also Q and output, their choice for faces).
     freeze_model: str = "crossattn_kv"
     # Single tokens whose embeddings start <new1>, <new2>, <new3> (authors: ktn+pll+ucd; "ktn" is two CLIP tokens, so ohwx).
@@ -55,15 +56,15 @@ class CustomDiffusionSettings:
     # Prior preservation on generated class images (authors: 200 retrieved real images, which need the network; off here).
     with_prior_preservation: bool = False
     # Class images per subject when prior preservation is on (authors: 200).
-    num_class_images: int = 200
+    num_class_images: int = bounded(200, 1)
     # Weight of the prior loss (authors: 1.0).
-    prior_loss_weight: float = 1.0
+    prior_loss_weight: float = bounded(1.0, 0)
     # Mixed precision of training: fp16 on GPU, "no" on CPU.
     mixed_precision: str = "fp16"
     # Sampling steps with the model's scheduler (diffusers example README: 100; the authors' sample script: 200).
-    num_inference_steps: int = 100
+    num_inference_steps: int = bounded(100, *STEPS)
     # Classifier-free guidance scale (authors: 6.0).
-    guidance_scale: float = 6.0
+    guidance_scale: float = bounded(6.0, *GUIDANCE)
     # Weights dtype for generation: float16 on GPU as the authors ran it; float32 on CPU.
     dtype: str = "float16"
     # SDXL weight files variant ("fp16" halves the download); "" for none.

@@ -18,49 +18,50 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relbench.errors import RelbenchError
-from relbench.method import SubjectInput
+from relbench.method import GUIDANCE, SEED, STEPS, SubjectInput, bounded
 from relbench.methods.dreambooth_lora.meta import INFO
 from relbench.methods.finetune_common import (
     MIXED_PRECISION, RARE_TOKENS, SubjectFinetuneMethod, check_single_tokens, default_dtype, split_list,
 )
 from relbench.methods.sdxl.method import DREAMRELATION_NEGATIVE_PROMPT
+from relbench.options import MAX_RESOLUTION
 from relbench.profiles import RunContext
 
 
 @dataclass(frozen=True)
 class DreamBoothLoRASettings:
     # Optimizer steps per subject; a set of N subjects trains N times this (README_sdxl: 500 for one subject).
-    max_train_steps_per_subject: int = 500
+    max_train_steps_per_subject: int = bounded(500, 1)
     # AdamW learning rate, constant, no warm-up (README_sdxl: 1e-4, constant, 0 warm-up steps).
-    learning_rate: float = 1e-4
+    learning_rate: float = bounded(1e-4, 0, 1)
     # LoRA rank on the UNet's attention projections to_q/k/v/out (train_dreambooth_lora_sdxl.py --rank default 4; alpha = rank).
-    rank: int = 4
+    rank: int = bounded(4, 1)
     # Images per micro-batch (README_sdxl: 1).
-    train_batch_size: int = 1
+    train_batch_size: int = bounded(1, 1)
     # Micro-batches per optimizer step (README_sdxl: 4).
-    gradient_accumulation_steps: int = 4
+    gradient_accumulation_steps: int = bounded(4, 1)
     # Training resolution in pixels (README_sdxl: 1024).
-    resolution: int = 1024
+    resolution: int = bounded(1024, 16, MAX_RESOLUTION)
     # Training seed: LoRA init, crops, sample order, noise (README_sdxl: 0).
-    seed: int = 0
+    seed: int = bounded(0, *SEED)
     # Rare token of subjects 1..3, the subjects sorted by id (README_sdxl's "sks", then single rare CLIP tokens).
     tokens: str = ",".join(RARE_TOKENS)
     # Prior preservation on generated class images (README_sdxl trains without it; the DreamBooth paper's prior loss when on).
     with_prior_preservation: bool = False
     # Class images per subject when prior preservation is on (train_dreambooth_lora_sdxl.py --num_class_images default 100).
-    num_class_images: int = 100
+    num_class_images: int = bounded(100, 1)
     # Weight of the prior loss (the script's default 1.0).
-    prior_loss_weight: float = 1.0
+    prior_loss_weight: float = bounded(1.0, 0)
     # Mixed precision of training: fp16 on GPU as README_sdxl, "no" on CPU.
     mixed_precision: str = "fp16"
     # Euler sampling steps (the sdxl control and DreamRelation's inference: 30; README_sdxl's example uses 25).
-    num_inference_steps: int = 30
+    num_inference_steps: int = bounded(30, *STEPS)
     # Classifier-free guidance scale (SDXL pipeline default and DreamRelation's inference: 5.0).
-    guidance_scale: float = 5.0
+    guidance_scale: float = bounded(5.0, *GUIDANCE)
     # Negative prompt (DreamRelation's inference, as the sdxl control).
     negative_prompt: str = DREAMRELATION_NEGATIVE_PROMPT
     # LoRA strength at inference (1.0: as trained).
-    lora_scale: float = 1.0
+    lora_scale: float = bounded(1.0, -10, 10)
     # Weights dtype for generation: float16 on GPU as the authors ran it; float32 on CPU.
     dtype: str = "float16"
     # SDXL weight files variant ("fp16" halves the download); "" for none.

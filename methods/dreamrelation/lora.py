@@ -100,6 +100,34 @@ def read_lora_file(path: Path) -> dict[str, "torch.Tensor"]:
     return state
 
 
+# The LoRA tensor names diffusers reads (its own format, and peft's) and the side of each.
+LORA_KEY_SUFFIXES = {".lora.down.weight": "down", ".lora.up.weight": "up", ".lora_A.weight": "down", ".lora_B.weight": "up"}
+
+
+def check_lora_shapes(path: Path, state: dict[str, "torch.Tensor"], unet: "UNet2DConditionModel") -> None:
+    """Refuse a LoRA whose tensors do not fit the UNet's layers before diffusers reads it (it fails
+    with logs over many lines, or an IndexError): one line naming the file, the key, the expected
+    and the found shape. A linear layer of in x out features takes down (rank, in) and up (out, rank)."""
+    modules = dict(unet.named_modules())
+    for key in sorted(state):
+        suffix = next((s for s in LORA_KEY_SUFFIXES if key.endswith(s)), None)
+        if not key.startswith("unet.") or suffix is None:
+            continue
+        name = key[len("unet."):-len(suffix)]
+        if name not in modules:
+            raise RelbenchError(f"{path}: {key}: this UNet has no layer {name} (a LoRA of another base model?)")
+        layer = getattr(modules[name], "base_layer", modules[name])  # peft wraps a layer holding another LoRA
+        if not hasattr(layer, "in_features") or not hasattr(layer, "out_features"):
+            continue  # the relation LoRA's targets are linear layers; diffusers checks any other
+        down = next((state[f"unet.{name}{s}"] for s, side in LORA_KEY_SUFFIXES.items() if side == "down" and f"unet.{name}{s}" in state), None)
+        rank = int(down.shape[0]) if down is not None and down.ndim == 2 else "rank"
+        expected = (rank, layer.in_features) if LORA_KEY_SUFFIXES[suffix] == "down" else (layer.out_features, rank)
+        found = tuple(int(n) for n in state[key].shape)
+        if found != expected:
+            shown = ", ".join(str(n) for n in expected)
+            raise RelbenchError(f"{path}: {key}: expected shape ({shown}), found {found} (a LoRA of another base model?)")
+
+
 def read_lora_config(path: Path) -> dict[str, Any] | None:
     """The UNet adapter config (``r``, ``lora_alpha``, ...) stored in a LoRA file's metadata, or
     None when it has none (then, as in diffusers, alpha = rank)."""

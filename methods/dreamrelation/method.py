@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relbench.errors import RelbenchError
-from relbench.method import ALL_RELATIONS, parse_relation_map
+from relbench.method import ALL_RELATIONS, GUIDANCE, STEPS, bounded, parse_relation_map
 from relbench.methods.dreamrelation.meta import INFO
 from relbench.methods.ms_diffusion.method import NEGATIVE_PROMPT, MSDiffusion
 from relbench.profiles import RunContext
@@ -29,15 +29,15 @@ class DreamRelationSettings:
     # Relation LoRAs: "FILE" for every relation, or "RELATION=FILE,RELATION=FILE" (required).
     loras: str = ""
     # Strength of the relation LoRA (the reference loads it at 1.0).
-    lora_scale: float = 1.0
+    lora_scale: float = bounded(1.0, -10, 10)
     # Denoising steps of the Euler sampler (reference inference: 30).
-    num_inference_steps: int = 30
+    num_inference_steps: int = bounded(30, *STEPS)
     # Classifier-free guidance scale (reference inference: 5.0).
-    guidance_scale: float = 5.0
+    guidance_scale: float = bounded(5.0, *GUIDANCE)
     # Negative prompt (the reference's).
     negative_prompt: str = NEGATIVE_PROMPT
     # Weight of the adapter's image attention (reference: 0.6).
-    scale: float = 0.6
+    scale: float = bounded(0.6, 0, 10)
     # Weights dtype: float16 on GPU as the authors ran it; float32 on CPU.
     dtype: str = "float16"
     # SDXL weight files variant ("fp16" halves the download); "" for none.
@@ -85,7 +85,7 @@ class DreamRelation(MSDiffusion):
         super().__init__(context, settings)
         from diffusers.utils import logging as diffusers_logging
 
-        from relbench.methods.dreamrelation.lora import file_sha256, read_lora_file, resolve_lora_file
+        from relbench.methods.dreamrelation.lora import check_lora_shapes, file_sha256, read_lora_file, resolve_lora_file
 
         loras = parse_loras(self.config.loras)
         if not loras:
@@ -99,7 +99,8 @@ class DreamRelation(MSDiffusion):
         try:
             for index, (relation, source) in enumerate(sorted(loras.items())):
                 path = resolve_lora_file(source)
-                read_lora_file(path)  # refuses truncated or non-LoRA files with a clear message
+                # Truncated or non-LoRA files, and tensors that do not fit the UNet, in one line each.
+                check_lora_shapes(path, read_lora_file(path), self.pipe.unet)
                 name = f"relation_{index}"
                 try:
                     self.pipe.load_lora_weights(str(path), adapter_name=name)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
-from relbench.method import GenerationRequest, Method
+from relbench.method import GUIDANCE, STEPS, GenerationRequest, Method, bounded
 from relbench.methods.ip_adapter.meta import INFO
 from relbench.profiles import RunContext, resolved_revision, torch_dtype
 
@@ -46,11 +46,11 @@ NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 class IPAdapterSettings:
     # Weight of each subject's image attention (diffusers' multi-subject masking example: 0.7; the
     # authors advise about 0.5 for text + image prompts, 1.0 for an image alone).
-    scale: float = 0.7
+    scale: float = bounded(0.7, 0, 10)
     # Denoising steps (authors' IPAdapterXL.generate default: 30).
-    num_inference_steps: int = 30
+    num_inference_steps: int = bounded(30, *STEPS)
     # Classifier-free guidance scale (SDXL pipeline default, used by the authors' SDXL demo: 5.0).
-    guidance_scale: float = 5.0
+    guidance_scale: float = bounded(5.0, *GUIDANCE)
     # Negative prompt (authors' IPAdapterXL default).
     negative_prompt: str = NEGATIVE_PROMPT
     # Folder of the adapter weights inside the ip_adapter model (h94/IP-Adapter layout).

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from relbench.method import GenerationRequest, Method
+from relbench.method import GUIDANCE, STEPS, GenerationRequest, Method, bounded
 from relbench.methods.ms_diffusion.meta import INFO
 from relbench.profiles import RunContext
 
@@ -26,13 +26,13 @@ NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality"
 @dataclass(frozen=True)
 class MSDiffusionSettings:
     # Denoising steps of the Euler sampler (authors' inference: 30).
-    num_inference_steps: int = 30
+    num_inference_steps: int = bounded(30, *STEPS)
     # Classifier-free guidance scale (authors' inference: 5.0).
-    guidance_scale: float = 5.0
+    guidance_scale: float = bounded(5.0, *GUIDANCE)
     # Negative prompt for the unconditional branch (DreamRelation's inference).
     negative_prompt: str = NEGATIVE_PROMPT
     # Weight of the adapter's image attention (authors' default: 0.6).
-    scale: float = 0.6
+    scale: float = bounded(0.6, 0, 10)
     # Weights dtype: float16 on GPU as the authors ran it; float32 on CPU.
     dtype: str = "float16"
     # SDXL weight files variant ("fp16" halves the download); "" for none.

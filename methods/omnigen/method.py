@@ -35,8 +35,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
-from relbench.method import GenerationRequest, Method
+from relbench.method import GUIDANCE, STEPS, GenerationRequest, Method, bounded
 from relbench.methods.omnigen.meta import INFO
+from relbench.options import MAX_RESOLUTION
 from relbench.profiles import RunContext, resolved_revision, torch_dtype
 
 if TYPE_CHECKING:
@@ -52,13 +53,13 @@ class OmniGenSettings:
     # How the prompt points at the subjects' images (see the module docstring; versioned).
     prompt_style: str = "inline-v1"
     # Denoising steps (authors' default: 50).
-    num_inference_steps: int = 50
+    num_inference_steps: int = bounded(50, *STEPS)
     # Text guidance scale (authors' default: 2.5).
-    guidance_scale: float = 2.5
+    guidance_scale: float = bounded(2.5, *GUIDANCE)
     # Image guidance scale (authors' default with input images: 1.6).
-    img_guidance_scale: float = 1.6
+    img_guidance_scale: float = bounded(1.6, *GUIDANCE)
     # Input images are scaled down to at most this many pixels per side (authors' default: 1024).
-    max_input_image_size: int = 1024
+    max_input_image_size: int = bounded(1024, 16, MAX_RESOLUTION)
     # Weights dtype: bfloat16 on GPU as in the authors' diffusers example; float32 on CPU.
     dtype: str = "bfloat16"
 
@@ -69,6 +70,8 @@ class OmniGen(Method):
     model_keys = ("omnigen",)
     # One request per call: see the module docstring (global-generator VAE sampling; memory).
     batch_size = 1
+    # Its pipeline packs 1/8 latents into 2x2 patches: other sizes are resized with only a warning.
+    resolution_multiple = 16
 
     @classmethod
     def default_settings(cls, context: RunContext) -> OmniGenSettings:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from relbench.method import GenerationRequest, Method
+from relbench.method import GenerationRequest, Method, bounded
 from relbench.methods.reference_collage.meta import INFO
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ReferenceCollageSettings:
     # RGB of the neutral background the references are pasted on.
-    background: tuple[int, int, int] = (127, 127, 127)
+    background: tuple[int, int, int] = bounded((127, 127, 127), 0, 255)
     # "contain": keep the reference's aspect ratio, centred in its box; "stretch": fill the box.
     fit: str = "contain"
     # Which reference image a subject shows: the (seed mod number of references)-th one, so that

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
-from relbench.method import ALL_RELATIONS, GenerationRequest, Method, parse_relation_map
+from relbench.method import ALL_RELATIONS, GUIDANCE, SEED, STEPS, GenerationRequest, Method, bounded, parse_relation_map
 from relbench.methods.reversion.meta import INFO
+from relbench.options import MAX_RESOLUTION
 from relbench.profiles import RunContext
 
 if TYPE_CHECKING:
@@ -55,46 +56,46 @@ class ReVersionSettings:
     # Prompt from the two subjects' class nouns; {0}, {1} = nouns, <R> = the relation token (authors' "cat {} stone").
     prompt_template: str = "{0} <R> {1}"
     # Denoising steps (authors' inference.py: 50, with SD 1.5's default PNDM sampler).
-    num_inference_steps: int = 50
+    num_inference_steps: int = bounded(50, *STEPS)
     # Classifier-free guidance scale (authors' inference.py: 7.5).
-    guidance_scale: float = 7.5
+    guidance_scale: float = bounded(7.5, *GUIDANCE)
     # Negative prompt (the authors use none).
     negative_prompt: str = ""
     # Side of the square SD 1.5 generates at before resizing to the requested size (its native 512); 0 = the requested size.
-    generation_size: int = 512
+    generation_size: int = bounded(512, 0, MAX_RESOLUTION)
     # Weights dtype at generation: float16 on GPU as the authors sample; float32 on CPU.
     dtype: str = "float16"
     # Weight files variant of the SD folder ("fp16" halves the download); "" = full-precision files.
     variant: str = ""
     # --- training of <R> (authors' README command) ---
     # Optimizer steps (authors: 3000).
-    max_train_steps: int = 3000
+    max_train_steps: int = bounded(3000, 1)
     # Base learning rate (authors: 2.5e-4), multiplied by batch x accumulation x processes when scale_lr.
-    learning_rate: float = 2.5e-4
+    learning_rate: float = bounded(2.5e-4, 0, 1)
     # The authors' --scale_lr (on).
     scale_lr: bool = True
     # Exemplars per micro-batch (authors: 2).
-    train_batch_size: int = 2
+    train_batch_size: int = bounded(2, 1)
     # Micro-batches per optimizer step (authors: 4).
-    gradient_accumulation_steps: int = 4
+    gradient_accumulation_steps: int = bounded(4, 1)
     # Training resolution (authors: 512).
-    train_resolution: int = 512
+    train_resolution: int = bounded(512, 16, MAX_RESOLUTION)
     # Word whose embedding <R> starts from (authors: "and").
     initializer_token: str = "and"
     # Weight of the denoising loss (authors: 1.0).
-    denoise_loss_weight: float = 1.0
+    denoise_loss_weight: float = bounded(1.0, 0)
     # Weight of the relation-steering contrastive loss (authors: 0.01).
-    steer_loss_weight: float = 0.01
+    steer_loss_weight: float = bounded(0.01, 0)
     # Prepositions drawn per sample as steering positives (authors: 4).
-    num_positives: int = 4
+    num_positives: int = bounded(4, 1)
     # Temperature of the steering loss (authors: 0.07).
-    temperature: float = 0.07
+    temperature: float = bounded(0.07, 0.001, 100)
     # Relation-focal importance sampling of timesteps (authors: on).
     importance_sampling: bool = True
     # Skew alpha of the sampling function 1 - alpha cos(pi t / T) (authors: 0.5).
-    scaled_cosine_alpha: float = 0.5
+    scaled_cosine_alpha: float = bounded(0.5, 0, 1)
     # Training seed (authors: 2023).
-    train_seed: int = 2023
+    train_seed: int = bounded(2023, *SEED)
     # Mixed precision of training: "no" (authors' accelerate config), "fp16" or "bf16".
     mixed_precision: str = "no"
 

@@ -26,9 +26,9 @@ DREAMRELATION_NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality,
 @dataclass(frozen=True)
 class SDXLSettings:
     # Denoising steps of the Euler sampler (DreamRelation inference: 30).
-    num_inference_steps: int = 30
+    num_inference_steps: int = bounded(30, *STEPS)
     # Classifier-free guidance scale (DreamRelation inference: 5.0).
-    guidance_scale: float = 5.0
+    guidance_scale: float = bounded(5.0, *GUIDANCE)
     # Negative prompt for the unconditional branch (DreamRelation inference's).
     negative_prompt: str = DREAMRELATION_NEGATIVE_PROMPT
     # Weights dtype: float16 on GPU as the authors ran it; float32 on CPU.

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -294,7 +295,8 @@ class APIJudge(Judge):
             return None
         key = self._key.get()
         if key:
-            text = text.replace(key, "***")
+            # In any letter case: a server may echo the key lower- or upper-cased.
+            text = re.sub(re.escape(key), "***", text, flags=re.IGNORECASE)
         return text[:MAX_RECORDED_TEXT]
 
     def _headers(self) -> dict[str, str]:
