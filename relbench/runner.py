@@ -68,8 +68,8 @@ class EvaluateSummary:
     reused_images: int = 0
     skipped: int = 0  # rows that were already there
     scored: int = 0  # stored rows scored by the scoring pass (new metrics, or --stage generate rows)
-    rows: int = 0
     regenerated: int = 0  # rows whose image was missing or unreadable, made again (part of generated)
+    rows: int = 0
     rank: int = 0  # this process in a distributed run (counts above are this process's own)
     world: int = 1
 
@@ -248,6 +248,8 @@ def plan_evaluation(options: EvaluateOptions, shard: "Shard | None" = None) -> E
     for name in method_names:
         settings, requested = method_config(METHODS.get(name), context, options.method_overrides.get(name, {}), width, height)
         if options.stage != "score":
+            METHODS.get(name).check_cases(settings, benchmark, cases, tuple(options.seeds))
+        methods.append(MethodPlan(name, settings, requested, settings_hash(requested)))
     # Offline, the HF cache must hold every file the full profile's models read: one error listing them.
     from relbench.models_manifest import check_model_cache
 
@@ -255,8 +257,6 @@ def plan_evaluation(options: EvaluateOptions, shard: "Shard | None" = None) -> E
         context, [(m.name, METHODS.get(m.name).model_keys, m.settings) for m in methods] if options.stage != "score" else [],
         metric_names if options.stage != "generate" else [],
     )
-            METHODS.get(name).check_cases(settings, benchmark, cases, tuple(options.seeds))
-        methods.append(MethodPlan(name, settings, requested, settings_hash(requested)))
     return EvaluationPlan(
         output=Path(options.output), context=context, benchmark=benchmark, cases=cases, seeds=tuple(options.seeds),
         data_root=data_root, methods=methods, metrics=metric_names, width=width, height=height,
@@ -283,13 +283,13 @@ def run_plan(plan: EvaluationPlan, shard: "Shard | None" = None) -> EvaluateSumm
             writer.compact()
             summary.rows = len(writer.rows)
             _record_metric_settings(store, writer, plan.metrics)
+        if problem:
+            raise problem
         return summary
     # Several processes (accelerate launch / torchrun): the main one checks the settings and merges
     # what a killed run left; each process then works on its share of the items and writes its own
     # shard; the main one merges the shards at the end.
     if shard.rank == 0:
-        if problem:
-            raise problem
         store.open_for_writing(config, env).close()
     shard.barrier()
     with store.open_shard(shard.rank) as writer:
@@ -300,13 +300,13 @@ def run_plan(plan: EvaluationPlan, shard: "Shard | None" = None) -> EvaluateSumm
             summary.rows = len(writer.rows)
             _record_metric_settings(store, writer, plan.metrics)
     shard.barrier()
+    if problem:
+        raise problem
     return summary
 
 
 def build_method(name: str, context: RunContext, settings: Any, benchmark: Benchmark | None, data_root: Path) -> "Method":
     """The method lifecycle ``relbench evaluate`` and ``relbench generate`` share: build the method
-    if problem:
-        raise problem
     once with its settings, then hand it the benchmark its requests come from (``use_benchmark``,
     e.g. ReVersion's exemplars) before the caller asks for ``settings()`` and ``generate``.
     ``benchmark`` is None only for ad-hoc inputs (``relbench generate`` without ``--case``)."""
@@ -363,15 +363,15 @@ def _work(writer: RunWriter, plan: EvaluationPlan, scorer: "Scorer", summary: Ev
     """
     before = set(writer.rows)  # the rows earlier runs left
     if plan.stage != "score":
+        todo = {(m.name, m.settings_hash, case.id, seed) for m in plan.methods for case in plan.cases for seed in plan.seeds}
+        broken = {key for key in todo & before if not image_looks_whole(writer.store.root / writer.rows[key].image)}
+        if broken and shard.rank == 0:
+            _warn_regenerating(len(broken))
         pending = {
             m.name: [(case, seed) for case in plan.cases for seed in plan.seeds
                      if (key := (m.name, m.settings_hash, case.id, seed)) not in before or key in broken]
             for m in plan.methods
         }
-        todo = {(m.name, m.settings_hash, case.id, seed) for m in plan.methods for case in plan.cases for seed in plan.seeds}
-        broken = {key for key in todo & before if not image_looks_whole(writer.store.root / writer.rows[key].image)}
-        if broken and shard.rank == 0:
-            _warn_regenerating(len(broken))
         summary.skipped = sum(len(plan.cases) * len(plan.seeds) - len(p) for p in pending.values())
         mine = {name: shard.take(items) for name, items in pending.items()}
         summary.regenerated += sum((m.name, m.settings_hash, case.id, seed) in broken for m in plan.methods for case, seed in mine[m.name])
