@@ -103,13 +103,13 @@ class OmniGen(Method):
             if dtype != pipe.transformer.dtype:
                 pipe = pipe.to(dtype=dtype)  # tiny weights are built in float32
         else:
-            try:
-                pipe = OmniGenPipeline.from_pretrained(self.model_ref.id, revision=self.model_ref.revision, dtype=dtype)
-            except (OSError, ValueError) as exc:
             from relbench.errors import exception_line
             from relbench.models_manifest import fix_hint, require_cached_ref
 
             require_cached_ref("omnigen", self.model_ref.id, self.model_ref.revision)
+            try:
+                pipe = OmniGenPipeline.from_pretrained(self.model_ref.id, revision=self.model_ref.revision, dtype=dtype)
+            except (OSError, ValueError) as exc:
                 raise RelbenchError(
                     f"cannot load OmniGen from {self.model_ref.id!r} ({exception_line(exc)}); {fix_hint('omnigen', self.model_ref.id)}"
                 ) from exc
