@@ -67,7 +67,7 @@ class Need:
     revision: str
     files: tuple[str, ...]
     users: tuple[str, ...]
-    values: Mapping[str, str] = field(default_factory=dict)  # the template values (for the fix command)
+    variants: tuple[str, ...] = ()  # the weight variants read ("" = full precision), for the fix command
 
     @property
     def key(self) -> str:
@@ -151,21 +151,24 @@ class Request:
 
 def resolve(manifest: Manifest, requests: Iterable[Request]) -> list[Need]:
     """The files of each (key, revision), merged over the requests, in the manifest's key order."""
-    merged: dict[tuple[str, str], tuple[list[str], list[str], dict[str, str]]] = {}
+    merged: dict[tuple[str, str], tuple[list[str], list[str], list[str]]] = {}
     for request in requests:
         entry = manifest.entry(request.key)
         revision = request.revision or entry.revision
-        files, users, values = merged.setdefault((request.key, revision), ([], [], {}))
+        files, users, variants = merged.setdefault((request.key, revision), ([], [], []))
         for path in entry.files_read(request.values):
             if path not in files:
                 files.append(path)
         if request.user not in users:
             users.append(request.user)
-        values.update({k: str(v) for k, v in request.values.items() if k in entry.settings and v is not None})
+        if "variant" in entry.settings:
+            variant = request.values.get("variant")
+            variant = entry.settings["variant"] if variant is None else str(variant)
+            variants += [] if variant in variants else [variant]
     order = list(manifest.models)
     return [
-        Need(manifest.models[key], revision, tuple(files), tuple(users), values)
-        for (key, revision), (files, users, values) in sorted(merged.items(), key=lambda item: order.index(item[0][0]))
+        Need(manifest.models[key], revision, tuple(files), tuple(users), tuple(variants))
+        for (key, revision), (files, users, variants) in sorted(merged.items(), key=lambda item: order.index(item[0][0]))
     ]
 
 
@@ -236,23 +239,22 @@ def missing_files(needs: Iterable[Need], cache: str | os.PathLike[str] | None = 
 
 def download_command(needs: Iterable[Need]) -> str:
     """The ``relbench models download`` command(s) that fetch these needs' files: one per weight
-    variant in use (``--variant`` only where it differs from a key's GPU default)."""
-    groups: dict[str | None, list[str]] = {}
-    plain: list[str] = []  # keys without a variant join the first command
+    variant in use, ``--variant`` only where it is not every key's GPU default."""
+    needs = list(needs)
+    groups: dict[str, list[Need]] = {}  # variant in use -> needs
+    plain: list[Need] = []  # keys without a variant join the first command
     for need in needs:
-        default = need.entry.settings.get("variant")
-        if "variant" not in need.entry.settings:
-            plain += [] if need.key in plain else [need.key]
-            continue
-        value = need.values.get("variant", default)
-        keys = groups.setdefault(None if value == default else value, [])
-        keys += [] if need.key in keys else [need.key]
-    groups = groups or {None: []}
-    groups[next(iter(groups))] += [k for k in plain if k not in groups[next(iter(groups))]]
-    commands = [
-        "relbench models download " + " ".join(f"--key {k}" for k in keys) + ("" if variant is None else f" --variant {variant or 'none'}")
-        for variant, keys in groups.items()
-    ]
+        for variant in need.variants:
+            groups.setdefault(variant, []).append(need)
+        if not need.variants:
+            plain.append(need)
+    commands = []
+    for i, (variant, members) in enumerate(groups.items() or [("", [])]):
+        members = [n for n in needs if n in members or n in plain] if i == 0 else members
+        keys = list(dict.fromkeys(n.key for n in members))
+        default = all(n.entry.settings.get("variant", variant) == variant for n in members)
+        option = "" if default else f" --variant {variant or 'none'}"
+        commands.append("relbench models download " + " ".join(f"--key {k}" for k in keys) + option)
     return " and ".join(f"`{c}`" for c in commands)
 
 
@@ -346,6 +348,35 @@ def check_model_cache(context: Any, methods: Sequence[tuple[str, Sequence[str], 
     count = sum(len(files) for _, files in missing)
     warnings.warn(f"{count} model files are not in the HF cache {cache_dir()} yet: the loaders download them now "
                   f"(on a node without network: {download_command(n for n, _ in missing)} first, then HF_HUB_OFFLINE=1)")
+
+
+def cached_commit(need: Need, cache: str | os.PathLike[str] | None = None) -> str | None:
+    """The commit of the HF-cache snapshot that ``need``'s files are read from (None: not cached)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for path in need.files:
+        found = try_to_load_from_cache(need.entry.repo, path, cache_dir=cache, revision=need.revision)
+        if isinstance(found, str):
+            parts = Path(found).parts
+            return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+    return None
+
+
+def plan_hub_models(plan: Any) -> dict[str, dict[str, Any]]:
+    """run.json provenance of an evaluation plan: each hub model it reads -> repo, revision, the
+    commit the HF cache resolves it to (None where it is not cached yet), who reads it."""
+    context = plan.context
+    if context.is_tiny:
+        return {}
+    from relbench.methods import METHODS
+
+    methods = [(m.name, METHODS.get(m.name).model_keys, m.settings) for m in plan.methods] if plan.stage != "score" else []
+    needs = plan_needs(load_manifest(), context.model, methods, plan.metrics if plan.stage != "generate" else [],
+                       context.model_overrides)
+    return {
+        need.key: {"repo": need.entry.repo, "revision": need.revision, "commit": cached_commit(need), "used_by": list(need.users)}
+        for need in needs
+    }
 
 
 def human_size(size: int) -> str:

@@ -277,6 +277,9 @@ def run_plan(plan: EvaluationPlan, shard: "Shard | None" = None) -> EvaluateSumm
     summary.rank, summary.world = shard.rank, shard.world
     scorer = Scorer(plan.context, plan.metrics, plan.benchmark, plan.data_root, plan.progress)
     env = environment(str(plan.context.torch_device()))
+    from relbench.models_manifest import plan_hub_models
+
+    env["hub_models"] = plan_hub_models(plan)  # the commit of each hub model read, from the HF cache
     if shard.world == 1:
         with store.open_for_writing(config, env) as writer:
             problem = _work(writer, plan, scorer, summary, shard)
