@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from relbench.errors import RelbenchError
 from relbench.metrics.base import Metric, MetricResult, ScoringSample
 from relbench.metrics.clip_meta import CLIP_I, CLIP_T
-from relbench.metrics.embedder import DEFAULT_BATCH_SIZE, ImageEmbedder, ReferenceSimilarityMetric, normalized, per_context
+from relbench.metrics.embedder import (
+    DEFAULT_BATCH_SIZE,
+    ImageEmbedder,
+    ReferenceSimilarityMetric,
+    compute_precision,
+    default_precision,
+    normalized,
+    per_context,
+)
 from relbench.metrics.functional.similarity import SCALE
 from relbench.metrics.loading import batched, load_component, load_pretrained
 from relbench.profiles import ModelRef, RunContext
@@ -96,7 +104,7 @@ class CLIPEmbedder(ImageEmbedder):
         if self.tokenizer is None:
             raise RelbenchError(f"clip model {self.model_id!r}: built without a tokenizer, cannot embed prompts")
         parts = []
-        with torch.inference_mode():
+        with torch.inference_mode(), compute_precision(self.dtype):
             for batch in batched(list(texts), self.batch_size):
                 for text, ids in zip(batch, self.tokenizer(list(batch))["input_ids"]):
                     if len(ids) > self.max_text_tokens:
@@ -136,13 +144,16 @@ class CLIPEmbedder(ImageEmbedder):
         return settings
 
 
-# One loaded CLIP per run context and dtype, so that clip_t and clip_i built by the runner from the
-# same context (``METRICS.get(name)(context)``) load the model once. Entries go with the context.
+# One loaded CLIP per run context and dtype, so that clip_t, clip_i, clip_r and the identity
+# metrics built by the runner from the same context (``METRICS.get(name)(context)``) load the model
+# once and embed each generated image once (the embedder's memo). Entries go with the context.
 _SHARED_EMBEDDERS: dict[int, dict[str, CLIPEmbedder]] = {}
 
 
-def shared_clip_embedder(context: RunContext, dtype: str = "float32") -> CLIPEmbedder:
-    """The CLIP embedder of this context (built on first use, dropped when the context is)."""
+def shared_clip_embedder(context: RunContext, dtype: str | None = None) -> CLIPEmbedder:
+    """The CLIP embedder of this context (built on first use, dropped when the context is);
+    ``dtype`` None: ``default_precision()``."""
+    dtype = dtype or default_precision()
     embedders = per_context(_SHARED_EMBEDDERS, context)
     if dtype not in embedders:
         embedders[dtype] = CLIPEmbedder(context, dtype=dtype)
@@ -165,9 +176,11 @@ def _unpack_built(model: Any) -> tuple[Any, Any, Any]:
 # Metrics
 
 
-def _embedder_for(context: RunContext, model: Any, dtype: str) -> CLIPEmbedder:
+def _embedder_for(context: RunContext, model: Any, dtype: str | None) -> CLIPEmbedder:
     """A built model gets its own embedder; otherwise the context's shared one."""
-    return CLIPEmbedder(context, model, dtype=dtype) if model is not None else shared_clip_embedder(context, dtype)
+    if model is not None:
+        return CLIPEmbedder(context, model, dtype=dtype or default_precision())
+    return shared_clip_embedder(context, dtype)
 
 
 class _UsesCLIP(Metric):
@@ -179,9 +192,10 @@ class _UsesCLIP(Metric):
         model: Any = None,
         *,
         embedder: CLIPEmbedder | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
+        """``dtype``: a precision of ``relbench.metrics.embedder.PRECISIONS``; None: ``default_precision()``."""
         super().__init__(context)
         self.batch_size = batch_size
         self.embedder = embedder or _embedder_for(context, model, dtype)

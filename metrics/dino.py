@@ -25,10 +25,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.errors import RelbenchError
 from relbench.metrics.dino_meta import INFO
-from relbench.metrics.embedder import DEFAULT_BATCH_SIZE, ImageEmbedder, ReferenceSimilarityMetric, per_context
+from relbench.metrics.embedder import (
+    DEFAULT_BATCH_SIZE,
+    ImageEmbedder,
+    ReferenceSimilarityMetric,
+    check_precision,
+    default_precision,
+    per_context,
+)
 from relbench.metrics.functional.similarity import SCALE
 from relbench.metrics.loading import load_component, load_pretrained
-from relbench.profiles import ModelRef, RunContext, torch_dtype
+from relbench.profiles import ModelRef, RunContext
 
 if TYPE_CHECKING:
     import torch
@@ -139,10 +146,11 @@ class DINOEmbedder(ImageEmbedder):
 _SHARED_EMBEDDERS: dict[int, dict[tuple[str, str], DINOEmbedder]] = {}
 
 
-def shared_dino_embedder(context: RunContext, pooling: str = "cls", dtype: str = "float32") -> DINOEmbedder:
-    """The DINO embedder of this context for ``pooling`` (built on first use, dropped with the context)."""
+def shared_dino_embedder(context: RunContext, pooling: str = "cls", dtype: str | None = None) -> DINOEmbedder:
+    """The DINO embedder of this context for ``pooling`` (built on first use, dropped with the
+    context); ``dtype`` None: ``default_precision()``."""
     check_pooling(pooling)
-    torch_dtype(dtype)
+    dtype = check_precision(dtype or default_precision())
     embedders = per_context(_SHARED_EMBEDDERS, context)
     if (pooling, dtype) not in embedders:
         loaded = next((e for (_, d), e in embedders.items() if d == dtype), None)
@@ -161,15 +169,16 @@ class DINOScore(ReferenceSimilarityMetric):
         model: Any = None,
         *,
         pooling: str = "cls",
-        dtype: str = "float32",
+        dtype: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         embedder: DINOEmbedder | None = None,
     ):
         """``model``: a built ``(ViTModel, image_processor)`` (own embedder); ``embedder``: one to
-        share; neither: the context's shared embedder."""
+        share; neither: the context's shared embedder. ``dtype``: a precision
+        (``relbench.metrics.embedder.PRECISIONS``); None: ``default_precision()``."""
         super().__init__(context)
         check_pooling(pooling)
-        torch_dtype(dtype)
+        dtype = check_precision(dtype or default_precision())
         self.batch_size = batch_size
         if embedder is not None:
             self.embedder = embedder.with_pooling(pooling)

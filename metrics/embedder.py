@@ -9,13 +9,28 @@ Subclasses say how to build their model and how a batch of pixels becomes featur
 
 ``ReferenceSimilarityMetric`` is the base of CLIP-I and DINO: generated image vs each subject's
 reference images.
+
+One forward per image per embedder: ``embed_images`` keeps the embeddings it computed (the last
+``IMAGE_MEMO_SIZE`` images, keyed by pixel digest and the embedder's settings: model, preprocessing,
+pooling, precision), so clip_t, clip_i and clip_r, which the runner scores on the same batch in
+turn, embed each generated image once (they share one embedder and one preprocessing), and so do
+the DINO views of one pooling. References go through ``ReferenceEmbeddings`` (memory and disk).
+
+Precision (``dtype``, see ``PRECISIONS``): float32 (default), tf32 (float32 weights, TensorFloat-32
+matmuls on GPUs that have it), bfloat16, float16. It moves the numbers, so it is part of the
+settings every row records and of the reference-cache key. A metric built without an explicit
+``dtype`` takes ``$RELBENCH_EMBEDDER_DTYPE`` (``default_precision``), else float32.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.errors import RelbenchError
@@ -31,6 +46,47 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_BATCH_SIZE = 16
+# Embeddings of (generated) images kept per embedder, a few kB each: far more than the images of
+# one scoring batch, which every metric of the run scores in turn.
+IMAGE_MEMO_SIZE = 4096
+
+# Precision name -> the weights' dtype. "tf32": float32 weights whose float32 matmuls may use
+# TensorFloat-32 (10-bit mantissa inputs) on GPUs that have it; no effect on the CPU.
+PRECISIONS = {"float32": "float32", "tf32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+PRECISION_ENV_VAR = "RELBENCH_EMBEDDER_DTYPE"
+
+
+def check_precision(name: str, where: str = "dtype") -> str:
+    if name not in PRECISIONS:
+        raise RelbenchError(f"{where}: unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def default_precision() -> str:
+    """The precision of embedders built without an explicit dtype: ``$RELBENCH_EMBEDDER_DTYPE``, else float32."""
+    value = os.environ.get(PRECISION_ENV_VAR, "").strip()
+    return check_precision(value, f"${PRECISION_ENV_VAR}") if value else "float32"
+
+
+def weights_dtype(precision: str) -> "torch.dtype":
+    """The torch dtype of the weights for ``precision`` (a clear error for an unknown name)."""
+    return torch_dtype(PRECISIONS[check_precision(precision)])
+
+
+@contextmanager
+def compute_precision(precision: str) -> Iterator[None]:
+    """Inside: float32 matmuls as ``precision`` asks (TF32 for "tf32"); restored afterwards."""
+    import torch
+
+    if precision != "tf32":
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def check_input_size(preprocess: ImagePreprocess, expected: int, where: str) -> None:
@@ -64,7 +120,7 @@ class ImageEmbedder(ABC):
 
     def __init__(self, context: RunContext, model: Any = None, *, dtype: str = "float32", batch_size: int = DEFAULT_BATCH_SIZE):
         # No reference to the context is kept: the shared-embedder cache must not keep it alive.
-        torch_dtype_ = torch_dtype(dtype)  # refuse a bad dtype before loading anything
+        torch_dtype_ = weights_dtype(dtype)  # refuse a bad precision before loading anything
         self.dtype = dtype
         self.batch_size = batch_size
         self.device = context.torch_device()
@@ -96,6 +152,9 @@ class ImageEmbedder(ABC):
         self.weights = weights_identity(self.model, source=source, revision=self.revision, tiny_seed=self.seed)
         self.model.to(device=self.device, dtype=torch_dtype_)
         self.references = self._reference_cache()
+        # (pixel digest, settings) -> embedding; shared with views of this embedder (DINO's other
+        # pooling), whose settings differ, so each view finds only its own embeddings.
+        self._memo: OrderedDict[tuple[str, str], "torch.Tensor"] = OrderedDict()
 
     # What each embedder says ----------------------------------------------------------------
 
@@ -136,14 +195,36 @@ class ImageEmbedder(ABC):
 
     def _reference_cache(self) -> ReferenceEmbeddings:
         identity = None if self.weights is None else {**self._image_settings(), "weights": self.weights}
-        return ReferenceEmbeddings(self.embed_images, self.embedding_dim, identity)
+        return ReferenceEmbeddings(self.compute_embeddings, self.embedding_dim, identity)
 
     def embed_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
-        """(N, D) embeddings, L2-normalised, float32 on the CPU; ``batch_size`` images per forward."""
+        """(N, D) embeddings, L2-normalised, float32 on the CPU: those computed before (same pixels,
+        same settings) from the memo, the others in one ``compute_embeddings`` call."""
+        import torch
+
+        tag = json.dumps(self._image_settings(), sort_keys=True, default=str)
+        keys = [(image_digest(image), tag) for image in images]
+        pending: dict[tuple[str, str], "Image.Image"] = {}
+        for image, key in zip(images, keys):
+            if key not in self._memo and key not in pending:
+                pending[key] = image
+        if pending:
+            for key, vector in zip(pending, self.compute_embeddings(list(pending.values()))):
+                self._memo[key] = vector.clone()  # not a view of the batch: each entry owns its storage
+        for key in keys:
+            self._memo.move_to_end(key)
+        rows = [self._memo[key] for key in keys]
+        while len(self._memo) > IMAGE_MEMO_SIZE:
+            self._memo.popitem(last=False)
+        return torch.stack(rows) if rows else torch.empty(0, self.embedding_dim)
+
+    def compute_embeddings(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
+        """(N, D) embeddings, L2-normalised, float32 on the CPU, computed now (no memo);
+        ``batch_size`` images per forward."""
         import torch
 
         parts = []
-        with torch.inference_mode():
+        with torch.inference_mode(), compute_precision(self.dtype):
             for batch in batched(images, self.batch_size):
                 pixels = self.preprocess(batch).to(device=self.device, dtype=self.model.dtype)
                 parts.append(self._forward(pixels).float().cpu())

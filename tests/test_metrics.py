@@ -426,10 +426,10 @@ def test_references_embedded_once_and_results_unchanged(samples, monkeypatch):
     assert counter.calls == 1 + 1  # batches of 4: one for the generated images, one for the references
 
     second = cached.score(samples)
-    assert counter.images == 3 + 3 + 3  # only the generated images again
-    # Shared embedder, shared cache; the generated image alone in its batch differs in the last bits.
-    assert CLIPIScore(context, batch_size=1).score(samples[:1])[0].value == pytest.approx(first[0].value, abs=1e-4)
-    assert counter.images == 3 + 3 + 3 + 1
+    assert counter.images == 3 + 3  # nothing again: the generated images are in the embedder's memo
+    # Shared embedder, shared memo: the same vector, whatever the batch size.
+    assert CLIPIScore(context, batch_size=1).score(samples[:1])[0].value == first[0].value
+    assert counter.images == 3 + 3
 
     monkeypatch.setenv("RELBENCH_EMBEDDING_CACHE", "off")
     fresh = CLIPIScore(RunContext(profile="tiny", **CPU), batch_size=1).score(samples)  # no cache, other batching
@@ -496,6 +496,70 @@ def test_clip_metrics_of_one_context_share_one_model(samples):
 
     gc.collect()
     assert key not in clip_module._SHARED_EMBEDDERS  # the cache does not outlive the run
+
+
+def _count_images(module: torch.nn.Module) -> list[int]:
+    """Images per forward of ``module`` (its pixel_values batch), one entry per call."""
+    seen: list[int] = []
+    module.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["pixel_values"].shape[0]), with_kwargs=True)
+    return seen
+
+
+def test_clip_t_clip_i_and_clip_r_of_one_run_embed_each_generated_image_once(samples):
+    names = ("clip_t", "clip_i", "clip_r")
+    context = RunContext(profile="tiny", **CPU)
+    metrics = [METRICS.get(name)(context) for name in names]  # as the runner builds them
+    embedder = metrics[0].embedder
+    assert all(metric.embedder is embedder for metric in metrics)  # one model, one preprocessing
+    seen = _count_images(embedder.model.vision_model)
+    shared = [metric.score(samples) for metric in metrics]
+    # The 3 generated images once for the three metrics (before: 3 x 3), and clip_i's 3 distinct
+    # reference pictures.
+    assert sum(seen) == 3 + 3
+    for name, results in zip(names, shared):  # each metric alone in its own run: the same numbers
+        alone = METRICS.get(name)(RunContext(profile="tiny", **CPU)).score(samples)
+        assert [r.value for r in results] == [r.value for r in alone]
+        assert [r.details for r in results] == [r.details for r in alone]
+
+
+def test_dino_views_embed_each_image_once_per_pooling(samples):
+    context = RunContext(profile="tiny", **CPU)
+    cls_pooling, mean_pooling = DINOScore(context), DINOScore(context, pooling="mean")
+    seen = _count_images(cls_pooling.embedder.model)
+    first = [cls_pooling.score(samples), mean_pooling.score(samples)]
+    again = [cls_pooling.score(samples), mean_pooling.score(samples)]
+    assert sum(seen) == 2 * (3 + 3)  # per pooling: 3 generated images and 3 references, once
+    assert [[r.value for r in results] for results in first] == [[r.value for r in results] for results in again]
+    assert first[0][1].value != pytest.approx(first[1][1].value, abs=1e-3)  # the memo keys on the pooling
+
+
+def test_tf32_precision_is_scoped_recorded_and_keyed(samples):
+    context = RunContext(profile="tiny", **CPU)
+    fp32, tf32 = CLIPTScore(context), CLIPTScore(context, dtype="tf32")
+    assert tf32.embedder is not fp32.embedder and tf32.embedder.model.dtype == torch.float32
+    assert tf32.settings()["dtype"] == "tf32" and fp32.settings()["dtype"] == "float32"
+    assert tf32.embedder.references.store.hash != fp32.embedder.references.store.hash  # its own reference vectors
+    before = torch.get_float32_matmul_precision()
+    inside: list[str] = []
+    tf32.embedder.model.vision_model.register_forward_pre_hook(lambda *args: inside.append(torch.get_float32_matmul_precision()))
+    values = [r.value for r in tf32.score(samples)]
+    assert inside == ["high"] and torch.get_float32_matmul_precision() == before  # TF32 inside the forward only
+    # The CPU has no TF32: the same scores (on a GPU they differ by TF32 rounding).
+    assert values == pytest.approx([r.value for r in fp32.score(samples)], abs=1e-3)
+
+
+def test_embedder_precision_from_the_environment(samples, monkeypatch):
+    from relbench.metrics.identity.metric import IdentitySettings
+
+    monkeypatch.setenv("RELBENCH_EMBEDDER_DTYPE", "bfloat16")
+    context = RunContext(profile="tiny", **CPU)
+    clip_i = CLIPIScore(context)
+    assert clip_i.embedder.model.dtype == torch.bfloat16 and clip_i.settings()["dtype"] == "bfloat16"
+    assert DINOScore(context).settings()["dtype"] == "bfloat16" and IdentitySettings().dtype == "bfloat16"
+    assert CLIPIScore(context, dtype="float32").settings()["dtype"] == "float32"  # an explicit dtype wins
+    monkeypatch.setenv("RELBENCH_EMBEDDER_DTYPE", "fp8")
+    with pytest.raises(RelbenchError, match=r"^\$RELBENCH_EMBEDDER_DTYPE: unknown precision 'fp8'; expected one of float32, tf32, bfloat16, float16$"):
+        CLIPTScore(RunContext(profile="tiny", **CPU))
 
 
 def test_dino_and_identity_metrics_of_one_context_load_dino_once(samples, monkeypatch):

@@ -489,8 +489,8 @@ def tiny_judge() -> LocalVLMJudge:
     return LocalVLMJudge(RunContext(device="cpu"), batch_size=4)
 
 
-def manual_first_token_probs(judge: LocalVLMJudge, image: Image.Image, question: str) -> torch.Tensor:
-    """Softmax over the full vocabulary at the first generated position, computed here."""
+def manual_logits(judge: LocalVLMJudge, image: Image.Image, question: str) -> torch.Tensor:
+    """Logits at the first generated position from one plain full forward of the whole prompt."""
     processor, model = judge.processor, judge.model
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -499,7 +499,12 @@ def manual_first_token_probs(judge: LocalVLMJudge, image: Image.Image, question:
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape[-1] == len(processor.tokenizer)
-    return torch.softmax(logits[0, -1].double(), dim=-1)
+    return logits[0, -1]
+
+
+def manual_first_token_probs(judge: LocalVLMJudge, image: Image.Image, question: str) -> torch.Tensor:
+    """Softmax over the full vocabulary at the first generated position, computed here."""
+    return torch.softmax(manual_logits(judge, image, question).double(), dim=-1)
 
 
 def test_tiny_vlm_p_yes_equals_manual_softmax(tiny_judge, photos):
@@ -559,6 +564,83 @@ def test_bfloat16_judge_runs_and_is_recorded(tiny_judge, photos):
     assert judge.model.dtype == torch.bfloat16 and judge.settings()["dtype"] == "bfloat16"
     assert half.normalized == pytest.approx(full.normalized, abs=0.02) and half.p_yes == pytest.approx(full.p_yes, rel=0.1)
     assert half.p_yes != full.p_yes  # it really ran in another precision
+
+
+def count_vision_forwards(judge: LocalVLMJudge) -> list[int]:
+    """One entry per forward of the judge's vision tower (the number of images it encoded)."""
+    calls: list[int] = []
+    judge.model.model.visual.register_forward_hook(lambda module, args, kwargs, output: calls.append(int(kwargs["grid_thw"].shape[0])), with_kwargs=True)
+    return calls
+
+
+VQA_QUESTIONS = (
+    "Does this image show an astronaut hugging a cat? Answer yes or no.",
+    "Is there an astronaut in this image? Answer yes or no.",
+    "Is there a cat in this image? Answer yes or no.",
+)
+
+
+def test_tiny_vlm_encodes_each_image_once_and_matches_a_full_forward_per_question(photos):
+    judge = LocalVLMJudge(RunContext(device="cpu"), batch_size=2)  # 3 yes/no questions: chunks of 2 and 1
+    assert judge.shares_prefix and judge.settings()["encoding"].startswith("image and chat prefix encoded once per image")
+    vision = count_vision_forwards(judge)
+    # Square and landscape photos: 4 and 2 image tokens, so the prefixes differ in length and M-RoPE grid.
+    images = [photos["astronaut"], photos["chelsea"]]
+    yes_no = [YesNoQuestion(image, text) for text in VQA_QUESTIONS for image in images]  # images interleaved
+    choice_text = [templates.choice_question(("astronaut", "cat"), [a, b, c, d])
+                   for a, b, c, d in (("hugging", "next to", "on", "riding"), ("next to", "on", "riding", "hugging"),
+                                      ("on", "riding", "hugging", "next to"), ("riding", "hugging", "next to", "on"))]
+    choices = [ChoiceQuestion(image, text, 4) for image in images for text in choice_text]
+    yes_no_answers = judge.yes_no(yes_no)
+    choice_answers = judge.choice(choices)  # relation_mc's rotations after relation_vqa's questions
+    assert vision == [1, 1]  # one vision-tower forward per image for all 7 questions (before: 14)
+
+    yes_ids, no_ids = list(judge.yes_ids.values()), list(judge.no_ids.values())
+    for question, answer in zip(yes_no, yes_no_answers):
+        logits = manual_logits(judge, question.image, question.text)
+        probs = torch.softmax(logits.double(), dim=-1)
+        expected_yes, expected_no = float(probs[yes_ids].sum()), float(probs[no_ids].sum())
+        assert answer.p_yes == pytest.approx(expected_yes, rel=1e-4)
+        assert answer.normalized == pytest.approx(expected_yes / (expected_yes + expected_no), abs=1e-4)
+        encoded = len(vision)  # manual_logits ran the vision tower; the judge reuses its memo
+        [row] = judge.first_token_logits([question.image], [question.text])
+        assert len(vision) == encoded and float((row - logits).abs().max()) < 1e-4
+    for question, answer in zip(choices, choice_answers):
+        probs = torch.softmax(manual_logits(judge, question.image, question.text).double(), dim=-1)
+        mass = [float(probs[list(judge.letter_ids(i).values())].sum()) for i in range(4)]
+        assert answer.probabilities == pytest.approx(tuple(mass), rel=1e-4)
+    assert len({round(a.normalized, 6) for a in yes_no_answers}) == 6  # six inputs, six answers
+
+
+def test_tiny_vlm_prefix_memo_evicts_the_least_recent_image(photos, monkeypatch):
+    from relbench.metrics.relation_judge import local
+
+    monkeypatch.setattr(local, "PREFIX_MEMO_IMAGES", 1)
+    judge = LocalVLMJudge(RunContext(device="cpu"))
+    vision = count_vision_forwards(judge)
+    question = VQA_QUESTIONS[1]
+    first = judge.yes_no([YesNoQuestion(photos["astronaut"], question)])[0]
+    judge.yes_no([YesNoQuestion(photos["coffee"], question)])
+    again = judge.yes_no([YesNoQuestion(photos["astronaut"], question)])[0]
+    assert len(vision) == 3  # the astronaut was evicted by the coffee, then encoded again
+    assert again.p_yes == first.p_yes  # the memo's cache is copied for each use, never extended
+
+
+def test_tiny_vlm_template_without_a_shared_prefix_asks_one_full_forward_per_question(photos):
+    # Plain text between the image and the question: the question's first tokens could merge with
+    # it, so the judge does not split the prompt there and encodes the image with every question.
+    model, processor = tiny_vlm(seed=0)
+    processor.chat_template = local_template = processor.chat_template.replace("<|vision_end|>", "<|vision_end|>Question: ")
+    assert "Question: " in local_template
+    judge = LocalVLMJudge(RunContext(device="cpu"), (model, processor))
+    assert not judge.shares_prefix and judge.settings()["encoding"] == "one full forward per question (image encoded with each question)"
+    vision = count_vision_forwards(judge)
+    questions = [YesNoQuestion(photos["astronaut"], text) for text in VQA_QUESTIONS]
+    answers = judge.yes_no(questions)
+    assert sum(vision) == 3
+    for question, answer in zip(questions, answers):
+        probs = torch.softmax(manual_logits(judge, question.image, question.text).double(), dim=-1)
+        assert answer.p_yes == pytest.approx(float(probs[list(judge.yes_ids.values())].sum()), rel=1e-4)
 
 
 def test_tiny_profile_metrics_record_judge_settings(photos, demo, tmp_path):

@@ -35,7 +35,8 @@ from relbench.metrics.loading import (
     model_source,
     resolve_revision,
 )
-from relbench.profiles import FULL_MODELS, ModelRef, RunContext, resolved_revision, torch_dtype
+from relbench.metrics.embedder import compute_precision, weights_dtype
+from relbench.profiles import FULL_MODELS, ModelRef, RunContext, resolved_revision
 
 if TYPE_CHECKING:
     import torch
@@ -187,7 +188,7 @@ class OpenVocabularyDetector:
             raise RelbenchError(f"identity.query_template: {query_template!r} must contain {{noun}}, e.g. {DEFAULT_QUERY_TEMPLATE!r}")
         if top_k < 1:
             raise RelbenchError(f"identity.top_k: expected a positive number of boxes per query, got {top_k}")
-        torch_dtype_ = torch_dtype(dtype)
+        torch_dtype_ = weights_dtype(dtype)  # a precision, as for the embedders (tf32 included)
         self.query_template = query_template
         self.top_k = top_k
         self.nms_iou = nms_iou
@@ -244,7 +245,7 @@ class OpenVocabularyDetector:
         if len(images) != len(nouns):
             raise ValueError(f"detect: {len(images)} images but {len(nouns)} noun lists")
         out: list[Detections] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), compute_precision(self.dtype):
             for batch in batched(list(zip(images, nouns)), self.batch_size):
                 # One forward per batch: every image is scored against the union of the batch's queries.
                 queries = list(dict.fromkeys(self.query(noun) for _, image_nouns in batch for noun in image_nouns))

@@ -23,7 +23,7 @@ import weakref
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 from relbench.errors import RelbenchError
 from relbench.metrics.base import Metric, MetricResult, ScoringSample
 from relbench.metrics.clip import CLIPEmbedder, shared_clip_embedder
+from relbench.metrics.embedder import check_precision, default_precision
 from relbench.metrics.embedding_cache import image_digest
 from relbench.metrics.functional.identity import Confusion
 from relbench.metrics.functional.similarity import SCALE
@@ -64,7 +65,9 @@ class IdentitySettings:
     margin: float = 0.0
     # DINO pooling, as for the ``dino`` metric.
     dino_pooling: str = "cls"
-    dtype: str = "float32"
+    # Precision of the detector and embedders (``relbench.metrics.embedder.PRECISIONS``);
+    # by default $RELBENCH_EMBEDDER_DTYPE, else float32.
+    dtype: str = field(default_factory=default_precision)
 
     def check(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -75,6 +78,7 @@ class IdentitySettings:
             raise RelbenchError(f"identity.margin: expected >= 0 (x100 cosine points), got {self.margin}")
         if not 0.0 < self.nms_iou <= 1.0:
             raise RelbenchError(f"identity.nms_iou: expected an IoU in (0, 1], got {self.nms_iou}")
+        check_precision(self.dtype, "identity.dtype")
 
 
 @dataclass(frozen=True)
