@@ -423,6 +423,8 @@ def peak_line(needs: Sequence[Need]) -> str:
         return f"~{metric_gib:.1f} GiB (metrics)"
     worst, keys = max(methods.items(), key=lambda item: sum(by_key[k] for k in item[1]))
     method_gib = sum(by_key[k] for k in keys)
+    if not metric_keys:
+        return f"~{method_gib:.1f} GiB at the peak ({worst})"
     return f"~{method_gib + metric_gib:.1f} GiB at the peak ({worst} {method_gib:.1f} GiB + metrics {metric_gib:.1f} GiB)"
 
 
