@@ -1,8 +1,8 @@
 """A local chat VLM as relation judge, through transformers (VQAScore-style).
 
 The prompt is the model's own chat template applied to one user turn (the image, then the
-question) with the generation prompt added. ONE forward pass gives the logits at the first
-generated position; the softmax over the full vocabulary is summed over the token ids that spell
+question) with the generation prompt added. The logits at the first generated position (no
+generation; the prompt's image part encoded once per image, below); the softmax over the full vocabulary is summed over the token ids that spell
 the answer (``relbench.metrics.functional.judge``):
 
 * yes: ``"Yes"``, ``"yes"``, ``" Yes"``, ``" yes"``; no: the same spellings of "no". Only the
@@ -167,11 +167,12 @@ def tiny_vlm_tokenizer() -> Any:
     return tokenizer
 
 
-def tiny_vlm(seed: int = 0) -> tuple[Any, Any]:
+def tiny_vlm(seed: int = 0, max_pixels: int = TINY_MAX_PIXELS) -> tuple[Any, Any]:
     """(Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor) with random weights (~2M params).
 
     Two text layers 64 wide (head dim 16, M-RoPE sections 2+3+3), a two-block vision tower 32
-    wide (14 px patches, 2 x 2 merge), images of at most 56 x 56 px. Scores are not meaningful.
+    wide (14 px patches, 2 x 2 merge), images of at most 56 x 56 px (``max_pixels``: more image
+    tokens, e.g. for benchmarks with a real model's proportions). Scores are not meaningful.
     """
     from transformers import (
         Qwen2_5_VLConfig,
@@ -201,7 +202,7 @@ def tiny_vlm(seed: int = 0) -> tuple[Any, Any]:
     )
     with seeded(seed):
         model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    pixels = dict(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, patch_size=14, merge_size=2, temporal_patch_size=2)
+    pixels = dict(min_pixels=TINY_MIN_PIXELS, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=TINY_CHAT_TEMPLATE,
