@@ -348,4 +348,7 @@ def rehearsal_cache(manifest: Manifest | None = None, root: Path | None = None) 
                 pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        for old in root.iterdir():  # caches of older builders or manifests
+            if old != final and not old.name.startswith(".build-"):
+                shutil.rmtree(old, ignore_errors=True)
     return final / "hub", json.loads(commits_file.read_text())
