@@ -214,3 +214,23 @@ def test_a_manifest_naming_another_file_is_what_check_looks_for(tmp_path: Path) 
         f"error: 1 model file not in the HF cache {tmp_path / 'hub'}; fetch them where there is network with "
         "`relbench models download --key ms_adapter` (same HF_HUB_CACHE): ms_adapter (doge1516/MS-Diffusion@main): ms_adapter_v2.bin"
     ]
+
+
+def test_evaluate_checks_only_hub_ids_the_manifest_knows(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from relbench.models_manifest import plan_needs
+
+    overrides = {"sdxl": str(tmp_path), "judge": "api:gpt-4o", "dense_encoder": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+                 "clip": "org/another-clip@abc"}
+    context = RunContext(profile="full", device="cpu", model_overrides=overrides)
+    settings = SimpleNamespace(variant="", dtype="float32")
+    needs = plan_needs(MANIFEST, context.model, [("ms-diffusion", (), settings)], ["clip_t", "relation_vqa", "dino"], overrides)
+    # sdxl is a local folder, the judge an API, clip another repo: their loaders deal with them
+    assert [(n.key, n.users) for n in needs] == [
+        ("dino", ("metric:dino",)), ("ms_adapter", ("method:ms-diffusion",)),
+        ("image_encoder", ("method:ms-diffusion",)), ("dense_encoder", ("model:dense_encoder",)),
+    ]
+    pinned = RunContext(profile="full", device="cpu", model_overrides={"sdxl": "stabilityai/stable-diffusion-xl-base-1.0@" + "c" * 40})
+    (need,) = plan_needs(MANIFEST, pinned.model, [("sdxl", (), settings)], [], pinned.model_overrides)
+    assert need.revision == "c" * 40 and "unet/diffusion_pytorch_model.safetensors" in need.files
