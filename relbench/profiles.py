@@ -66,7 +66,8 @@ NO_DEFAULT_MODEL_KEYS = ("dense_encoder",)
 MODEL_KEYS = (*FULL_MODELS, *NO_DEFAULT_MODEL_KEYS)
 
 # What --device accepts; anything else would end in torch's traceback when the first model loads.
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# ("cpu:0" is what Accelerate's device is in a multi-process CPU run; trainers pass it on.)
+DEVICE_PATTERN = re.compile(r"auto|cpu(:\d+)?|mps|cuda(:\d+)?")
 
 
 def check_device(device: str) -> None:
@@ -74,7 +75,7 @@ def check_device(device: str) -> None:
     line before anything loads. torch is imported only for a GPU device (it is needed then anyway)."""
     if not DEVICE_PATTERN.fullmatch(device):
         raise RelbenchError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
-    if device in ("auto", "cpu"):
+    if device == "auto" or device.startswith("cpu"):
         return
     import torch
 

@@ -271,6 +271,23 @@ def test_resuming_from_a_checkpoint_continues_exactly(exemplars: Path, tmp_path:
     assert not torch.equal(read_learned_embeds(split / "checkpoint-2" / EMBEDS_NAME)[1], read_learned_embeds(resumed)[1])
 
 
+def test_a_training_folder_is_readable_by_colleagues(exemplars: Path, tmp_path: Path) -> None:
+    """Under umask 022 every file a training writes is 0644 (the embedding was 0600 through mkstemp),
+    and no temporary file is left behind."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        train.main(tiny_args(exemplars, tmp_path / "out", "--max-train-steps", "1", "--checkpointing-steps", "1"))
+    finally:
+        os.umask(old)
+    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert {EMBEDS_NAME, "training_config.json", f"checkpoint-1/{EMBEDS_NAME}", "checkpoint-1/trainer_state.json"} <= set(files)
+    assert {f: stat.S_IMODE((tmp_path / "out" / f).stat().st_mode) for f in files} == {f: 0o644 for f in files}
+    assert not any(Path(f).name.startswith(".") for f in files)
+
+
 def test_training_step_randomness_depends_on_the_step_only(exemplars: Path, tmp_path: Path) -> None:
     args = train.parse_args(tiny_args(exemplars, tmp_path / "o"))
     setup = train.prepare(args, "cpu", "float32")

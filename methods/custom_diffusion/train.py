@@ -44,25 +44,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from relbench.atomic import atomic_save_safetensors, atomic_write_text
 from relbench.errors import RelbenchError
-from relbench.training import run_cli
 from relbench.methods.finetune_common import (
-    ArgumentParser, TrainingDefaults, TrainingJob, add_common_arguments, check_single_tokens, class_folder,
-    encode_sdxl_prompts, ensure_class_images, epoch_order, load_rgb, load_sdxl_parts, make_accelerator, model_ref,
-    place, run_training, split_list, to_pixels, tokenize, validate_common_arguments, weight_dtype_name,
-    write_training_config,
+    SubjectTrainingDefaults, add_common_arguments, check_prompt_templates, check_single_tokens, class_folder,
+    encode_sdxl_prompts, ensure_class_images, epoch_order, load_rgb, load_sdxl_parts, model_ref, place, split_list,
+    to_pixels, tokenize, validate_common_arguments, write_training_config,
 )
+from relbench.training import ArgumentParser, TrainingJob, make_accelerator, run_cli, run_training, weight_dtype_name
 
-DEFAULTS = TrainingDefaults(
+DEFAULTS = SubjectTrainingDefaults(
     steps_per_subject=250, learning_rate=1e-5, train_batch_size=2, gradient_accumulation_steps=2,
-    adam_weight_decay=1e-2, checkpointing_steps=250, num_class_images=200,
+    adam_weight_decay=1e-2, checkpointing_steps=250, num_class_images=200, min_resolution=64,
 )
 WEIGHT_NAME = "pytorch_custom_diffusion_weights.safetensors"
 TOKENS_FILE = "tokens.json"
@@ -98,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check every argument; a mistake is a RelbenchError before any model loads."""
     args = build_parser().parse_args(argv)
-    validate_common_arguments(args, DEFAULTS, min_resolution=64)
+    validate_common_arguments(args, DEFAULTS)
     n = len(args.concepts)
     modifiers = split_list(args.modifier_tokens, "--modifier-tokens")
     initializers = split_list(args.initializer_tokens, "--initializer-tokens")
@@ -114,14 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # A word the tokenizer knows as one token would be shadowed by the new one: refuse it.
         if token in tokenizer.get_vocab() or len(tokenizer.encode(token, add_special_tokens=False)) == 1 or any(c.isspace() for c in token):
             raise RelbenchError(f"--modifier-tokens: {token!r} must be a new word without spaces (e.g. <new1>)")
-    for name in ("instance_prompt_template", "class_prompt_template"):
-        template = getattr(args, name)
-        try:
-            template.format(token="t", class_noun="c")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise RelbenchError(f"--{name.replace('_', '-')}: {template!r} may use only {{token}} and {{class_noun}} ({exc})") from None
-    if "{token}" not in args.instance_prompt_template:
-        raise RelbenchError(f"--instance-prompt-template: {args.instance_prompt_template!r} must contain {{token}}")
+    check_prompt_templates(args)
     return args
 
 
@@ -257,22 +248,10 @@ def embedding_file(folder: Path, token: str) -> Path:
 
 def save_weights(folder: Path, procs: dict[str, Any], tokens: list[str], new_tokens: list[Any]) -> None:
     """Write the processors' weights and each token's embeddings (atomically, file by file)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    files: list[tuple[dict[str, Any], Path]] = [(processors_state(procs), folder / WEIGHT_NAME)]
+    atomic_save_safetensors(folder / WEIGHT_NAME, processors_state(procs))
     for index, token in enumerate(tokens):
-        files.append(({key: module.weight[index].detach().float().cpu().contiguous() for key, module in zip(EMBEDDING_KEYS, new_tokens)},
-                      embedding_file(folder, token)))
-    for state, path in files:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={"format": "pt"})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save_safetensors(embedding_file(folder, token),
+                                {key: module.weight[index].detach().float().cpu().contiguous() for key, module in zip(EMBEDDING_KEYS, new_tokens)})
 
 
 def read_embeddings(folder: Path, token: str) -> dict[str, Any]:
@@ -361,13 +340,19 @@ def class_view(image: Any, size: int, rng: random.Random, hflip: bool) -> Any:
 def main(argv: list[str] | None = None) -> Path:
     """Train; returns the output folder (weights, one embedding file per token, tokens.json)."""
     args = parse_args(argv)
+    accelerator = make_accelerator(args)
+    return run_training(accelerator, args, training_job(args, accelerator), desc=f"custom-diffusion {'+'.join(c.class_noun for c in args.concepts)}")
+
+
+def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
+    """Cross-attention K/V (Q and out with ``--freeze-model crossattn``) and the modifier tokens'
+    embeddings, on freshly augmented images every step."""
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
     from relbench.profiles import torch_dtype
 
-    accelerator = make_accelerator(args)
     device = accelerator.device
     ref = model_ref(args)
     with accelerator.main_process_first():  # one process fills the HF cache, the others read it
@@ -409,9 +394,10 @@ def main(argv: list[str] | None = None) -> Path:
     stamps = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]], device=device, dtype=dtype)
     batch = args.train_batch_size
 
-    def micro_step(modules: list[Any], generator: Any, micro_index: int) -> Any:
+    def micro_step(modules: list[Any], stream: Any) -> tuple[Any, dict[str, Any]]:
         model, te1, te2 = modules
-        first = (micro_index * accelerator.num_processes + accelerator.process_index) * batch
+        generator = stream.generator(device)
+        first = (stream.index * accelerator.num_processes + stream.process) * batch
         # The augmentation's randomness comes from the step's stream too: resumed runs see the same batches.
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator, device=device)))
         pixels, masks, prompts = [], [], []
@@ -442,27 +428,27 @@ def main(argv: list[str] | None = None) -> Path:
         # the mask's cell count (so 4x a per-element mean for 4 latent channels), then the batch mean.
         error = F.mse_loss(pred.float(), target.float(), reduction="none")
         if not prior_images:
-            return ((error * mask).sum([1, 2, 3]) / mask.sum([1, 2, 3]).clamp(min=1)).mean()
-        error, error_prior = error.chunk(2)
-        instance = ((error * mask[:batch]).sum([1, 2, 3]) / mask[:batch].sum([1, 2, 3]).clamp(min=1)).mean()
-        return instance + args.prior_loss_weight * error_prior.mean()
+            loss = ((error * mask).sum([1, 2, 3]) / mask.sum([1, 2, 3]).clamp(min=1)).mean()
+        else:
+            error, error_prior = error.chunk(2)
+            instance = ((error * mask[:batch]).sum([1, 2, 3]) / mask[:batch].sum([1, 2, 3]).clamp(min=1)).mean()
+            loss = instance + args.prior_loss_weight * error_prior.mean()
+        return loss, {"loss": loss.detach()}
 
-    job = TrainingJob(
-        modules=[unet, *encoders], params=params, micro_step=micro_step,
-        save_weights=lambda folder: save_weights(folder, procs, args.modifier_tokens, new_tokens),
-        load_weights=lambda folder: load_weights(folder, procs, args.modifier_tokens, new_tokens),
-    )
-    run_training(accelerator, args, job, desc=f"custom-diffusion {'+'.join(c.class_noun for c in args.concepts)}")
-
-    if accelerator.is_main_process:
+    def save_final() -> None:
         save_weights(args.output, procs, args.modifier_tokens, new_tokens)
-        (args.output / TOKENS_FILE).write_text(json.dumps(
+        atomic_write_text(args.output / TOKENS_FILE, json.dumps(
             [{"token": t, "class_noun": c.class_noun, "initializer": i, "instance_prompt": p}
              for t, c, i, p in zip(args.modifier_tokens, args.concepts, args.initializer_tokens, instance_prompts)], indent=2) + "\n")
         write_training_config(args, {"sdxl": {**ref.describe(), "resolved_revision": revision}},
                               {"base_learning_rate": base_learning_rate, "instance_prompts": instance_prompts})
-    accelerator.end_training()
-    return args.output
+
+    return TrainingJob(
+        modules=[unet, *encoders], params=params, micro_step=micro_step,
+        save_weights=lambda folder: save_weights(folder, procs, args.modifier_tokens, new_tokens),
+        load_weights=lambda folder: load_weights(folder, procs, args.modifier_tokens, new_tokens),
+        save_final=save_final, output=args.output, max_grad_norm=args.max_grad_norm,
+    )
 
 
 def cli(argv: list[str] | None = None) -> int:

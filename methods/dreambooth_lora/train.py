@@ -25,24 +25,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relbench.atomic import atomic_path, atomic_write_text
 from relbench.errors import RelbenchError
-from relbench.training import run_cli
+from relbench.methods.dreamrelation.lora import read_lora_file as read_lora  # the one reader of diffusers' SDXL LoRA files
 from relbench.methods.finetune_common import (
-    RARE_TOKENS, ArgumentParser, TrainingDefaults, TrainingJob, add_common_arguments, check_single_tokens, class_folder,
-    encode_sdxl_prompts, ensure_class_images, epoch_order, load_rgb, load_sdxl_parts, make_accelerator, model_ref, place,
-    resize_and_crop, run_training, split_list, time_ids, to_pixels, tokenize, validate_common_arguments,
-    weight_dtype_name, write_training_config,
+    RARE_TOKENS, SubjectTrainingDefaults, add_common_arguments, check_prompt_templates, check_single_tokens, class_folder,
+    encode_sdxl_prompts, ensure_class_images, epoch_order, load_rgb, load_sdxl_parts, model_ref, place, resize_and_crop,
+    split_list, time_ids, to_pixels, tokenize, validate_common_arguments, write_training_config,
 )
+from relbench.training import ArgumentParser, TrainingJob, make_accelerator, run_cli, run_training, weight_dtype_name
 
-DEFAULTS = TrainingDefaults(
+DEFAULTS = SubjectTrainingDefaults(
     steps_per_subject=500, learning_rate=1e-4, train_batch_size=1, gradient_accumulation_steps=4,
     adam_weight_decay=1e-4, checkpointing_steps=500, num_class_images=100,
 )
@@ -83,14 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     # SDXL's two tokenizers share CLIP's BPE vocabulary: checked here offline, again after loading.
     check_single_tokens([clip_tokenizer()], args.tokens, "--tokens")
-    for name in ("instance_prompt_template", "class_prompt_template"):
-        template = getattr(args, name)
-        try:
-            template.format(token="t", class_noun="c")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise RelbenchError(f"--{name.replace('_', '-')}: {template!r} may use only {{token}} and {{class_noun}} ({exc})") from None
-    if "{token}" not in args.instance_prompt_template:
-        raise RelbenchError(f"--instance-prompt-template: {args.instance_prompt_template!r} must contain {{token}}")
+    check_prompt_templates(args)
     return args
 
 
@@ -176,24 +168,10 @@ def save_lora(unet: Any, folder: Path) -> Path:
     """``<folder>/pytorch_lora_weights.safetensors`` through diffusers' own writer, replaced atomically."""
     from diffusers import StableDiffusionXLPipeline
 
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".lora-") as tmp:
-        StableDiffusionXLPipeline.save_lora_weights(save_directory=tmp, unet_lora_layers=lora_layers(unet), safe_serialization=True)
-        os.replace(Path(tmp) / LORA_WEIGHT_NAME, folder / LORA_WEIGHT_NAME)
+    with atomic_path(folder / LORA_WEIGHT_NAME) as tmp:
+        StableDiffusionXLPipeline.save_lora_weights(save_directory=tmp.parent, unet_lora_layers=lora_layers(unet), weight_name=tmp.name,
+                                                    safe_serialization=True)
     return folder / LORA_WEIGHT_NAME
-
-
-def read_lora(path: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise RelbenchError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())[:160]})") from exc
-    if not any(key.startswith("unet.") and ".lora" in key for key in state):
-        raise RelbenchError(f"{path}: holds no UNet LoRA weights (expected keys like unet.<module>.lora.down.weight)")
-    return state
 
 
 def set_lora(unet: Any, path: Path) -> None:
@@ -215,13 +193,18 @@ def set_lora(unet: Any, path: Path) -> None:
 def main(argv: list[str] | None = None) -> Path:
     """Train; returns the path of the saved ``pytorch_lora_weights.safetensors``."""
     args = parse_args(argv)
+    accelerator = make_accelerator(args)
+    return run_training(accelerator, args, training_job(args, accelerator), desc=f"dreambooth-lora {'+'.join(c.class_noun for c in args.concepts)}")
+
+
+def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
+    """The UNet LoRA on the concepts' cached latents (and class images' with prior preservation)."""
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
     from relbench.profiles import torch_dtype
 
-    accelerator = make_accelerator(args)
     device = accelerator.device
     ref = model_ref(args)
     with accelerator.main_process_first():  # one process fills the HF cache, the others read it
@@ -252,44 +235,45 @@ def main(argv: list[str] | None = None) -> Path:
     scaling = float(parts["vae"].config.scaling_factor)
     batch = args.train_batch_size
 
-    def draw(encoded: EncodedSet, micro_index: int, generator: Any, stream: int) -> tuple[Any, ...]:
-        first = (micro_index * accelerator.num_processes + accelerator.process_index) * batch
-        index = torch.tensor([epoch_order(args.seed + stream, first + b, encoded.size) for b in range(batch)], device=device)
+    def draw(encoded: EncodedSet, stream: Any, generator: Any, order: int) -> tuple[Any, ...]:
+        first = (stream.index * accelerator.num_processes + stream.process) * batch
+        index = torch.tensor([epoch_order(args.seed + order, first + b, encoded.size) for b in range(batch)], device=device)
         mean, std = encoded.latent_mean[index], encoded.latent_std[index]
         latents = (mean + std * torch.randn(mean.shape, generator=generator, device=device)) * scaling
         prompt = encoded.prompt[index]
         return latents, encoded.prompt_embeds[prompt], encoded.pooled[prompt], encoded.time_ids[index]
 
-    def micro_step(modules: list[Any], generator: Any, micro_index: int) -> Any:
-        model = modules[0]
-        parts_ = [draw(instances, micro_index, generator, 0)]
+    def micro_step(modules: list[Any], stream: Any) -> tuple[Any, dict[str, Any]]:
+        generator = stream.generator(device)
+        drawn = [draw(instances, stream, generator, 0)]
         if classes is not None:
-            parts_.append(draw(classes, micro_index, generator, 1))
-        latents, embeds, pooled, stamps = (torch.cat(t) for t in zip(*parts_))
+            drawn.append(draw(classes, stream, generator, 1))
+        latents, embeds, pooled, stamps = (torch.cat(t) for t in zip(*drawn))
         noise = torch.randn(latents.shape, generator=generator, device=device)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        pred = model(noisy.to(dtype), timesteps, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": stamps}).sample
+        pred = modules[0](noisy.to(dtype), timesteps, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": stamps}).sample
         target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
         if classes is None:
-            return F.mse_loss(pred.float(), target.float())
-        pred, pred_prior = pred.chunk(2)
-        target, target_prior = target.chunk(2)
-        prior = F.mse_loss(pred_prior.float(), target_prior.float())
-        return F.mse_loss(pred.float(), target.float()) + args.prior_loss_weight * prior
+            loss = F.mse_loss(pred.float(), target.float())
+        else:
+            pred, pred_prior = pred.chunk(2)
+            target, target_prior = target.chunk(2)
+            prior = F.mse_loss(pred_prior.float(), target_prior.float())
+            loss = F.mse_loss(pred.float(), target.float()) + args.prior_loss_weight * prior
+        return loss, {"loss": loss.detach()}
 
-    job = TrainingJob(modules=[unet], params=params, micro_step=micro_step,
-                      save_weights=lambda folder: save_lora(unet, folder), load_weights=lambda folder: set_lora(unet, folder / LORA_WEIGHT_NAME))
-    run_training(accelerator, args, job, desc=f"dreambooth-lora {'+'.join(c.class_noun for c in args.concepts)}")
-
-    path = args.output / LORA_WEIGHT_NAME
-    if accelerator.is_main_process:
+    def save_final() -> None:
         save_lora(unet, args.output)
-        (args.output / TOKENS_FILE).write_text(json.dumps(
+        atomic_write_text(args.output / TOKENS_FILE, json.dumps(
             [{"token": t, "class_noun": c.class_noun, "instance_prompt": p} for t, c, p in zip(args.tokens, args.concepts, instance_prompts)], indent=2) + "\n")
         write_training_config(args, {"sdxl": {**ref.describe(), "resolved_revision": revision}}, {"instance_prompts": instance_prompts})
-    accelerator.end_training()
-    return path
+
+    return TrainingJob(
+        modules=[unet], params=params, micro_step=micro_step, save_weights=lambda folder: save_lora(unet, folder),
+        load_weights=lambda folder: set_lora(unet, folder / LORA_WEIGHT_NAME), save_final=save_final,
+        output=args.output / LORA_WEIGHT_NAME, max_grad_norm=args.max_grad_norm,
+    )
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -30,19 +30,25 @@ Randomness is a function of (seed, step, process): the batch, the noise and the 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError
-from relbench.training import check_output_and_resume, resume, run_cli, save_checkpoint
+from relbench.training import (
+    TrainingDefaults, TrainingJob, add_training_arguments, make_accelerator, require_non_negative, require_positive, run_cli,
+    run_training, step_generator, validate_training_arguments, weight_dtype_name, write_training_config,
+)
 
-PROFILES = ("tiny", "full")
-MIXED_PRECISION = ("no", "fp16", "bf16")
 AUGMENTATIONS = ("reference", "none")
+DEFAULTS = TrainingDefaults(
+    checkpointing_steps=100, train_batch_size=1, gradient_accumulation_steps=4, max_train_steps=500, learning_rate=1e-4,
+    adam_weight_decay=1e-4, resolution_multiple=16, tiny_seed=False,
+    output_help="checkpoints and pytorch_lora_weights.safetensors go here (default: runs/dreamrelation-<relation>)",
+    model_help="replace a pretrained model (sdxl, ms_adapter, image_encoder, dense_encoder)",
+)
+LOGGED = ("loss", "diffusion", "kml", "attn")  # the loss terms on the progress bar
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,17 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--augment-variants", type=int, default=8,
                       help="augmented variants of each example drawn (from --seed) and encoded once before training; "
                            "each step picks one (1 when nothing is random)")
-    out = p.add_argument_group("output")
-    out.add_argument("--output", "--output-dir", dest="output", type=Path, default=None,
-                     help="checkpoints and pytorch_lora_weights.safetensors go here (default: runs/dreamrelation-<relation>)")
-    out.add_argument("--checkpointing-steps", type=int, default=100, help="save a resumable checkpoint every N optimizer steps")
-    out.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep at most this many checkpoints")
-    out.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder, or 'latest'")
-    models = p.add_argument_group("models")
-    models.add_argument("--profile", choices=PROFILES, default="full", help="'tiny': random tiny models from configs (CPU, offline)")
-    models.add_argument("--model", action="append", default=[], metavar="KEY=ID_OR_PATH", help="replace a pretrained model (sdxl, ms_adapter, image_encoder, dense_encoder)")
-    models.add_argument("--variant", default=None, help="weight files variant of the SDXL folder, e.g. fp16")
-    models.add_argument("--scale", type=float, default=0.6, help="adapter image-attention scale")
+    groups = add_training_arguments(p, DEFAULTS)
+    groups["models"].add_argument("--scale", type=float, default=0.6, help="adapter image-attention scale")
     lora = p.add_argument_group("LoRA and what trains")
     lora.add_argument("--rank", type=int, default=4)
     lora.add_argument("--lora-alpha", type=float, default=4.0)
@@ -84,29 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--local-features", action="store_true",
                       help="16 dense local tokens per subject (DreamRelation's fix for confusion); needs --train-resampler and, "
                            "in the full profile, a dense image encoder (--model dense_encoder=DIR)")
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--resolution", type=int, default=None, help="training resolution (default: 1024 full, 64 tiny)")
-    opt.add_argument("--train-batch-size", type=int, default=1)
-    opt.add_argument("--gradient-accumulation-steps", type=int, default=4)
-    opt.add_argument("--max-train-steps", type=int, default=500)
-    opt.add_argument("--learning-rate", type=float, default=1e-4)
-    opt.add_argument("--adam-beta1", type=float, default=0.9)
-    opt.add_argument("--adam-beta2", type=float, default=0.999)
-    opt.add_argument("--adam-weight-decay", type=float, default=1e-4)
-    opt.add_argument("--adam-epsilon", type=float, default=1e-8)
-    opt.add_argument("--max-grad-norm", type=float, default=1.0)
-    opt.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None, help="default: fp16 on GPU as the authors trained, 'no' on CPU")
-    opt.add_argument("--gradient-checkpointing", action="store_true")
-    opt.add_argument("--seed", type=int, default=0)
     loss = p.add_argument_group("losses")
     loss.add_argument("--kml-weight", type=float, default=0.1)
     loss.add_argument("--kml-max-timestep", type=int, default=333)
     loss.add_argument("--attn-weight", type=float, default=0.001)
     loss.add_argument("--attn-max-queries", type=int, default=None, help="layers with at most this many positions give attention maps (default: the UNet's deepest cross-attention level, 32x32 for SDXL at 1024 px)")
-    misc = p.add_argument_group("misc")
-    misc.add_argument("--device", default="auto", help="used without accelerate launch: auto, cpu, cuda")
-    misc.add_argument("--log-every", type=int, default=10, help="update the progress bar's loss terms every N steps")
-    misc.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -115,42 +94,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     from relbench.data_root import resolve_data_root
 
-    if args.resolution is None:
-        args.resolution = 64 if args.profile == "tiny" else 1024
     if args.output is None:
         args.output = Path("runs") / f"dreamrelation-{args.relation}"
+    validate_training_arguments(args, DEFAULTS)
     if args.data_root is None:
         args.data_root = resolve_data_root(None) / "dreamrelation"
     elif not (args.data_root / args.relation).is_dir() and (args.data_root / "dreamrelation" / args.relation).is_dir():
         args.data_root = args.data_root / "dreamrelation"  # a relbench data root was given
-    positive = ("checkpointing_steps", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "rank", "log_every",
-                "augment_variants")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise RelbenchError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise RelbenchError(f"--checkpoints-total-limit: expected a positive integer, got {args.checkpoints_total_limit}")
-    if args.resolution < 16 or args.resolution % 16:
-        raise RelbenchError(f"--resolution: expected a multiple of 16, got {args.resolution}")
-    for name in ("learning_rate", "kml_weight", "attn_weight", "max_grad_norm", "lora_alpha", "scale"):
-        value = getattr(args, name)
-        if not math.isfinite(value) or value < 0:
-            raise RelbenchError(f"--{name.replace('_', '-')}: expected a finite number >= 0, got {value}")
+    require_positive(args, ("rank", "augment_variants"))
+    require_non_negative(args, ("kml_weight", "attn_weight", "lora_alpha", "scale"))
     if not 0 <= args.kml_max_timestep < 1000:
         raise RelbenchError(f"--kml-max-timestep: expected 0..999, got {args.kml_max_timestep}")
     relation_dir = args.data_root / args.relation
     if not (relation_dir / "prompts.json").is_file():
         raise RelbenchError(f"{relation_dir}: not a DreamRelation relation folder (no prompts.json); check --data-root and --relation")
-    from relbench.keypoints import get_skeleton
-    from relbench.methods.dreamrelation.data import validate_relation_dir
-    from relbench.profiles import parse_model_overrides
+    from relbench.methods.dreamrelation.data import get_skeleton, validate_relation_dir
 
     get_skeleton(args.skeleton)
     problems = validate_relation_dir(args.data_root, args.relation)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise RelbenchError(f"{problems[0]}{more}")
-    args.model_overrides = parse_model_overrides(args.model)
     if args.local_features:
         if not args.train_resampler:
             raise RelbenchError("--local-features: add --train-resampler; the resampler must learn the 16 local tokens per subject")
@@ -161,7 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 "--local-features: no dense image encoder given; pass --model dense_encoder=DIR (a CLIPVisionModel folder, e.g. "
                 "the CLIPSelf ViT-bigG/14 converted with relbench.methods.ms_diffusion.local_features.convert_open_clip_checkpoint)"
             )
-    check_output_and_resume(args.output, args.resume_from_checkpoint)
     return args
 
 
@@ -357,15 +320,6 @@ def _mask_box(mask: Any) -> tuple[float, float, float, float]:
 # Training
 
 
-def step_generator(seed: int, step: int, process: int, device: Any) -> Any:
-    """The random stream of one optimizer step: identical after a resume."""
-    import torch
-
-    generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + step * 9_973 + process) % (2**63))
-    return generator
-
-
 def training_step(models: Any, unet: Any, resampler: Any, cache: CachedTriplets, weights: Any, store: Any, generator: Any,
                   args: argparse.Namespace, alphas_cumprod: Any, timesteps: Any = None) -> tuple[Any, dict[str, Any]]:
     """Loss of one micro-batch (with its autograd graph) and its detached terms.
@@ -512,102 +466,54 @@ def fixed_batch_losses(argv: list[str], lora: Path | None = None, timestep: int 
 def main(argv: list[str] | None = None) -> Path:
     """Train; returns the path of the saved ``pytorch_lora_weights.safetensors``."""
     args = parse_args(argv)
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-    from tqdm.auto import tqdm
+    accelerator = make_accelerator(args)
+    return run_training(accelerator, args, training_job(args, accelerator), desc=f"dreamrelation {args.relation}")
 
-    from relbench.methods.dreamrelation.lora import save_relation_lora
 
-    on_gpu = torch.cuda.is_available() and args.device != "cpu"
-    mixed = args.mixed_precision or ("fp16" if on_gpu else "no")
-    if mixed == "fp16" and not on_gpu:
-        raise RelbenchError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed,
-        cpu=not on_gpu, project_config=ProjectConfiguration(project_dir=str(args.output), automatic_checkpoint_naming=False),
-    )
-    weight_dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[mixed]
-    device = accelerator.device
-    with accelerator.main_process_first():  # one process fills the HF cache, the others read it
-        setup = prepare(args, str(device), weight_dtype)
-    models, cache, weights, store, trainable = setup.models, setup.cache, setup.weights, setup.store, setup.trainable
-    alphas_cumprod = setup.alphas_cumprod
-
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    # Prepared modules are wrapped for data parallelism (gradients averaged over processes).
-    if args.train_resampler:
-        unet, resampler, optimizer = accelerator.prepare(models.unet, models.adapter.image_proj, optimizer)
-    else:
-        unet, optimizer = accelerator.prepare(models.unet, optimizer)
-        resampler = models.adapter.image_proj
-
-    # Checkpoints hold the LoRA (and resampler) weights only, plus optimizer and RNG state.
+def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
+    """The relation LoRA (and the resampler with ``--train-resampler``) on the cached training set."""
+    from relbench.hashing import file_sha256
+    from relbench.methods.dreamrelation.lora import LORA_WEIGHT_NAME, read_lora_file, save_relation_lora
     from relbench.methods.ms_diffusion.local_features import GRID, RESAMPLER_WEIGHT_NAME, load_resampler, save_resampler
 
+    with accelerator.main_process_first():  # one process fills the HF cache, the others read it
+        setup = prepare(args, str(accelerator.device), weight_dtype_name(accelerator))
+    models = setup.models
     local_grid = GRID if args.local_features else None
 
-    def save_hook(saved_models: list[Any], _weights: list[Any], folder: str) -> None:
-        if accelerator.is_main_process:
-            save_relation_lora(models.unet, Path(folder))
-            if args.train_resampler:
-                save_resampler(models.adapter.image_proj, Path(folder), local_grid)
-        _weights.clear()
+    def micro_step(modules: list[Any], stream: Any) -> tuple[Any, dict[str, Any]]:
+        resampler = modules[1] if args.train_resampler else models.adapter.image_proj
+        loss, logs = training_step(models, modules[0], resampler, setup.cache, setup.weights, setup.store,
+                                   stream.generator(accelerator.device), args, setup.alphas_cumprod)
+        return loss, {key: logs[key] for key in LOGGED if key in logs}
 
-    def load_hook(loaded_models: list[Any], folder: str) -> None:
-        from relbench.methods.dreamrelation.lora import LORA_WEIGHT_NAME, read_lora_file
-
-        loaded_models.clear()
-        _set_lora(models.unet, read_lora_file(Path(folder) / LORA_WEIGHT_NAME), Path(folder) / LORA_WEIGHT_NAME)
+    # Checkpoints hold the LoRA (and resampler) weights only.
+    def save_weights(folder: Path) -> None:
+        save_relation_lora(models.unet, folder)
         if args.train_resampler:
-            load_resampler(models.adapter.image_proj, Path(folder) / RESAMPLER_WEIGHT_NAME, local_grid)
+            save_resampler(models.adapter.image_proj, folder, local_grid)
 
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
+    def load_weights(folder: Path) -> None:
+        _set_lora(models.unet, read_lora_file(folder / LORA_WEIGHT_NAME), folder / LORA_WEIGHT_NAME)
+        if args.train_resampler:
+            load_resampler(models.adapter.image_proj, folder / RESAMPLER_WEIGHT_NAME, local_grid)
 
-    first_step = resume(accelerator, args.resume_from_checkpoint, args.output)
-
-    args.output.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(range(first_step, args.max_train_steps), initial=first_step, total=args.max_train_steps,
-               desc=f"dreamrelation {args.relation}", disable=args.quiet or not accelerator.is_local_main_process, dynamic_ncols=True)
-    sums: dict[str, Any] = {}
-    logged = 0
-    unet.train()
-    for step in range(first_step, args.max_train_steps):
-        for micro in range(args.gradient_accumulation_steps):
-            generator = step_generator(args.seed, step * args.gradient_accumulation_steps + micro, accelerator.process_index, device)
-            with accelerator.accumulate(unet):
-                loss, logs = training_step(models, unet, resampler, cache, weights, store, generator, args, alphas_cumprod)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key in ("loss", "diffusion", "kml", "attn"):
-                if key in logs:
-                    sums[key] = sums.get(key, 0) + logs[key]
-            logged += 1
-        global_step = step + 1
-        if global_step % args.log_every == 0 or global_step == args.max_train_steps:
-            # The only device -> host reads of the loop, once per --log-every steps.
-            bar.set_postfix({k: f"{float(v) / logged:.4g}" for k, v in sums.items()})
-            sums, logged = {}, 0
-        bar.update(1)
-        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            save_checkpoint(accelerator, args.output, global_step, args.checkpoints_total_limit)
-    bar.close()
-
-    accelerator.wait_for_everyone()
-    path = args.output / "pytorch_lora_weights.safetensors"
-    if accelerator.is_main_process:
+    def save_final() -> None:
         metadata = {"relbench_relation": args.relation, "relbench_steps": str(args.max_train_steps), "relbench_profile": args.profile}
         path = save_relation_lora(models.unet, args.output, metadata=metadata)
+        resampler = args.output / RESAMPLER_WEIGHT_NAME
         if args.train_resampler:  # inference loads it from beside the LoRA
             save_resampler(models.adapter.image_proj, args.output, local_grid, metadata=metadata)
-        _write_training_config(args, models, path)
-    accelerator.end_training()
-    return path
+        write_training_config(args, {
+            "models": models.describe(), "lora_sha256": file_sha256(path),
+            "image_proj_sha256": file_sha256(resampler) if args.train_resampler and resampler.is_file() else None,
+        }, str(models.unet.device))
+
+    return TrainingJob(
+        modules=[models.unet, models.adapter.image_proj] if args.train_resampler else [models.unet], params=setup.trainable,
+        micro_step=micro_step, save_weights=save_weights, load_weights=load_weights, save_final=save_final,
+        output=args.output / LORA_WEIGHT_NAME, max_grad_norm=args.max_grad_norm, checkpoint_last_step=True,
+    )
 
 
 def _set_lora(unet: Any, state: dict[str, Any], path: Path) -> None:
@@ -631,19 +537,6 @@ def _set_lora(unet: Any, state: dict[str, Any], path: Path) -> None:
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise RelbenchError(f"checkpoint LoRA has keys this UNet lacks, e.g. {unexpected[0]}")
-
-
-def _write_training_config(args: argparse.Namespace, models: Any, lora_path: Path) -> None:
-    from relbench.methods.dreamrelation.lora import file_sha256
-    from relbench.provenance import environment
-
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["models"] = models.describe()
-    config["lora_sha256"] = file_sha256(lora_path)
-    resampler = lora_path.parent / "image_proj.safetensors"
-    config["image_proj_sha256"] = file_sha256(resampler) if args.train_resampler and resampler.is_file() else None
-    config["environment"] = environment(str(models.unet.device))
-    (args.output / "training_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -24,7 +24,6 @@ the randomness of step n is a function of (seed, step, process) only.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -32,10 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError
-from relbench.training import check_output_and_resume, resume, run_cli, save_checkpoint
+from relbench.methods.reversion.models import MODEL_KEY
+from relbench.training import (
+    TrainingDefaults, TrainingJob, add_training_arguments, make_accelerator, require_non_negative, run_cli, run_training,
+    step_generator, validate_training_arguments, weight_dtype_name, write_training_config,
+)
 
-PROFILES = ("tiny", "full")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+DEFAULTS = TrainingDefaults(
+    checkpointing_steps=500, train_batch_size=2, gradient_accumulation_steps=4, max_train_steps=3000, learning_rate=2.5e-4,
+    adam_weight_decay=1e-2, seed=2023, full_resolution=512, mixed_precision="no", variant="",
+    clipping=False, gradient_checkpointing=False,  # the authors' script neither clips nor checkpoints
+    output_help="checkpoints and learned_embeds.safetensors go here (default: runs/reversion-<relation>)",
+    model_help=f"replace the base model (key: {MODEL_KEY})",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,34 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "or a DreamRelation relation folder (prompts.json + videos/<i>/motion.png)")
     data.add_argument("--relation", default=None, help="name of the relation, for records (default: the folder's name)")
     data.add_argument("--center-crop", action="store_true", help="centre-crop to a square before resizing (the authors do not)")
-    out = p.add_argument_group("output")
-    out.add_argument("--output", "--output-dir", dest="output", type=Path, default=None,
-                     help="checkpoints and learned_embeds.safetensors go here (default: runs/reversion-<relation>)")
-    out.add_argument("--checkpointing-steps", type=int, default=500, help="save a resumable checkpoint every N optimizer steps")
-    out.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep at most this many checkpoints")
-    out.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder, or 'latest'")
-    models = p.add_argument_group("models")
-    models.add_argument("--profile", choices=PROFILES, default="full", help="'tiny': random tiny SD 1.5 from configs (CPU, offline)")
-    models.add_argument("--model", action="append", default=[], metavar="KEY=ID_OR_PATH", help="replace the base model (key: sd15)")
-    models.add_argument("--variant", default="", help="weight files variant of the SD folder, e.g. fp16 (default: full-precision files)")
-    models.add_argument("--tiny-seed", type=int, default=0, help="seed of the tiny profile's random weights (must match the generating run's)")
+    groups = add_training_arguments(p, DEFAULTS)
+    groups["optimisation"].add_argument("--scale-lr", action=argparse.BooleanOptionalAction, default=True,
+                                        help="multiply the learning rate by batch size x accumulation x processes (the authors' --scale_lr)")
     token = p.add_argument_group("relation token")
     token.add_argument("--placeholder-token", default="<R>")
     token.add_argument("--initializer-token", default="and", help="a single-token word whose embedding <R> starts from")
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--resolution", type=int, default=None, help="training resolution (default: 512 full, 64 tiny)")
-    opt.add_argument("--train-batch-size", type=int, default=2)
-    opt.add_argument("--gradient-accumulation-steps", type=int, default=4)
-    opt.add_argument("--max-train-steps", type=int, default=3000)
-    opt.add_argument("--learning-rate", type=float, default=2.5e-4)
-    opt.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, default=True,
-                     help="multiply the learning rate by batch size x accumulation x processes (the authors' --scale_lr)")
-    opt.add_argument("--adam-beta1", type=float, default=0.9)
-    opt.add_argument("--adam-beta2", type=float, default=0.999)
-    opt.add_argument("--adam-weight-decay", type=float, default=1e-2)
-    opt.add_argument("--adam-epsilon", type=float, default=1e-8)
-    opt.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="the authors train in full precision")
-    opt.add_argument("--seed", type=int, default=2023)
     loss = p.add_argument_group("losses")
     loss.add_argument("--denoise-loss-weight", type=float, default=1.0)
     loss.add_argument("--steer-loss-weight", type=float, default=0.01)
@@ -86,10 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--importance-sampling", action=argparse.BooleanOptionalAction, default=True,
                       help="relation-focal importance sampling of timesteps (off: uniform)")
     loss.add_argument("--scaled-cosine-alpha", type=float, default=0.5, help="skew of the sampling function, in [0, 1)")
-    misc = p.add_argument_group("misc")
-    misc.add_argument("--device", default="auto", help="used without accelerate launch: auto, cpu, cuda")
-    misc.add_argument("--log-every", type=int, default=10, help="update the progress bar's losses every N steps")
-    misc.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -97,30 +79,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate every argument; a mistake is a RelbenchError before any model loads."""
     from relbench.methods.reversion.data import read_exemplar_folder
     from relbench.methods.reversion.losses import RELATION_WORDS
-    from relbench.profiles import parse_model_overrides
 
     args = build_parser().parse_args(argv)
     args.exemplars = args.exemplars.expanduser()
     if args.relation is None:
         args.relation = args.exemplars.name
-    if args.resolution is None:
-        args.resolution = 64 if args.profile == "tiny" else 512
     if args.output is None:
         args.output = Path("runs") / f"reversion-{args.relation}"
-    for name in ("checkpointing_steps", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "log_every"):
-        if getattr(args, name) < 1:
-            raise RelbenchError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise RelbenchError(f"--checkpoints-total-limit: expected a positive integer, got {args.checkpoints_total_limit}")
-    if args.resolution < 16 or args.resolution % 8:
-        raise RelbenchError(f"--resolution: expected a multiple of 8 of at least 16, got {args.resolution}")
-    for name in ("learning_rate", "denoise_loss_weight", "steer_loss_weight", "adam_weight_decay", "adam_epsilon"):
-        value = getattr(args, name)
-        if not math.isfinite(value) or value < 0:
-            raise RelbenchError(f"--{name.replace('_', '-')}: expected a finite number >= 0, got {value}")
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(args, name) < 1:
-            raise RelbenchError(f"--{name.replace('_', '-')}: expected a number in [0, 1), got {getattr(args, name)}")
+    validate_training_arguments(args, DEFAULTS)
+    require_non_negative(args, ("denoise_loss_weight", "steer_loss_weight"))
     if not math.isfinite(args.temperature) or args.temperature <= 0:
         raise RelbenchError(f"--temperature: expected a number > 0, got {args.temperature}")
     if not 0 <= args.scaled_cosine_alpha < 1:
@@ -134,8 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.initializer_token.strip() or len(args.initializer_token.split()) != 1:
         raise RelbenchError(f"--initializer-token: expected one word, got {args.initializer_token!r}")
     read_exemplar_folder(args.exemplars, load_images=False)  # layout and descriptions, before any model loads
-    args.model_overrides = parse_model_overrides(args.model)
-    check_output_and_resume(args.output, args.resume_from_checkpoint)
     return args
 
 
@@ -172,7 +137,7 @@ def prepare(args: argparse.Namespace, device: str, weight_dtype: str) -> Setup:
     from relbench.methods.reversion.data import read_exemplar_folder
     from relbench.methods.reversion.embeds import RelationEmbedding
     from relbench.methods.reversion.losses import excluded_token_ids, importance_probabilities, word_token_ids, RELATION_WORDS
-    from relbench.methods.reversion.models import MODEL_KEY, load_sd15
+    from relbench.methods.reversion.models import load_sd15
     from relbench.profiles import RunContext, torch_dtype
 
     context = RunContext(profile=args.profile, device=device, seed=args.tiny_seed, model_overrides=args.model_overrides)
@@ -262,11 +227,9 @@ def _pixel_values(image: Any, resolution: int, center_crop: bool) -> Any:
 
 
 def step_generators(seed: int, step: int, process: int, device: Any) -> tuple[Any, Any]:
-    """(CPU generator for discrete choices, device generator for noise) of one micro-step."""
-    import torch
-
-    value = (seed * 1_000_003 + step * 9_973 + process) % (2**63)
-    return torch.Generator().manual_seed(value), torch.Generator(device=device).manual_seed(value)
+    """(CPU generator for discrete choices, device generator for noise) of one micro-step, both
+    seeded with ``relbench.training.step_seed(seed, step, process)``."""
+    return step_generator(seed, step, process, "cpu"), step_generator(seed, step, process, device)
 
 
 def training_step(setup: Setup, text_encoder: Any, args: argparse.Namespace, choices: Any, noise_generator: Any,
@@ -321,98 +284,46 @@ def training_step(setup: Setup, text_encoder: Any, args: argparse.Namespace, cho
 def main(argv: list[str] | None = None) -> Path:
     """Train; returns the path of the saved ``learned_embeds.safetensors``."""
     args = parse_args(argv)
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-    from tqdm.auto import tqdm
+    accelerator = make_accelerator(args)
+    return run_training(accelerator, args, training_job(args, accelerator), desc=f"reversion {args.relation}")
 
+
+def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
+    """The relation token's vector, trained through the frozen text encoder."""
+    import torch
+
+    from relbench.hashing import file_sha256
     from relbench.methods.reversion.embeds import EMBEDS_NAME, read_learned_embeds, save_learned_embeds
 
-    on_gpu = torch.cuda.is_available() and args.device != "cpu"
-    if args.mixed_precision == "fp16" and not on_gpu:
-        raise RelbenchError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        cpu=not on_gpu, project_config=ProjectConfiguration(project_dir=str(args.output), automatic_checkpoint_naming=False),
-    )
-    weight_dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[args.mixed_precision]
-    device = accelerator.device
     with accelerator.main_process_first():  # one process fills the HF cache, the others read it
-        setup = prepare(args, str(device), weight_dtype)
-
+        setup = prepare(args, str(accelerator.device), weight_dtype_name(accelerator))
     learning_rate = args.learning_rate
     if args.scale_lr:  # the authors' --scale_lr
         learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-    optimizer = torch.optim.AdamW([setup.embedding.relation], lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    text_encoder, optimizer = accelerator.prepare(setup.text_encoder, optimizer)
 
-    # Checkpoints hold the relation vector only (not the text encoder), plus optimizer and RNG state.
-    def save_hook(_models: list[Any], weights: list[Any], folder: str) -> None:
-        if accelerator.is_main_process:
-            save_learned_embeds(setup.embedding.relation, args.placeholder_token, Path(folder))
-        weights.clear()
+    def micro_step(modules: list[Any], stream: Any) -> tuple[Any, dict[str, Any]]:
+        return training_step(setup, modules[0], args, stream.generator(), stream.generator(accelerator.device))
 
-    def load_hook(models: list[Any], folder: str) -> None:
-        models.clear()
-        _, vector = read_learned_embeds(Path(folder) / EMBEDS_NAME)
+    # Checkpoints hold the relation vector only (not the text encoder).
+    def load_weights(folder: Path) -> None:
+        _, vector = read_learned_embeds(folder / EMBEDS_NAME)
         with torch.no_grad():
             setup.embedding.relation.copy_(vector.to(setup.embedding.relation.device))
 
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-    first_step = resume(accelerator, args.resume_from_checkpoint, args.output, args.quiet)
-
-    args.output.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(range(first_step, args.max_train_steps), initial=first_step, total=args.max_train_steps,
-               desc=f"reversion {args.relation}", disable=args.quiet or not accelerator.is_local_main_process, dynamic_ncols=True)
-    sums: dict[str, Any] = {}
-    logged = 0
-    text_encoder.train()
-    for step in range(first_step, args.max_train_steps):
-        for micro in range(args.gradient_accumulation_steps):
-            choices, noise_generator = step_generators(args.seed, step * args.gradient_accumulation_steps + micro,
-                                                       accelerator.process_index, device)
-            with accelerator.accumulate(text_encoder):
-                loss, logs = training_step(setup, text_encoder, args, choices, noise_generator)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key, value in logs.items():
-                sums[key] = sums.get(key, 0) + value
-            logged += 1
-        global_step = step + 1
-        if global_step % args.log_every == 0 or global_step == args.max_train_steps:
-            # The only device -> host reads of the loop, once per --log-every steps.
-            bar.set_postfix({k: f"{float(v) / logged:.4g}" for k, v in sums.items()})
-            sums, logged = {}, 0
-        bar.update(1)
-        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            save_checkpoint(accelerator, args.output, global_step, args.checkpoints_total_limit)
-    bar.close()
-
-    accelerator.wait_for_everyone()
-    path = args.output / EMBEDS_NAME
-    if accelerator.is_main_process:
+    def save_final() -> None:
         metadata = {"relbench_relation": args.relation, "relbench_steps": str(args.max_train_steps), "relbench_profile": args.profile}
         path = save_learned_embeds(setup.embedding.relation, args.placeholder_token, args.output, metadata=metadata)
-        _write_training_config(args, setup, path, learning_rate, accelerator.num_processes)
-    accelerator.end_training()
-    return path
+        write_training_config(args, {
+            "effective_learning_rate": learning_rate, "processes": accelerator.num_processes, "models": setup.model_info,
+            "embeds_sha256": file_sha256(path),
+        }, str(setup.unet.device))
 
-
-def _write_training_config(args: argparse.Namespace, setup: Setup, path: Path, learning_rate: float, processes: int) -> None:
-    from relbench.methods.reversion.embeds import file_sha256
-    from relbench.provenance import environment
-
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["effective_learning_rate"] = learning_rate
-    config["processes"] = processes
-    config["models"] = setup.model_info
-    config["embeds_sha256"] = file_sha256(path)
-    config["environment"] = environment(str(setup.unet.device))
-    (args.output / "training_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    return TrainingJob(
+        modules=[setup.text_encoder], params=[setup.embedding.relation], micro_step=micro_step,
+        save_weights=lambda folder: save_learned_embeds(setup.embedding.relation, args.placeholder_token, folder),
+        load_weights=load_weights, save_final=save_final, output=args.output / EMBEDS_NAME, learning_rate=learning_rate,
+        checkpoint_last_step=True,
+    )
 
 
 def cli(argv: list[str] | None = None) -> int:
