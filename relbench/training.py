@@ -144,6 +144,7 @@ def validate_training_arguments(args: argparse.Namespace, defaults: TrainingDefa
     """Check the shared arguments before any model loads (``args.output`` set by then); fills in
     ``args.resolution`` and ``args.model_overrides``."""
     from relbench.profiles import check_device, parse_model_overrides
+    from relbench.options import MAX_RESOLUTION
 
     if args.output is None:
         raise RelbenchError("--output: required (the folder the weights and checkpoints go to)")
@@ -151,9 +152,9 @@ def validate_training_arguments(args: argparse.Namespace, defaults: TrainingDefa
         args.resolution = 64 if args.profile == "tiny" else defaults.full_resolution
     require_positive(args, ("checkpointing_steps", "checkpoints_total_limit", "train_batch_size", "gradient_accumulation_steps",
                             "max_train_steps", "log_every"))
-    if args.resolution < defaults.min_resolution or args.resolution % defaults.resolution_multiple:
-        raise RelbenchError(f"--resolution: expected a multiple of {defaults.resolution_multiple} of at least {defaults.min_resolution}, "
-                            f"got {args.resolution}")
+    if (not defaults.min_resolution <= args.resolution <= MAX_RESOLUTION) or args.resolution % defaults.resolution_multiple:
+        raise RelbenchError(f"--resolution: expected a multiple of {defaults.resolution_multiple} from {defaults.min_resolution} "
+                            f"to {MAX_RESOLUTION}, got {args.resolution}")
     require_non_negative(args, ("learning_rate", "adam_weight_decay", "adam_epsilon", *(("max_grad_norm",) if defaults.clipping else ())))
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(args, name) < 1:
