@@ -4,8 +4,12 @@
 
 Compares the runs' samples.jsonl line by line as JSON: the same keys (method, settings hash, case,
 seed), each row with the same fields in the same order and the same values (numbers exactly), and
-the same image bytes. Fields named by --ignore (default: generation_seconds, a timing) are not
-compared. Prints every difference (at most 20) and exits 1 when there is one.
+the same image pixels (decoded: a PNG's compression level is not part of a result). Rows are read
+with their settings resolved from run.json (``relbench.runstore.read_rows``), so a schema-1 run and
+a schema-2 run compare by their settings, not by how they store them (add ``--ignore schema
+generation_seconds`` to compare across the two). Fields named by --ignore (default:
+generation_seconds, a timing) are not compared. Prints every difference (at most 20) and exits 1
+when there is one.
 """
 
 from __future__ import annotations
@@ -19,12 +23,16 @@ from typing import Any
 
 
 def rows(run: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
-    lines = (run / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    out = {}
-    for line in lines:
-        row = json.loads(line)
-        out[(row["method"], row["settings_hash"], row["case_id"], row["seed"])] = row
-    return out
+    from relbench.runstore import read_rows
+
+    return {(row["method"], row["settings_hash"], row["case_id"], row["seed"]): row for row in read_rows(run / "samples.jsonl")}
+
+
+def pixels_digest(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()
 
 
 def differences(a: Any, b: Any, where: str) -> list[str]:
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in before.keys() & after.keys():
         a, b = ({k: v for k, v in row.items() if k not in args.ignore} for row in (before[key], after[key]))
         found.extend(differences(a, b, "/".join(map(str, key))))
-        digests = [hashlib.sha256((run / row["image"]).read_bytes()).hexdigest() for run, row in ((args.before, a), (args.after, b))]
+        digests = [pixels_digest(run / row["image"]) for run, row in ((args.before, a), (args.after, b))]
         if digests[0] != digests[1]:
             found.append(f"{'/'.join(map(str, key))}: image {a['image']} differs")
     for line in found[:20]:

@@ -9,19 +9,31 @@ A row on disk is a JSON object with ``"schema": ROW_SCHEMA_VERSION`` first, then
 other than the key, the image and the metrics may be missing: ``None`` / empty) and strict where a
 wrong value would mislead: a bad key field, image path or metric value is an error naming the
 field. Keys this version does not know are dropped.
+
+Settings are stored once per run, not once per row (schema 2): each metric result carries
+``settings_ref`` and the row ``method_settings_ref``, digests of settings that run.json holds under
+``metric_settings`` / ``method_settings`` (a ``SettingsTable``): with the 14 metrics, the same
+settings in every row were 84% of its ~27 KB (now ~4 KB, mostly the judges' details). A row may
+still carry its settings inline (``settings``, ``method_settings``): schema-1 rows of older runs,
+and the shard files of a multi-process run, whose processes do not write run.json. In memory a
+``Row`` always holds the settings themselves, so nothing past reading and writing sees a reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 from relbench.errors import RelbenchError
+from relbench.hashing import settings_hash
 
-# The version of a row's format; a row that names another one is refused, naming the file and line.
-ROW_SCHEMA_VERSION = 1
+# The version of a row's format. 2: settings by reference to run.json (1: inline, still read); a row
+# that names a newer one is refused, naming the file and line.
+ROW_SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 RowKey = tuple[str, str, str, int]  # (method, settings_hash, case_id, seed)
 KEY_FIELDS: tuple[str, ...] = ("method", "settings_hash", "case_id", "seed")
@@ -54,26 +66,39 @@ class Row:
     def key(self) -> RowKey:
         return (self.method, self.settings_hash, self.case_id, self.seed)
 
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object of this row, ``schema`` first, then the fields in their order."""
+    def to_json(self, settings: "SettingsTable | None" = None) -> dict[str, Any]:
+        """The JSON object of this row, ``schema`` first, then the fields in their order. With
+        ``settings`` (the run's table) the metric and method settings are written as references and
+        added to the table (the caller stores it in run.json before the row); without, inline."""
         out: dict[str, Any] = {"schema": ROW_SCHEMA_VERSION}
         for name in ROW_FIELDS:
             value = getattr(self, name)
             out[name] = list(value) if isinstance(value, tuple) else value
+        if settings is not None:
+            out["metrics"] = {
+                name: {("settings_ref" if key == "settings" else key): (settings.add_metric(value) if key == "settings" else value)
+                       for key, value in result.items()}
+                for name, result in self.metrics.items()
+            }
+            del out["method_settings"]  # last field: its reference takes its place
+            out["method_settings_ref"] = settings.add_method(self.method_settings)
         return out
 
     @classmethod
-    def from_json(cls, record: dict[str, Any], where: str = "row") -> "Row":
-        """A row from its JSON object; ``where`` (``<file>: line <n>``) starts every error."""
-        if record.get("schema", ROW_SCHEMA_VERSION) != ROW_SCHEMA_VERSION:
-            raise RelbenchError(f"{where}: schema: expected {ROW_SCHEMA_VERSION}, got {record.get('schema')!r}")
+    def from_json(cls, record: dict[str, Any], where: str = "row", settings: "SettingsTable | None" = None) -> "Row":
+        """A row from its JSON object; ``where`` (``<file>: line <n>``) starts every error.
+        ``settings``: the run's table its references resolve in (a reference it lacks is an error)."""
+        schema = record.get("schema", ROW_SCHEMA_VERSION)
+        if schema not in READABLE_SCHEMAS or isinstance(schema, bool):
+            raise RelbenchError(f"{where}: schema: expected {' or '.join(map(str, READABLE_SCHEMAS))}, got {schema!r}")
+        record = resolve_settings(record, settings if settings is not None else SettingsTable(), where)
         for name in ("method", "settings_hash", "case_id"):
             if not isinstance(record.get(name), str) or not record[name]:
                 raise RelbenchError(f"{where}: {name}: expected a non-empty string")
         seed = record.get("seed")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise RelbenchError(f"{where}: seed: expected an integer, got {seed!r}")
-        settings = record.get("method_settings")
+        method_settings = record.get("method_settings")
         return cls(
             method=record["method"], settings_hash=record["settings_hash"],
             benchmark=record.get("benchmark"), benchmark_version=record.get("benchmark_version"),
@@ -84,7 +109,7 @@ class Row:
             image=image_path(where, record.get("image")),
             generation_seconds=_optional_number(where, "generation_seconds", record.get("generation_seconds")),
             metrics=_metrics(where, record.get("metrics")),
-            method_settings=settings if isinstance(settings, dict) else {},
+            method_settings=method_settings if isinstance(method_settings, dict) else {},
         )
 
 
@@ -126,3 +151,114 @@ def _metrics(where: str, value: Any) -> dict[str, dict[str, Any]]:
             raise RelbenchError(f"{where}: metrics.{name}: expected an object with a 'value'")
         _optional_number(where, f"metrics.{name}.value", result["value"])
     return metrics
+
+
+class SettingsTable:
+    """run.json's ``metric_settings`` and ``method_settings``: the settings rows refer to, by digest
+    (``relbench.hashing.settings_hash`` of the settings). Tables only grow while a run is written:
+    the writer stores them in run.json before it appends a row that refers to a new entry."""
+
+    KEYS = ("metric_settings", "method_settings")
+
+    def __init__(self, metric: dict[str, Any] | None = None, method: dict[str, Any] | None = None):
+        self.metric: dict[str, Any] = dict(metric or {})
+        self.method: dict[str, Any] = dict(method or {})
+        # id(settings) -> (settings, digest): rows share their settings objects (a scored batch, a
+        # method's rows, rows read back), so each is digested once; the object is kept so that its
+        # id is not reused. Settings are never modified once in a row.
+        self._digests: dict[int, tuple[Any, str]] = {}
+
+    @classmethod
+    def from_run(cls, run: dict[str, Any] | None, where: str = "run.json") -> "SettingsTable":
+        """The tables of a parsed run.json (``where`` names it in errors); none yet: empty."""
+        tables = []
+        for key in cls.KEYS:
+            value = (run or {}).get(key) or {}
+            if not isinstance(value, dict):
+                raise RelbenchError(f"{where}: {key}: expected a JSON object of settings by digest")
+            tables.append(value)
+        return cls(*tables)
+
+    def to_run(self) -> dict[str, dict[str, Any]]:
+        """The entries of run.json that hold the tables."""
+        return {"metric_settings": dict(self.metric), "method_settings": dict(self.method)}
+
+    def __len__(self) -> int:
+        return len(self.metric) + len(self.method)
+
+    def add_metric(self, settings: Any) -> str:
+        """The digest of a metric's settings, added to the table."""
+        return self._add(self.metric, settings)
+
+    def add_method(self, settings: Any) -> str:
+        """The digest of a method's resolved settings, added to the table."""
+        return self._add(self.method, settings)
+
+    def _add(self, table: dict[str, Any], settings: Any) -> str:
+        memo = self._digests.get(id(settings))
+        if memo is not None and memo[0] is settings:
+            return memo[1]
+        digest = settings_hash(settings)
+        self._digests[id(settings)] = (settings, digest)
+        if digest not in table:
+            # as JSON holds them (a tuple becomes a list, anything else its str, as rows always did)
+            table[digest] = json.loads(json.dumps(settings, default=str))
+        return digest
+
+
+class UnknownSettings(RelbenchError):
+    """A row refers to settings its run.json does not hold (yet: a reader may have read run.json
+    before the writer added them; reading run.json again after the row finds them)."""
+
+
+def resolve_settings(record: dict[str, Any], settings: SettingsTable, where: str | None = None) -> dict[str, Any]:
+    """``record`` with its settings references replaced by the settings ``settings`` holds: a new
+    object (``record`` is left as it is) with ``settings`` in each metric result and
+    ``method_settings`` in the row, as a schema-1 row holds them. ``where`` given: a reference the
+    table lacks is an error naming the file, line and field; None (raw readers): left as it is."""
+    changed: dict[str, Any] = {}
+    metrics = record.get("metrics")
+    if isinstance(metrics, dict):
+        resolved: dict[str, Any] = {}
+        for name, result in metrics.items():
+            if isinstance(result, dict) and "settings_ref" in result:
+                ref = result["settings_ref"]
+                found = settings.metric[ref] if isinstance(ref, str) and ref in settings.metric else _missing(
+                    ref, where, f"metrics.{name}.settings_ref", "metric_settings")
+                if found is not _MISSING:
+                    result = _renamed(result, "settings_ref", "settings", found)
+                    changed["metrics"] = resolved
+            resolved[name] = result
+    if not changed and "method_settings_ref" not in record:
+        return record
+    out = {**record, **changed}
+    if "method_settings_ref" in record:
+        ref = record["method_settings_ref"]
+        found = settings.method[ref] if isinstance(ref, str) and ref in settings.method else _missing(
+            ref, where, "method_settings_ref", "method_settings")
+        if found is not _MISSING:
+            out = _renamed(out, "method_settings_ref", "method_settings", found)
+    return out
+
+
+_MISSING = object()
+
+
+def _renamed(record: dict[str, Any], old: str, new: str, value: Any) -> dict[str, Any]:
+    """``record`` with ``old: ...`` replaced by ``new: value`` in the same place (key order kept)."""
+    out: dict[str, Any] = {}
+    for key, item in record.items():
+        if key == old:
+            out[new] = value
+        else:
+            out[key] = item
+    return out
+
+
+def _missing(ref: Any, where: str | None, field_name: str, table_name: str) -> Any:
+    """A reference the table lacks: left as it is for raw readers (``where`` None), else an error."""
+    if where is None:
+        return _MISSING
+    if not isinstance(ref, str):
+        raise RelbenchError(f"{where}: {field_name}: expected a settings digest (a string), got {ref!r}")
+    raise UnknownSettings(f"{where}: {field_name}: no settings {ref!r} in the run's run.json {table_name}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,11 @@ from relbench.input_files import input_digests
 from relbench.options import check_resolution, check_seeds, size_multiple
 from relbench.profiles import RunContext
 from relbench.rows import Row, RowKey
-from relbench.runstore import RunStore, RunWriter, image_looks_whole, settings_hash
+from relbench.runstore import ImageSaver, RunStore, RunWriter, image_looks_whole, settings_hash
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from PIL import Image
 
     from relbench.method import GenerationRequest, Method
@@ -590,52 +593,77 @@ SCORE_BATCH = 16
 
 def _generate(method: "Method", method_plan: MethodPlan, items: list[tuple[Case, int]], plan: EvaluationPlan,
               scorer: Scorer, writer: RunWriter, summary: EvaluateSummary) -> None:
-    """Generate, save, score (``--stage all``) and store one row per (case, seed) of ``items``."""
+    """Generate, save, score (``--stage all``) and store one row per (case, seed) of ``items``.
+
+    Images are written by a background thread (``ImageSaver``) while the next batch is generated;
+    a batch's rows are appended, in order, once its images are written."""
     from tqdm import tqdm
 
     benchmark, width, height = plan.benchmark, plan.width, plan.height
     method_settings = method.settings()
     bar = tqdm(total=len(items), desc=f"{method.name}", unit="img", disable=not plan.progress, dynamic_ncols=True)
+    waiting: deque[tuple[list["Future[None]"], list[Row]]] = deque()  # batches whose rows wait for their images
     try:
-        for start in range(0, len(items), method.batch_size):
-            batch = items[start : start + method.batch_size]
-            requests = [scorer.inputs.request(case, seed, width, height) for case, seed in batch]
-            paths = [writer.image_path(method.name, case.id, seed) for case, seed in batch]
-            # Images a killed run saved before its row are reused, not generated again; a missing
-            # or unreadable one is generated (its stale row, if any, is replaced below).
-            images: list[Any] = [read_stored_image(path, (width, height)) if image_looks_whole(path) else None for path in paths]
-            summary.reused_images += sum(image is not None for image in images)
-            todo = [i for i, image in enumerate(images) if image is None]
-            seconds_per_image = None
-            if todo:
-                began = time.perf_counter()
-                generated = method.generate([requests[i] for i in todo])
-                seconds_per_image = (time.perf_counter() - began) / len(todo)
-                if len(generated) != len(todo):
-                    raise RelbenchError(f"method {method.name!r} returned {len(generated)} images for {len(todo)} requests")
-                for i, image in zip(todo, generated):
-                    if image.size != (width, height):
-                        raise RelbenchError(f"method {method.name!r} returned a {image.size[0]}x{image.size[1]} image, expected {width}x{height}")
-                    images[i] = image.convert("RGB")
-                    writer.save_image(images[i], paths[i])
-                summary.generated += len(todo)
-            scores = scorer.score([case for case, _ in batch], images) if plan.stage == "all" else [{} for _ in batch]
-            for j, (case, seed) in enumerate(batch):
-                relation = benchmark.relations[case.relation]
-                # replace: an item is pending when it has no row or its row's image was unreadable
-                writer.replace(Row(
-                    method=method.name, settings_hash=method_plan.settings_hash,
-                    benchmark=benchmark.name, benchmark_version=benchmark.version, profile=method.context.profile,
-                    case_id=case.id, relation=relation.id, relation_kind=relation.kind.value,
-                    subjects=tuple(case.subjects), subject_categories=tuple(benchmark.subjects[s].category for s in case.subjects),
-                    prompt=case.prompt, seed=seed, width=width, height=height,
-                    image=writer.store.image_relpath(method.name, case.id, seed),
-                    generation_seconds=seconds_per_image if j in todo else None,
-                    metrics=scores[j], method_settings=method_settings,
-                ))
-            bar.update(len(batch))
+        with ImageSaver() as saver:
+            for start in range(0, len(items), method.batch_size):
+                batch = items[start : start + method.batch_size]
+                requests = [scorer.inputs.request(case, seed, width, height) for case, seed in batch]
+                paths = [writer.image_path(method.name, case.id, seed) for case, seed in batch]
+                # Images a killed run saved before its row are reused, not generated again; a missing
+                # or unreadable one is generated (its stale row, if any, is replaced below).
+                images: list[Any] = [read_stored_image(path, (width, height)) if image_looks_whole(path) else None for path in paths]
+                summary.reused_images += sum(image is not None for image in images)
+                todo = [i for i, image in enumerate(images) if image is None]
+                seconds_per_image = None
+                saves: list["Future[None]"] = []
+                if todo:
+                    began = time.perf_counter()
+                    generated = method.generate([requests[i] for i in todo])
+                    seconds_per_image = (time.perf_counter() - began) / len(todo)
+                    if len(generated) != len(todo):
+                        raise RelbenchError(f"method {method.name!r} returned {len(generated)} images for {len(todo)} requests")
+                    for i, image in zip(todo, generated):
+                        if image.size != (width, height):
+                            raise RelbenchError(f"method {method.name!r} returned a {image.size[0]}x{image.size[1]} image, expected {width}x{height}")
+                        images[i] = image.convert("RGB")
+                        saves.append(saver.submit(images[i], paths[i]))
+                    summary.generated += len(todo)
+                scores = scorer.score([case for case, _ in batch], images) if plan.stage == "all" else [{} for _ in batch]
+                rows = []
+                for j, (case, seed) in enumerate(batch):
+                    relation = benchmark.relations[case.relation]
+                    rows.append(Row(
+                        method=method.name, settings_hash=method_plan.settings_hash,
+                        benchmark=benchmark.name, benchmark_version=benchmark.version, profile=method.context.profile,
+                        case_id=case.id, relation=relation.id, relation_kind=relation.kind.value,
+                        subjects=tuple(case.subjects), subject_categories=tuple(benchmark.subjects[s].category for s in case.subjects),
+                        prompt=case.prompt, seed=seed, width=width, height=height,
+                        image=writer.store.image_relpath(method.name, case.id, seed),
+                        generation_seconds=seconds_per_image if j in todo else None,
+                        metrics=scores[j], method_settings=method_settings,
+                    ))
+                waiting.append((saves, rows))
+                _store_written(writer, waiting, wait=False)
+                bar.update(len(batch))
+            _store_written(writer, waiting, wait=True)
+    except KeyboardInterrupt:
+        # Ctrl-C: the saver has written the images queued; the rows of the batches already
+        # generated and scored are kept (a second Ctrl-C leaves the images for the resume to reuse).
+        _store_written(writer, waiting, wait=True)
+        raise
     finally:
         bar.close()
+
+
+def _store_written(writer: RunWriter, waiting: "deque[tuple[list[Future[None]], list[Row]]]", wait: bool) -> None:
+    """Append the rows of the waiting batches whose images are written, oldest first (``wait``:
+    all of them); a failed image write is raised here (one line: the image and the disk's error)."""
+    while waiting and (wait or all(save.done() for save in waiting[0][0])):
+        saves, rows = waiting.popleft()
+        for save in saves:
+            save.result()
+        for row in rows:
+            writer.replace(row)  # an item is pending when it has no row or its row's image was unreadable
 
 
 def _record_metric_settings(store: RunStore, writer: RunWriter, metric_names: list[str]) -> None:

@@ -4,10 +4,13 @@ Layout of ``<output>/``::
 
     run.json        what the run computes (benchmark, profile, seeds, resolution, cases, metrics with
                     their models, methods with their settings and its hash), and what produced it
-                    (package versions, git commit, machine, times); see CONFIG_KEYS
+                    (package versions, git commit, machine, times; see CONFIG_KEYS), and the
+                    settings the rows refer to (``metric_settings``, ``method_settings``:
+                    settings by digest, ``relbench.rows.SettingsTable``)
     samples.jsonl   one JSON row per (method, case, seed): prompt, seed, image path, every metric
-                    value with the settings that produced it, the method's settings and their hash
-                    (the format's owner: ``relbench.rows.Row``)
+                    value with a reference to the settings that produced it, the method's settings
+                    hash and a reference to its resolved settings (the format's owner:
+                    ``relbench.rows.Row``)
     images/<method>/<case_id>/<seed>.png
     samples.rejected.jsonl  lines of samples.jsonl that were not valid rows, moved aside (if any)
     .lock           held while a process writes here
@@ -21,6 +24,16 @@ Guarantees:
   for a stored image append a new version of its row (readers keep the last) and the file is
   compacted to one line per key when the run ends, so a run killed at any moment and started again
   ends with exactly one row per key;
+* images are written by one background thread (``ImageSaver``: PNG at compression level 1, which
+  is lossless like any level, so the pixels are those of the default level 6 in a fraction of the
+  time) while the next batch is generated and scored; a row is appended once its image's future
+  says it is written. Each image is one atomic write with one fsync of its file; the folder is
+  not fsync'ed, so after a power loss a renamed image may be missing while its row (fsync'ed
+  later) is there: every start that generates checks each row's image and makes it again;
+* a row refers to its settings (``settings_ref``, ``method_settings_ref``) and run.json holds them
+  (``metric_settings``, ``method_settings``): the writer stores a new entry in run.json before
+  the first row that refers to it, so a row never names settings run.json lacks. Shard files of a
+  multi-process run hold their settings inline (only the main process writes run.json);
 * a complete line that is not a valid row (``{}``, a missing field, an image path outside the
   run directory) is moved to ``samples.rejected.jsonl`` by the writer, with a warning, and its
   item is made again; readers (reports) refuse it, naming the file, line and field;
@@ -39,22 +52,28 @@ Guarantees:
 
 from __future__ import annotations
 
-import hashlib
+import gc
 import json
 import os
 import re
 import shutil
+import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.atomic import atomic_write_bytes as atomic_write_bytes  # the one atomic writer (umask-respecting)
 from relbench.errors import RelbenchError, output_errors
-from relbench.rows import ROW_SCHEMA_VERSION, Row, RowKey, row_key as row_key  # row_key: for readers of raw records (cli)
+from relbench.hashing import settings_hash as settings_hash  # the runner hashes each method's settings
+from relbench.rows import READABLE_SCHEMAS, ROW_SCHEMA_VERSION, Row, RowKey, SettingsTable, resolve_settings
+from relbench.rows import row_key as row_key  # for readers of raw records (cli)
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from PIL import Image
 
 # A method name that is one plain folder name (run.json is read from the user's folder: a name
@@ -65,21 +84,21 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 RUN_SCHEMA_VERSION = 1
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-    """A short, stable hash of JSON-serialisable settings (key order does not matter)."""
-    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
-
-
 def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+# zlib level of the PNGs relbench writes. Every level is lossless (the same pixels); at 1024 px
+# level 1 encoded a photo 4.8x and uniform noise 1.8x faster than Pillow's default 6, the photo's
+# file 13% larger (bench/RESULTS.md, issue 13). Not part of any identity: only the pixels are.
+PNG_COMPRESS_LEVEL = 1
 
 
 def atomic_save_image(image: "Image.Image", path: Path) -> None:
     import io
 
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -103,6 +122,21 @@ def _parse_line(path: Path, number: int, line: bytes) -> dict[str, Any]:
     return row
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while many rows are read. Parsing a samples file
+    makes millions of small dicts and lists, none in a reference cycle, and each batch of new ones
+    makes the collector walk the growing heap again for nothing: 10k schema-1 rows read 1.8x
+    faster without it (bench/RESULTS.md, issue 13). Restored after, if it was on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], bytes]:
     """``(line number, row)`` for each row of a samples.jsonl, and the bytes of a cut-short row.
 
@@ -117,45 +151,60 @@ def read_numbered_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], by
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a samples.jsonl as stored, without a cut-short last row."""
-    rows, _ = read_numbered_rows(path)
-    return [row for _, row in rows]
+    """The JSON objects of a samples.jsonl as stored, without a cut-short last row, each with its
+    settings references resolved by the run.json beside it (``relbench.rows.resolve_settings``: a
+    metric result holds ``settings``, the row ``method_settings``, as in a schema-1 row; a reference
+    run.json lacks is left as it is)."""
+    with collector_paused():
+        rows, _ = read_numbered_rows(path)
+        settings = run_settings(path.parent)  # after the rows: the writer adds settings before the rows naming them
+        return [resolve_settings(row, settings) for _, row in rows]
+
+
+def run_settings(root: Path) -> SettingsTable:
+    """The settings table of the run.json in ``root`` (empty when there is none)."""
+    return SettingsTable.from_run(RunStore(root).read_run(), str(RunStore(root).run_json))
 
 
 # Where the writer moves the complete lines of a samples file that are not valid rows.
 REJECTED_FILE = "samples.rejected.jsonl"
 
 
-def load_rows(path: Path, *, repair: bool = False) -> list[Row]:
-    """The ``Row``s of a samples file. Reading (``repair`` False): a malformed row is an error
-    naming the file, line and field. The writer (``repair``, under the run's lock) repairs instead:
-    a cut-short last row is cut off (a kill), and each complete line that is not a valid row (not
-    JSON, ``{}``, a missing or bad field, an image outside the run directory) is moved to
-    ``samples.rejected.jsonl`` beside it with one warning, so that its item is made again. A row of
-    a newer schema is refused (it is not damage: a newer relbench wrote it)."""
+def load_rows(path: Path, *, repair: bool = False, settings: SettingsTable | None = None) -> list[Row]:
+    """The ``Row``s of a samples file, their settings references resolved by ``settings`` (None: the
+    run.json beside the file, read after the rows, since the writer stores settings there before
+    the rows that name them). Reading (``repair`` False): a malformed row is an error naming the
+    file, line and field. The writer (``repair``, under the run's lock) repairs instead: a
+    cut-short last row is cut off (a kill), and each complete line that is not a valid row (not
+    JSON, ``{}``, a missing or bad field, an image outside the run directory, settings run.json
+    lacks) is moved to ``samples.rejected.jsonl`` beside it with one warning, so that its item is
+    made again. A row of a newer schema is refused (it is not damage: a newer relbench wrote it)."""
     if not path.is_file():
         return []
     data = path.read_bytes()
     lines, tail = _split_lines(data)
+    if settings is None:
+        settings = run_settings(path.parent)
     rows: list[Row] = []
     kept: list[bytes] = []
     rejected: list[tuple[bytes, str]] = []
-    for number, line in lines:
-        where = f"{path}: line {number}"
-        try:
-            record = _parse_line(path, number, line)
-            schema = record.get("schema", ROW_SCHEMA_VERSION)
-            if repair and isinstance(schema, int) and not isinstance(schema, bool) and schema > ROW_SCHEMA_VERSION:
-                raise _NewerRow(f"{where}: schema: expected {ROW_SCHEMA_VERSION}, got {schema}: written by a newer "
-                                "relbench; upgrade relbench to resume this run")
-            rows.append(Row.from_json(record, where))
-            kept.append(line)
-        except _NewerRow:
-            raise
-        except RelbenchError as exc:
-            if not repair:
+    with collector_paused():  # many small objects, no cycles
+        for number, line in lines:
+            where = f"{path}: line {number}"
+            try:
+                record = _parse_line(path, number, line)
+                schema = record.get("schema", ROW_SCHEMA_VERSION)
+                if repair and isinstance(schema, int) and not isinstance(schema, bool) and schema > ROW_SCHEMA_VERSION:
+                    raise _NewerRow(f"{where}: schema: expected {' or '.join(map(str, READABLE_SCHEMAS))}, got {schema}: "
+                                    "written by a newer relbench; upgrade relbench to resume this run")
+                rows.append(Row.from_json(record, where, settings))
+                kept.append(line)
+            except _NewerRow:
                 raise
-            rejected.append((line, str(exc)))
+            except RelbenchError as exc:
+                if not repair:
+                    raise
+                rejected.append((line, str(exc)))
     if repair and (rejected or tail):
         if rejected:
             aside = path.with_name(REJECTED_FILE)
@@ -223,9 +272,10 @@ class RunStore:
                 raise RelbenchError(f"{self.root}: another relbench process is writing to this run directory") from None
         try:
             existing = self.read_run()
+            settings = SettingsTable.from_run(existing, str(self.run_json))
             with output_errors(self.samples_jsonl):
-                rows = load_rows(self.samples_jsonl, repair=True)
-                stored = [*rows, *(r for shard in self.shard_paths() for r in load_rows(shard, repair=True))]
+                rows = load_rows(self.samples_jsonl, repair=True, settings=settings)
+                stored = [*rows, *(r for shard in self.shard_paths() for r in load_rows(shard, repair=True, settings=settings))]
             merged = merge_config(identity(existing), config, self.root, stored) if existing else config
             # Images a forgotten start left without a row were made with the settings it forgot:
             # removed before run.json names the new settings, so that none is reused.
@@ -250,7 +300,7 @@ class RunStore:
             with output_errors(self.run_json):
                 atomic_write_json(self.run_json, run)
             with output_errors(self.samples_jsonl):
-                writer = RunWriter(self, lock, {r.key: r for r in rows}, len(rows))
+                writer = RunWriter(self, lock, {r.key: r for r in rows}, len(rows), settings=settings)
         except BaseException:
             lock.release()
             raise
@@ -278,9 +328,10 @@ class RunStore:
         except Timeout:
             raise RelbenchError(f"{self.root}: another relbench process is writing shard {rank} of this run") from None
         try:
-            merged = {r.key: r for r in load_rows(self.samples_jsonl)}
+            settings = run_settings(self.root)  # the main process wrote run.json before the shards open
+            merged = {r.key: r for r in load_rows(self.samples_jsonl, settings=settings)}
             with output_errors(self.shard_path(rank)):
-                own = load_rows(self.shard_path(rank), repair=True)
+                own = load_rows(self.shard_path(rank), repair=True, settings=settings)
                 merged.update((r.key, r) for r in own)
                 return RunWriter(self, lock, merged, len(merged), path=self.shard_path(rank))
         except BaseException:
@@ -381,14 +432,21 @@ class RunWriter:
     A row is replaced (new scores for a stored image) by appending the new version: readers keep
     the last line of a key. ``compact`` rewrites the file with one line per key at the end of a
     run, so a finished run has exactly one row per (method, settings hash, case, seed).
+
+    ``settings``: the run's settings table (run.json ``metric_settings``/``method_settings``); rows
+    are written with references into it, and settings it did not hold yet are stored in run.json
+    before the row. None: a shard writer, whose rows hold their settings inline.
     """
 
-    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, Row], lines: int, path: Path | None = None):
+    def __init__(self, store: RunStore, lock: Any, rows: dict[RowKey, Row], lines: int, path: Path | None = None,
+                 settings: SettingsTable | None = None):
         self.store = store
         self._lock = lock
         self.rows = rows
         self.path = path or store.samples_jsonl  # a shard file for the processes of a distributed run
         self._lines = lines  # rows in the file, replaced versions included
+        self.settings = settings
+        self._settings_stored = len(settings) if settings is not None else 0  # entries run.json holds
         self._handle = open(self.path, "ab")
 
     def __enter__(self) -> "RunWriter":
@@ -422,8 +480,9 @@ class RunWriter:
         self._write(row)
 
     def _write(self, row: Row) -> None:
+        line = self._encode([row])
         with output_errors(self.path):
-            self._handle.write(_line(row))
+            self._handle.write(line)
             self._handle.flush()
             os.fsync(self._handle.fileno())
         self.rows[row.key] = row
@@ -456,7 +515,7 @@ class RunWriter:
         """Rewrite samples.jsonl with the last version of each row only (atomic)."""
         if self.is_shard or self._lines == len(self.rows):
             return
-        data = b"".join(_line(row) for row in self.rows.values())
+        data = self._encode(self.rows.values())
         self._handle.close()
         with output_errors(self.store.samples_jsonl):
             atomic_write_bytes(self.store.samples_jsonl, data)
@@ -466,10 +525,72 @@ class RunWriter:
     def iter_rows(self) -> Iterator[Row]:
         return iter(list(self.rows.values()))
 
-    def save_image(self, image: "Image.Image", path: Path) -> None:
-        """Save a generated image (atomic PNG) before its row is appended."""
-        with output_errors(path):
-            atomic_save_image(image, path)
+    def _encode(self, rows: Iterable[Row]) -> bytes:
+        """The samples-file lines of ``rows`` (``default=str``: a metric detail JSON cannot hold).
+        Settings they refer to that run.json does not hold yet are stored there first."""
+        data = b"".join(json.dumps(row.to_json(self.settings), default=str).encode("utf-8") + b"\n" for row in rows)
+        if self.settings is not None and len(self.settings) != self._settings_stored:
+            run = self.store.read_run() or {}
+            run.update(self.settings.to_run())
+            with output_errors(self.store.run_json):
+                atomic_write_json(self.store.run_json, run)
+            self._settings_stored = len(self.settings)
+        return data
+
+
+# Images queued for the writer thread, the one being written included: generation waits when it
+# is this far ahead (4 RGB images of 1024 px hold 12 MB).
+IMAGE_QUEUE = 4
+
+
+class ImageSaver:
+    """Writes a run's images on one background thread, so that PNG encoding and fsync overlap the
+    generation and scoring of the next batch (zlib and fsync release the GIL).
+
+    ``submit`` returns a future that is done once the image is written (``atomic_save_image``: a
+    temporary file, fsync'ed, renamed); the caller appends the image's row only then, so a row
+    never names an image that is not on disk. A failed write (a full disk: one error line naming
+    the image, ``output_errors``) is raised by its future's ``result()`` and by every later
+    ``submit``; images queued after it are not written. Leaving the block waits for the images
+    already queued, also when the caller raised (Ctrl-C): each is whole or absent (atomic), and a
+    resume reuses those without a row.
+    """
+
+    def __init__(self, depth: int = IMAGE_QUEUE):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relbench-images")
+        self._slots = threading.Semaphore(depth)
+        self._failure: BaseException | None = None
+
+    def __enter__(self) -> "ImageSaver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def submit(self, image: "Image.Image", path: Path) -> "Future[None]":
+        if self._failure is not None:
+            raise self._failure
+        self._slots.acquire()
+        try:
+            # A copy: saving sets attributes on the image (Image.save), which the caller is scoring.
+            future = self._pool.submit(self._save, image.copy(), path)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def _save(self, image: "Image.Image", path: Path) -> None:
+        if self._failure is not None:
+            raise self._failure  # an earlier image failed: the command is ending
+        try:
+            with output_errors(path):
+                atomic_save_image(image, path)
+        except BaseException as exc:
+            self._failure = exc
+            raise
 
 
 # The first and last bytes of every PNG file: the signature, and the IEND chunk (length 0, type,
@@ -495,8 +616,3 @@ def image_looks_whole(path: Path) -> bool:
             return handle.read() == _PNG_END
     except OSError:  # missing, a folder, unreadable
         return False
-
-
-def _line(row: Row) -> bytes:
-    """One row as its samples.jsonl line (``default=str``: a metric detail JSON cannot hold)."""
-    return json.dumps(row.to_json(), sort_keys=False, default=str).encode("utf-8") + b"\n"

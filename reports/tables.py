@@ -11,7 +11,9 @@ name, in order of first appearance.
 Reading rules (the run store appends to ``samples.jsonl`` while it runs, and can be killed):
 
 * blank lines are skipped; each line is parsed by ``relbench.rows.Row.from_json`` (a bad key field,
-  image path or metric value is an error naming the file, line and field);
+  image path or metric value is an error naming the file, line and field); the settings a row
+  refers to (schema 2) are resolved by its own run's ``run.json`` (``metric_settings``,
+  ``method_settings``; merged runs each by their own), schema-1 rows hold them inline;
 * bytes after the last newline are a write cut short by a killed run: ignored with a warning;
   an unparseable complete line is an error naming the file and line
   (``relbench.runstore.read_numbered_rows``);
@@ -41,8 +43,8 @@ from typing import Any
 import pandas as pd
 
 from relbench.errors import RelbenchError
-from relbench.rows import KEY_FIELDS, ROW_FIELDS, Row
-from relbench.runstore import RUN_SCHEMA_VERSION, RunStore, read_numbered_rows
+from relbench.rows import KEY_FIELDS, ROW_FIELDS, Row, SettingsTable, UnknownSettings
+from relbench.runstore import RUN_SCHEMA_VERSION, RunStore, collector_paused, read_numbered_rows
 
 # The run directory's file names, as the run store lays it out.
 RUN_FILE = RunStore(Path()).run_json.name
@@ -102,10 +104,10 @@ def read_sample_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _row(
-    where: str, record: dict[str, Any], info: dict[str, Any]
+    where: str, record: dict[str, Any], info: dict[str, Any], settings: SettingsTable
 ) -> tuple[dict[str, Any], dict[str, float], dict[str, bool]]:
     """The fixed columns, the metric values and the metric directions of one samples.jsonl record."""
-    parsed = Row.from_json(record, where)
+    parsed = Row.from_json(record, where, settings)
     benchmark = info.get("benchmark", {})
     row: dict[str, Any] = {name: getattr(parsed, name) for name in ROW_COLUMNS}
     # What a row does not say, run.json does.
@@ -142,11 +144,19 @@ def load_samples(run_dir: Path, info: dict[str, Any]) -> pd.DataFrame:
     """
     path = Path(run_dir) / SAMPLES_FILE
     records = read_sample_lines(path) if path.is_file() else []
+    settings = SettingsTable.from_run(info, str(Path(run_dir) / RUN_FILE))
     by_key: dict[tuple[Any, ...], dict[str, Any]] = {}  # insertion order = first appearance
     metric_names: list[str] = list(info.get("metrics", {}))
     row_directions: dict[str, bool] = {}
     for line_number, record in records:
-        row, values, directions = _row(f"{path}: line {line_number}", record, info)
+        where = f"{path}: line {line_number}"
+        try:
+            row, values, directions = _row(where, record, info, settings)
+        except UnknownSettings:
+            # A running evaluation stores new settings in run.json before the first row naming
+            # them: this row was appended after ``info`` was read. The run.json of now holds them.
+            settings = SettingsTable.from_run(read_run_info(Path(run_dir)), str(Path(run_dir) / RUN_FILE))
+            row, values, directions = _row(where, record, info, settings)
         row["run_dir"] = str(run_dir)
         for name in values:
             if name not in metric_names:
@@ -170,7 +180,8 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     """``(run.json as a dict, samples table)`` of one run directory."""
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
-    return info, load_samples(run_dir, info)
+    with collector_paused():  # many small objects, no cycles (relbench.runstore.collector_paused)
+        return info, load_samples(run_dir, info)
 
 
 # --------------------------------------------------------------------------------------------

@@ -222,9 +222,9 @@ def test_damaged_rows_are_moved_aside_by_evaluate_and_refused_by_the_reports(
 
     # A row a newer relbench wrote is not damage: refused, never moved aside.
     with open(samples, "a") as handle:
-        handle.write(json.dumps({**json.loads(lines[0]), "schema": 2, "seed": 7}) + "\n")
+        handle.write(json.dumps({**json.loads(lines[0]), "schema": 3, "seed": 7}) + "\n")
     code, _, err = relbench(monkeypatch, capsys, "evaluate", *METHOD, "--metrics", "none", "-o", str(out))
-    assert one_error_line(code, err) == (f"error: {samples}: line 5: schema: expected 1, got 2: written by a newer relbench; "
+    assert one_error_line(code, err) == (f"error: {samples}: line 5: schema: expected 1 or 2, got 3: written by a newer relbench; "
                                          "upgrade relbench to resume this run")
     assert len((out / REJECTED_FILE).read_text().splitlines()) == 3
 
@@ -305,17 +305,22 @@ def failing_fdopen(monkeypatch: pytest.MonkeyPatch, matches: Any, after: int = 0
     return hits
 
 
-@pytest.mark.parametrize("point", ["image", "run.json at the start", "run.json at the end"])
+# run.json is written at the start, with the settings table before the first row that names its
+# method settings (relbench.rows.SettingsTable), and at the end.
+RUN_JSON_WRITES = {"run.json at the start": 0, "run.json before the first row": 1, "run.json at the end": 2}
+
+
+@pytest.mark.parametrize("point", ["image", *RUN_JSON_WRITES])
 def test_a_full_disk_ends_in_one_line_and_the_same_command_completes(
     point: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
     args = ["evaluate", *METHOD, "--metrics", "none", "-o", str(out)]
-    if point == "image":  # the third image of the batch: two are saved before it (the resume reuses them)
+    if point == "image":  # the third image of the batch, on the writer thread: two are saved before it (the resume reuses them)
         hits = failing_fdopen(monkeypatch, lambda name: name == "0.png", after=2)
         target = image_of(out, CASES[2])
     else:
-        hits = failing_fdopen(monkeypatch, lambda name: name == "run.json", after=0 if point.endswith("start") else 1)
+        hits = failing_fdopen(monkeypatch, lambda name: name == "run.json", after=RUN_JSON_WRITES[point])
         target = out / "run.json"
     code, _, err = relbench(monkeypatch, capsys, *args)
     assert one_error_line(code, err) == f"error: {target}: {NO_SPACE}" and len(hits) == 1
@@ -325,6 +330,64 @@ def test_a_full_disk_ends_in_one_line_and_the_same_command_completes(
     assert code == 0, err
     assert_complete(out)
     assert json.loads((out / "run.json").read_text())["updated"]
+
+
+def test_a_failed_save_on_the_image_writer_thread_ends_in_one_line_and_the_resume_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Images are written by a background thread (runstore.ImageSaver); its error is the command's."""
+    from relbench import runstore
+
+    out = tmp_path / "run"
+    args = ["evaluate", *METHOD, "--seeds", "0,1", "--metrics", "none", "-o", str(out)]
+    real_save, calls = runstore.atomic_save_image, [0]
+
+    def full_at_the_third(image: Any, path: Path) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(image, path)
+
+    monkeypatch.setattr(runstore, "atomic_save_image", full_at_the_third)
+    code, _, err = relbench(monkeypatch, capsys, *args)
+    # items in order (case, seed): the third is CASES[1] seed 0; none after it is written
+    assert one_error_line(code, err) == f"error: {image_of(out, CASES[1])}: {NO_SPACE}"
+    assert calls[0] == 3 and sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        f"images/reference-collage/{CASES[0]}/0.png", f"images/reference-collage/{CASES[0]}/1.png"]
+    assert not keys_on_disk(out)  # the batch's rows wait for all its images
+    monkeypatch.undo()
+    code, stdout, err = relbench(monkeypatch, capsys, *args)
+    assert code == 0 and "8 rows (6 images generated, 2 reused, 0 already done" in stdout, err
+    keys = keys_on_disk(out)
+    assert len(keys) == 8 and set(keys.values()) == {1}
+
+
+def test_ctrl_c_keeps_the_rows_of_the_batches_made_and_the_resume_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows wait for their images on the writer thread: a Ctrl-C while the next batch is generated
+    still stores the rows of the batches made before it."""
+    from relbench.methods.reference_collage.method import ReferenceCollage
+
+    out = tmp_path / "run"
+    args = ["evaluate", *METHOD, "--metrics", "none", "-o", str(out)]
+    real_generate, batches = ReferenceCollage.generate, [0]
+
+    def interrupted_at_the_second_batch(self: Any, requests: Any) -> Any:
+        batches[0] += 1
+        if batches[0] == 2:
+            raise KeyboardInterrupt
+        return real_generate(self, requests)
+
+    monkeypatch.setattr(ReferenceCollage, "batch_size", 2)
+    monkeypatch.setattr(ReferenceCollage, "generate", interrupted_at_the_second_batch)
+    code, _, err = relbench(monkeypatch, capsys, *args)
+    assert code == 130 and "Traceback" not in err, err
+    assert sorted(k[2] for k in keys_on_disk(out)) == sorted(CASES[:2])
+    monkeypatch.undo()
+    code, stdout, err = relbench(monkeypatch, capsys, *args)
+    assert code == 0 and "4 rows (2 images generated, 0 reused, 2 already done" in stdout, err
+    assert_complete(out)
 
 
 def test_a_full_disk_while_appending_a_row_leaves_a_cut_short_line_the_resume_repairs(

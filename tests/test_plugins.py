@@ -13,6 +13,7 @@ import cli
 from relbench.methods import METHODS
 from relbench.metrics import METRICS
 from relbench.plugins import add_option_settings
+from relbench.runstore import read_rows
 
 # One module: the toy's infos and classes together (it imports no torch, so listing stays light).
 TOY_PLUGIN = '''
@@ -83,7 +84,7 @@ def test_a_toy_method_and_metric_from_a_folder_run_through_relbench_evaluate(toy
     summary = invoke("evaluate", "-m", "toy-flat", "--metrics", "toy_red", "-b", "demo", "-p", "tiny", "--limit", "1",
                      "--set", "toy-flat.red=51", "-o", str(out), "-q")
     assert "1 rows (1 images generated" in summary and "methods: toy-flat; metrics: toy_red" in summary
-    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    rows = read_rows(out / "samples.jsonl")  # settings resolved from run.json
     assert len(rows) == 1
     row = rows[0]
     assert row["method"] == "toy-flat" and row["case_id"] == "astronaut-hug-cat" and row["width"] == 64

@@ -1142,7 +1142,7 @@ def test_registered_judge_metrics_run_through_the_runner(tmp_path):
     out = tmp_path / "run"
     evaluate(EvaluateOptions(benchmark="demo", output=out, methods=["reference-collage"], metrics=list(JUDGE_METRICS),
                              device="cpu", progress=False))
-    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    rows = read_rows(out / "samples.jsonl")  # settings resolved from run.json
     assert len(rows) == 4
     for row in rows:
         vqa, acc, mc = (row["metrics"][name] for name in JUDGE_METRICS)

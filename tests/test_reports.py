@@ -917,3 +917,78 @@ def test_rows_with_a_display_name_are_shown_under_it(tmp_path: Path) -> None:
     (run / "samples.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
     _, samples = load_run(run)
     assert samples["method"].tolist()[0] == "closed-api-v2"
+
+
+def schema_2_copy(run: Path, to: Path) -> Path:
+    """``run`` (schema-1 rows: settings inline) as the run store writes it now: the metric and
+    method settings once in run.json, each row referring to them by digest."""
+    from relbench.rows import Row, SettingsTable
+
+    to.mkdir()
+    table = SettingsTable()
+    lines = [json.dumps(Row.from_json(json.loads(line)).to_json(table)) + "\n"
+             for line in (run / "samples.jsonl").read_text().splitlines() if line.startswith("{") and line.endswith("}")]
+    (to / "samples.jsonl").write_text("".join(lines))
+    (to / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), **table.to_run()}))
+    return to
+
+
+def test_a_schema_1_run_and_its_schema_2_copy_read_to_identical_tables(tmp_path: Path) -> None:
+    rows = [dict(row) for row in BASE_SAMPLES]
+    rows[1] = {**rows[1], "method_settings": {"display_name": "closed-api-v2", "steps": 2}}
+    old = make_run(tmp_path / "old", rows)
+    new = schema_2_copy(old, tmp_path / "new")
+    stored = [json.loads(line) for line in (new / "samples.jsonl").read_text().splitlines()]
+    # no settings repeated in the rows: each metric's settings and the method's are in run.json once
+    assert all("settings" not in result and "settings_ref" in result for row in stored for result in row["metrics"].values())
+    assert all("method_settings" not in row and row["schema"] == 2 for row in stored)
+    info_new = json.loads((new / "run.json").read_text())
+    assert sorted(map(json.dumps, info_new["metric_settings"].values())) == sorted(
+        json.dumps(entry["settings"]) for entry in METRICS.values())
+    assert sorted(info_new["method_settings"].values(), key=len) == [{}, {"display_name": "closed-api-v2", "steps": 2}]
+    old_info, old_samples = load_run(old)
+    new_info, new_samples = load_run(new)
+    pd.testing.assert_frame_equal(old_samples.drop(columns="run_dir"), new_samples.drop(columns="run_dir"))
+    assert new_samples["method"].tolist()[1] == "closed-api-v2"  # the display name resolved from run.json
+    assert {k: v for k, v in new_info.items() if k not in ("metric_settings", "method_settings")} == old_info
+    # runs merge: each run's references resolve in its own run.json (this one's lacks the others')
+    other_rows = [{**sample("ip-adapter", case, 0, clip_t=5.0), "method_settings": {"display_name": "ipa"}} for case in CASES]
+    other = schema_2_copy(make_run(tmp_path / "other-1", other_rows), tmp_path / "other")
+    assert set(json.loads((other / "run.json").read_text())["method_settings"]).isdisjoint(info_new["method_settings"])
+    merged = load_runs([new, other]).samples
+    single = load_runs([old]).samples
+    assert merged["method"].tolist() == [*single["method"], "ipa", "ipa"]
+    assert merged["clip_t"].tolist()[-2:] == [5.0, 5.0]
+
+
+def test_a_row_naming_settings_its_run_json_lacks_is_refused_naming_file_line_and_field(tmp_path: Path) -> None:
+    new = schema_2_copy(make_run(tmp_path / "old", BASE_SAMPLES), tmp_path / "new")
+    info = json.loads((new / "run.json").read_text())
+    ref = json.loads((new / "samples.jsonl").read_text().splitlines()[0])["metrics"]["clip_t"]["settings_ref"]
+    del info["metric_settings"][ref]
+    (new / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RelbenchError) as error:
+        load_run(new)
+    assert str(error.value) == (f"{new / 'samples.jsonl'}: line 1: metrics.clip_t.settings_ref: no settings {ref!r} "
+                                "in the run's run.json metric_settings")
+
+
+def test_a_row_appended_after_run_json_was_read_resolves_by_the_run_json_of_now(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report of a running evaluation: the writer stored new settings in run.json, then appended a
+    row naming them, between the report's reading of run.json and of samples.jsonl."""
+    from relbench.reports import tables
+
+    new = schema_2_copy(make_run(tmp_path / "old", BASE_SAMPLES), tmp_path / "new")
+    complete = json.loads((new / "run.json").read_text())
+    stale = {**complete, "metric_settings": {}}
+    real_read = tables.read_run_info
+    reads: list[int] = []
+
+    def read_run_info(run_dir: Path) -> dict[str, Any]:
+        reads.append(1)
+        return json.loads(json.dumps(stale if len(reads) == 1 else complete))
+
+    monkeypatch.setattr(tables, "read_run_info", read_run_info)
+    _, samples = tables.load_run(new)
+    assert len(reads) == 2 and samples["clip_t"].tolist()[:3] == [20.0, 30.0, 10.0]
+    monkeypatch.setattr(tables, "read_run_info", real_read)

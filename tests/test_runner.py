@@ -5,6 +5,7 @@ store and read by the reports; one plan (EvaluationPlan); one method lifecycle s
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from PIL import Image
 from relbench.errors import RelbenchError
 from relbench.generate import generate_one
 from relbench.reports.tables import SAMPLE_COLUMNS, load_run
-from relbench.rows import ROW_FIELDS, ROW_SCHEMA_VERSION, Row
+from relbench.hashing import settings_hash
+from relbench.rows import ROW_FIELDS, ROW_SCHEMA_VERSION, Row, SettingsTable
 from relbench.runner import EvaluateOptions, evaluate, plan_evaluation
 from relbench.runstore import RunStore, load_rows
 
@@ -22,17 +24,42 @@ from relbench.runstore import RunStore, load_rows
 DOCUMENTED_FIELDS = [
     "schema", "method", "settings_hash", "benchmark", "benchmark_version", "profile", "case_id", "relation",
     "relation_kind", "subjects", "subject_categories", "prompt", "seed", "width", "height", "image",
-    "generation_seconds", "metrics", "method_settings",
+    "generation_seconds", "metrics", "method_settings_ref",
 ]
+# A metric result as README documents it: the settings by reference to run.json's metric_settings.
+DOCUMENTED_RESULT = ["value", "details", "settings_ref", "higher_is_better"]
+
+
+def test_readme_documents_the_row_fields_in_their_order() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    bullet = readme[readme.index("- `DIR/samples.jsonl`"):]
+    bullet = bullet[: bullet.index("The format is")]
+    quoted = [" ".join(text.split()) for text in re.findall(r"`([^`]+)`", bullet)]  # lines wrap inside quotes
+    assert [name for name in quoted if re.fullmatch(r"[a-z_]+", name)] == DOCUMENTED_FIELDS
+    assert "{name: {" + ", ".join(DOCUMENTED_RESULT) + "}}" in quoted
+    assert f"The format is `relbench.rows.Row` (schema {ROW_SCHEMA_VERSION})" in readme
 
 
 def test_a_row_writes_the_documented_json_and_reads_back() -> None:
+    clip_settings = {"model": "tiny:clip", "preprocessing": {"resize": 32}}
     row = Row(method="sdxl", settings_hash="abc", case_id="c1", seed=3, image="images/sdxl/c1/3.png",
-              subjects=("cat", "dog"), metrics={"clip_t": {"value": 0.25, "details": {}}})
-    data = row.to_json()
-    assert list(data) == DOCUMENTED_FIELDS and data["schema"] == ROW_SCHEMA_VERSION == 1
+              subjects=("cat", "dog"), method_settings={"steps": 2},
+              metrics={"clip_t": {"value": 0.25, "details": {}, "settings": clip_settings, "higher_is_better": True}})
+    table = SettingsTable()
+    data = row.to_json(table)
+    assert list(data) == DOCUMENTED_FIELDS and data["schema"] == ROW_SCHEMA_VERSION == 2
+    assert list(data["metrics"]["clip_t"]) == DOCUMENTED_RESULT
+    # the settings are in the table (run.json), the row names their digests
+    assert data["metrics"]["clip_t"]["settings_ref"] == settings_hash(clip_settings)
+    assert table.to_run() == {"metric_settings": {settings_hash(clip_settings): clip_settings},
+                              "method_settings": {data["method_settings_ref"]: {"steps": 2}}}
     assert data["subjects"] == ["cat", "dog"] and data["benchmark"] is None and data["generation_seconds"] is None
-    assert Row.from_json(json.loads(json.dumps(data))) == row
+    assert Row.from_json(json.loads(json.dumps(data)), "row", SettingsTable.from_run(json.loads(json.dumps(table.to_run())))) == row
+    # inline (a shard file of a multi-process run; schema-1 rows): the same row
+    inline = row.to_json()
+    assert inline["metrics"]["clip_t"]["settings"] == clip_settings and inline["method_settings"] == {"steps": 2}
+    assert Row.from_json(json.loads(json.dumps(inline))) == row
+    assert Row.from_json(json.loads(json.dumps({**inline, "schema": 1}))) == row
     assert row.key == ("sdxl", "abc", "c1", 3)
     # the reports' fixed columns are the row's fields, by the same names and in the same order
     assert SAMPLE_COLUMNS == (*(f for f in ROW_FIELDS if f not in ("metrics", "method_settings")), "metric_details", "run_dir")
@@ -41,7 +68,10 @@ def test_a_row_writes_the_documented_json_and_reads_back() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"schema": 2}, "schema: expected 1, got 2"),
+        ({"schema": 3}, "schema: expected 1 or 2, got 3"),
+        ({"metrics": {"clip_t": {"value": 1.0, "settings_ref": "0123456789ab"}}},
+         "metrics.clip_t.settings_ref: no settings '0123456789ab' in the run's run.json metric_settings"),
+        ({"method_settings_ref": "0123456789ab"}, "method_settings_ref: no settings '0123456789ab' in the run's run.json method_settings"),
         ({"seed": True}, "seed: expected an integer, got True"),
         ({"settings_hash": ""}, "settings_hash: expected a non-empty string"),
         ({"image": "/etc/passwd"}, "image: expected a path inside the run directory, got '/etc/passwd'"),
@@ -76,7 +106,10 @@ def test_evaluate_writes_rows_the_store_and_the_reports_read_by_the_same_fields(
     assert (first.subjects, first.subject_categories, first.prompt) == (("astronaut", "cat"), ("person", "animal"), "an astronaut hugging a cat")
     assert (first.width, first.height, first.image, first.metrics) == (64, 64, "images/reference-collage/astronaut-hug-cat/0.png", {})
     assert first.method_settings["method"] == "reference-collage"
-    assert list(json.loads((out / "samples.jsonl").read_text().splitlines()[0])) == DOCUMENTED_FIELDS
+    line = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert list(line) == DOCUMENTED_FIELDS
+    run = json.loads((out / "run.json").read_text())
+    assert run["method_settings"] == {line["method_settings_ref"]: first.method_settings}
     _, samples = load_run(out)
     table = samples.iloc[0]
     assert [table[name] for name in ("method", "case_id", "seed", "subjects", "image")] == [

@@ -179,3 +179,125 @@ def test_non_run_directories_are_refused(tmp_path: Path) -> None:
     (tmp_path / "bad" / "run.json").write_text("{")
     with pytest.raises(RelbenchError, match="run.json: not valid JSON"):
         RunStore(tmp_path / "bad").open_for_writing(config(), ENV)
+
+
+# ------------------------------------------------------------------ settings stored once (schema 2)
+
+
+def scored(case: str, settings: dict[str, Any], method_settings: dict[str, Any]) -> Row:
+    return Row(method="m1", settings_hash="h1", case_id=case, seed=0, image=f"images/m1/{case}/0.png",
+               metrics={"clip_t": {"value": 1.0, "details": {}, "settings": settings, "higher_is_better": True}},
+               method_settings=method_settings)
+
+
+def test_rows_refer_to_settings_run_json_holds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relbench import runstore
+
+    store = RunStore(tmp_path / "run")
+    clip, method = {"model": "tiny:clip", "resize": [32, 32]}, {"steps": 2}
+    writes: list[dict[str, Any]] = []
+    real_write = runstore.atomic_write_json
+    monkeypatch.setattr(runstore, "atomic_write_json", lambda path, value: (writes.append(json.loads(json.dumps(value))), real_write(path, value)))
+    with store.open_for_writing(config(), ENV) as writer:
+        writer.append(scored("a", clip, method))
+        writer.append(scored("b", dict(clip), dict(method)))  # equal settings, other objects: the same entries
+    # run.json: once at the start, once before the first row (its two new settings); none for the second
+    assert len(writes) == 2 and "metric_settings" not in writes[0]
+    run = json.loads(store.run_json.read_text())
+    assert run["metric_settings"] == {settings_hash(clip): {"model": "tiny:clip", "resize": [32, 32]}}
+    assert run["method_settings"] == {settings_hash(method): method}
+    lines = [json.loads(line) for line in store.samples_jsonl.read_text().splitlines()]
+    assert [line["metrics"]["clip_t"] for line in lines] == [
+        {"value": 1.0, "details": {}, "settings_ref": settings_hash(clip), "higher_is_better": True}] * 2
+    assert [line["method_settings_ref"] for line in lines] == [settings_hash(method)] * 2
+    # readers get the settings back: the rows, and the raw records (read_rows)
+    assert [r.metrics["clip_t"]["settings"] for r in store.rows()] == [run["metric_settings"][settings_hash(clip)]] * 2
+    assert [r["method_settings"] for r in read_rows(store.samples_jsonl)] == [method, method]
+    assert read_rows(store.samples_jsonl)[0]["metrics"]["clip_t"]["settings"] == run["metric_settings"][settings_hash(clip)]
+
+
+def test_a_run_of_schema_1_rows_resumes_and_keeps_reading_them(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    with store.open_for_writing(config(), ENV):
+        pass
+    old = {**scored("a", {"pooling": "x"}, {"steps": 2}).to_json(), "schema": 1}  # settings inline, as relbench wrote them
+    store.samples_jsonl.write_text(json.dumps(old) + "\n")
+    with store.open_for_writing(config(), ENV) as writer:
+        writer.append(scored("b", {"pooling": "x"}, {"steps": 2}))
+    first, second = (json.loads(line) for line in store.samples_jsonl.read_text().splitlines())
+    assert first == old and second["schema"] == 2 and "method_settings" not in second
+    assert store.rows() == [scored("a", {"pooling": "x"}, {"steps": 2}), scored("b", {"pooling": "x"}, {"steps": 2})]
+
+
+def test_shard_rows_hold_their_settings_inline_and_the_merge_refers_to_run_json(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.open_for_writing(config(), ENV).close()
+    with store.open_shard(1) as shard:
+        shard.append(scored("a", {"pooling": "x"}, {"steps": 2}))
+    (line,) = store.shard_path(1).read_text().splitlines()
+    assert json.loads(line)["metrics"]["clip_t"]["settings"] == {"pooling": "x"}  # a shard does not write run.json
+    with store.open_for_writing(config(), ENV):  # the main process absorbs the shards
+        pass
+    (line,) = store.samples_jsonl.read_text().splitlines()
+    assert json.loads(line)["metrics"]["clip_t"]["settings_ref"] == settings_hash({"pooling": "x"})
+    assert store.rows() == [scored("a", {"pooling": "x"}, {"steps": 2})]
+
+
+# ------------------------------------------------------------------ images
+
+
+def test_images_are_saved_at_png_level_1_with_the_pixels_of_a_level_6_save(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from relbench.runstore import atomic_save_image
+
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    atomic_save_image(noise, tmp_path / "a.png")
+    six = io.BytesIO()
+    noise.save(six, format="PNG", compress_level=6)
+    stored = (tmp_path / "a.png").read_bytes()
+    assert b"IDATx\x01" in stored and b"IDATx\x9c" in six.getvalue()  # zlib's level mark: fastest vs default
+    with Image.open(tmp_path / "a.png") as fast, Image.open(six) as default:
+        assert fast.mode == default.mode == "RGB" and fast.size == default.size == (48, 64)
+        assert fast.tobytes() == default.tobytes() == noise.tobytes()
+
+
+def test_a_failed_image_write_is_one_line_from_its_future_and_stops_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+    import threading
+
+    from PIL import Image
+
+    from relbench import runstore
+
+    real_save = runstore.atomic_save_image
+    saved: list[str] = []
+    queued = threading.Event()
+
+    def save(image: Any, path: Path) -> None:
+        queued.wait(10)  # the three images are queued before the first is written
+        if path.name == "1.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(image, path)
+        saved.append(path.name)
+
+    monkeypatch.setattr(runstore, "atomic_save_image", save)
+    image = Image.new("RGB", (8, 8), (1, 2, 3))
+    with runstore.ImageSaver(depth=3) as saver:
+        futures = [saver.submit(image, tmp_path / f"{i}.png") for i in range(3)]
+        queued.set()
+        futures[2].exception()  # wait for the writer
+        with pytest.raises(RelbenchError) as later:
+            saver.submit(image, tmp_path / "3.png")
+    assert futures[0].result() is None and saved == ["0.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png"]  # nothing after the failure, no temporary
+    message = f"{tmp_path / '1.png'}: no space left on device; free space and run the same command again"
+    for future in futures[1:]:
+        with pytest.raises(RelbenchError) as failed:
+            future.result()
+        assert str(failed.value) == message
+    assert str(later.value) == message
