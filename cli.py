@@ -81,7 +81,7 @@ def _root(
 def evaluate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (created; re-running resumes it).")],
     method: Annotated[list[str], typer.Option("--method", "-m", help="Method name(s), comma-separated or repeated, or 'all'.")] = ["all"],
-    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Built-in benchmark name or path to a spec file.")] = "demo",
+    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Built-in benchmark (NAME, its latest version, or NAME@VERSION: relationbench@1) or path to a spec file.")] = "demo",
     profile: Annotated[str, typer.Option("--profile", "-p", help="'tiny' (random tiny models, offline) or 'full' (pretrained).")] = "tiny",
     metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help="Metric name(s), 'all' (default: every metric the profile can run) or 'none'.")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; one image per (method, case, seed).")] = "0",
@@ -156,7 +156,7 @@ def _echo_judge_failures(run_dir: Path) -> None:
 def generate(
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")],
     method: Annotated[str, typer.Option("--method", "-m", help="Method name.")],
-    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Built-in benchmark name or spec path (with --case).")] = "demo",
+    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Built-in benchmark (NAME or NAME@VERSION) or spec path (with --case).")] = "demo",
     case: Annotated[Optional[str], typer.Option("--case", help="A case id of the benchmark.")] = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", help="Without --case: one reference image per subject (repeat).")] = None,
     phrase: Annotated[Optional[list[str]], typer.Option("--phrase", help="Without --case: each subject's class noun (repeat, same order).")] = None,
@@ -357,21 +357,25 @@ def metrics_list() -> None:
 
 @data_app.command("list")
 def data_list() -> None:
-    """Built-in benchmarks."""
-    from relbench.benchmarks import BENCHMARKS, builtin_spec_path
+    """Built-in benchmarks, every version (`-b NAME@VERSION`; a plain NAME is its latest)."""
+    from relbench.benchmarks import BENCHMARKS, builtin_spec_path, builtin_versions
     from relbench.spec import load_spec
 
     for name in BENCHMARKS.names():
-        bench = load_spec(builtin_spec_path(name))
-        typer.echo(
-            f"{bench.name:<15} v{bench.version:<4} {len(bench.cases):>4} cases {len(bench.relations):>3} relations "
-            f"{len(bench.subjects):>3} subjects  {bench.description.splitlines()[0] if bench.description else ''}"
-        )
+        versions = builtin_versions(name)
+        for version in versions:
+            bench = load_spec(builtin_spec_path(f"{name}@{version}"))
+            pairs = len({frozenset(case.subjects) for case in bench.cases})  # per-subject-set trainings
+            latest = f" (= {name})" if version == versions[-1] else ""
+            typer.echo(
+                f"{name + '@' + version + latest:<34} {len(bench.cases):>4} cases {len(bench.relations):>3} relations "
+                f"{len(bench.subjects):>3} subjects {pairs:>4} subject sets  {bench.description.splitlines()[0] if bench.description else ''}"
+            )
 
 
 @data_app.command("validate")
 def data_validate(
-    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Built-in benchmark name.")] = None,
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Built-in benchmark: NAME (its latest version) or NAME@VERSION.")] = None,
     spec: Annotated[Optional[Path], typer.Option("--spec", help="Path to a spec file (.yaml/.json).")] = None,
     data_root: DataRootOption = None,
     no_files: Annotated[bool, typer.Option("--no-files", help="Check the spec only, not the files it names.")] = False,

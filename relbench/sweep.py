@@ -21,8 +21,9 @@ A sweep file::
 expands to one run per (benchmark, method, point of the method's grid): ``set`` holds settings
 fixed for the method, ``grid`` the settings swept (their Cartesian product). Each run is an
 ordinary ``relbench evaluate`` into ``<output>/<benchmark>/<method>[-<k>]`` (``k`` numbers the grid
-points), so it resumes as any run does; a multi-process launch shards every run over the
-processes. ``--dry-run`` prints the plan and its size without loading any model.
+points; ``<benchmark>`` is ``NAME@VERSION`` where the sweep names a built-in's version), so it
+resumes as any run does; a multi-process launch shards every run over the processes.
+``--dry-run`` prints the plan and its size without loading any model.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _as_setting(value: Any) -> str:
 
 def plan(sweep: Sweep) -> list[PlannedRun]:
     """Every run of the sweep, validated (names, settings, cases) without loading a model."""
-    from relbench.benchmarks import load_benchmark
+    from relbench.benchmarks import is_builtin, load_benchmark
     from relbench.methods import METHODS
     from relbench.profiles import RunContext, check_model_keys
     from relbench.runner import DEFAULT_RESOLUTION, select_cases
@@ -153,7 +154,9 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
     for benchmark_name in sweep.benchmarks:
         benchmark = load_benchmark(benchmark_name)
         cases = select_cases(benchmark, sweep.relations, sweep.limit)
-        label = benchmark.name
+        # A version named in the sweep (relationbench@1) names the folder too, so two versions of
+        # one benchmark can share a sweep; a plain name keeps the folder it always had.
+        label = benchmark.name + (f"@{benchmark.version}" if "@" in benchmark_name and is_builtin(benchmark_name) else "")
         for entry in sweep.methods:
             name = entry["method"]
             cls = METHODS.get(name)

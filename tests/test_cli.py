@@ -204,15 +204,21 @@ def test_data_validate_reports_every_problem_and_exits_2(tmp_path: Path) -> None
 
 
 def test_data_list_and_validate_builtin_demo() -> None:
-    listing = relbench("data", "list").stdout
-    assert "demo" in listing and "relationbench" in listing
+    listing = relbench("data", "list").stdout.splitlines()
+    assert [line.split("  ")[0] for line in listing] == ["demo@1 (= demo)", "relationbench@1", "relationbench@2 (= relationbench)"]
+    assert " 120 cases  15 relations  30 subjects  120 subject sets " in listing[1]
+    assert " 120 cases  15 relations  27 subjects   40 subject sets " in listing[2]
+    assert_one_line_error(relbench("data", "validate", "-b", "relationbench@3", check=False),
+                          "unknown benchmark version 'relationbench@3'. Did you mean 'relationbench@2', 'relationbench@1'?")
     assert relbench("data", "validate", "--benchmark", "demo").stdout.startswith("demo v1: 4 cases, 4 relations, 4 subjects, 4 images checked")
 
 
 @pytest.mark.shared_data
 def test_data_validate_relationbench_on_the_shared_data(shared_data: Path) -> None:
-    result = relbench("data", "validate", "--benchmark", "relationbench", "--data-root", str(shared_data))
+    result = relbench("data", "validate", "--benchmark", "relationbench@1", "--data-root", str(shared_data))
     assert result.stdout.startswith("relationbench v1: 120 cases, 15 relations, 30 subjects, 188 images checked")
+    result = relbench("data", "validate", "--benchmark", "relationbench", "--data-root", str(shared_data))
+    assert result.stdout.startswith("relationbench v2: 120 cases, 15 relations, 27 subjects, 171 images checked")
 
 
 @pytest.mark.slow

@@ -41,6 +41,14 @@ def test_plan_expands_the_grid_per_method_and_benchmark(tmp_path: Path) -> None:
     assert all(r.output.parent == tmp_path / "out" / "demo" and r.n_images == 4 for r in runs)
 
 
+def test_a_named_version_names_the_folder(tmp_path: Path) -> None:
+    # Two versions of one benchmark in a sweep get a folder each; a plain name keeps its folder.
+    sweep = {**SWEEP, "benchmarks": ["relationbench@1", "relationbench@2", "demo"], "methods": [{"method": "sdxl"}]}
+    runs = plan(load_sweep(write(tmp_path, sweep)))
+    assert [r.output.relative_to(tmp_path / "out").as_posix() for r in runs] == [
+        "relationbench@1/sdxl", "relationbench@2/sdxl", "demo/sdxl"]
+
+
 def test_sweep_runs_resume_and_record_each_setting(tmp_path: Path) -> None:
     sweep = load_sweep(write(tmp_path, SWEEP))
     runs = plan(sweep)

@@ -1,7 +1,12 @@
-"""Generate ``benchmark.yaml``, the RelationBench spec: DreamBench subjects in two-subject relations.
+"""Generate the RelationBench specs: DreamBench subjects in two-subject relations.
 
-Run ``python benchmark_data/relationbench/build.py`` to rewrite the spec next to this file, or
-``python benchmark_data/relationbench/build.py --check`` to verify that the committed spec is
+Two versions, both from the tables below: ``benchmark.yaml`` is version 1 (120 cases over 120
+subject pairs; frozen, its bytes must never change) and ``benchmark_v2.yaml`` is version 2 (120
+cases over 40 subject pairs, each pair in 3 relations, so a baseline that fine-tunes per subject
+pair trains 40 times instead of 120).
+
+Run ``python benchmark_data/relationbench/build.py`` to rewrite both specs next to this file, or
+``python benchmark_data/relationbench/build.py --check`` to verify that the committed specs are
 current (exit 1 if not). The output depends only on the tables below and ``SEED``: no file system
 listing, no set or hash() ordering, so every machine writes the same bytes. Standard library only,
 so it runs without the project installed. See README.md for the design.
@@ -14,8 +19,9 @@ import re
 import sys
 import textwrap
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SEED = 2025
 CASES_PER_RELATION = 8
@@ -23,6 +29,15 @@ CASES_PER_RELATION = 8
 # limbed subjects, which fit most relations, would crowd out the objects.
 MAX_SUBJECT_USES = 12
 SPEC_FILE = Path(__file__).with_name("benchmark.yaml")
+
+# Version 2: few subject pairs, each in several relations. PAIRS_V2 * RELATIONS_PER_PAIR_V2 cases,
+# CASES_PER_RELATION per relation (120 = 40 * 3 = 15 * 8).
+PAIRS_V2 = 40
+RELATIONS_PER_PAIR_V2 = 3
+# No subject in more pairs than this (4 pairs = 12 cases, v1's MAX_SUBJECT_USES).
+MAX_SUBJECT_PAIRS_V2 = 4
+SEARCH_STEPS_V2 = 20_000  # the search takes 55 steps for SEED; this bounds a bad edit or seed
+SPEC_FILE_V2 = Path(__file__).with_name("benchmark_v2.yaml")
 
 # DreamRelation's default two-subject layout (inference code), used for face-to-face interactions.
 DEFAULT_TWO_BOXES = ((0.0, 0.2, 0.55, 0.85), (0.55, 0.26, 0.95, 0.90))
@@ -259,25 +274,144 @@ def reference_poses(relation_id: str) -> list[dict[str, Any]]:
     ]
 
 
+Pair = tuple[str, str]  # two subject ids, sorted
+
+
+def pair_tables() -> tuple[dict[tuple[str, Pair], list[tuple[str, str]]], dict[Pair, list[str]]]:
+    """(relation id, pair) -> the role orders that fit, and pair -> the relations it fits (RELATIONS order)."""
+    orientations: dict[tuple[str, Pair], list[tuple[str, str]]] = {}
+    fitting: dict[Pair, list[str]] = {}
+    for relation in RELATIONS:
+        for options in candidate_pairs(relation):
+            a, b = options[0]
+            pair = (min(a, b), max(a, b))
+            orientations[(relation.id, pair)] = options
+            fitting.setdefault(pair, []).append(relation.id)
+    return orientations, fitting
+
+
+def choose_pairs_v2(rng: random.Random) -> list[tuple[Pair, list[str]]]:
+    """PAIRS_V2 subject pairs, each with RELATIONS_PER_PAIR_V2 relations it fits, so that every
+    relation gets exactly CASES_PER_RELATION cases and no subject is in more than
+    MAX_SUBJECT_PAIRS_V2 pairs. Returns (pair, relation ids) in the order they were picked.
+
+    A depth-first search. A relation's slack is how many more cases it could still get (bounded by
+    the free pairs that fit it, the free places of the subjects that fit each of its roles, and the
+    pairs still to pick) less the cases it still needs. Each step serves the relation with the least
+    slack: it tries the free pairs that fit it, those whose subjects are in the fewest pairs first
+    (a seeded shuffle breaking ties), each with the other relations of least slack first; a step
+    where some relation's slack is negative goes back. SEED needs 55 steps (40 pairs, a little
+    backtracking); about 3 seeds in 100 run out of SEARCH_STEPS_V2, and the script stops.
+    """
+    orientations, fitting = pair_tables()
+    pool = sorted(fitting)
+    rng.shuffle(pool)
+    rank = {pair: i for i, pair in enumerate(pool)}
+    need = {r.id: CASES_PER_RELATION for r in RELATIONS}
+    uses = {s.id: 0 for s in SUBJECTS}
+    chosen: list[tuple[Pair, list[str]]] = []
+    steps = 0
+
+    def places(subjects: set[str]) -> int:
+        return sum(MAX_SUBJECT_PAIRS_V2 - uses[sid] for sid in subjects)
+
+    def slack(rid: str, free: list[Pair], left: int) -> int:
+        fit = [pair for pair in free if rid in fitting[pair]]
+        roles = [{order[k] for pair in fit for order in orientations[(rid, pair)]} for k in (0, 1)]
+        room = min(len(fit), places(roles[0]), places(roles[1]), places(roles[0] | roles[1]) // 2, left)
+        return room - need[rid]
+
+    def step() -> bool:
+        nonlocal steps
+        left = PAIRS_V2 - len(chosen)
+        if left == 0:
+            return True
+        steps += 1
+        if steps > SEARCH_STEPS_V2:
+            raise SystemExit(f"build.py: v2: no choice found in {SEARCH_STEPS_V2} search steps")
+        taken = {pair for pair, _ in chosen}
+        free = [
+            pair for pair in pool
+            if pair not in taken and max(uses[pair[0]], uses[pair[1]]) < MAX_SUBJECT_PAIRS_V2
+            and sum(need[rid] > 0 for rid in fitting[pair]) >= RELATIONS_PER_PAIR_V2
+        ]
+        slacks = {rid: slack(rid, free, left) for rid in need if need[rid] > 0}
+        if min(slacks.values()) < 0:
+            return False
+        relation = min(slacks, key=lambda rid: (slacks[rid], rid))
+        tries = sorted(
+            (pair for pair in free if relation in fitting[pair]),
+            key=lambda pair: (max(uses[pair[0]], uses[pair[1]]), uses[pair[0]] + uses[pair[1]], rank[pair]),
+        )
+        for pair in tries:
+            others = [rid for rid in fitting[pair] if rid != relation and need[rid] > 0]
+            for extra in sorted(combinations(others, RELATIONS_PER_PAIR_V2 - 1), key=lambda c: (sum(slacks[r] for r in c), c)):
+                relations = [relation, *extra]
+                chosen.append((pair, relations))
+                for rid in relations:
+                    need[rid] -= 1
+                for sid in pair:
+                    uses[sid] += 1
+                if step():
+                    return True
+                chosen.pop()
+                for rid in relations:
+                    need[rid] += 1
+                for sid in pair:
+                    uses[sid] -= 1
+        return False
+
+    if not step():
+        raise SystemExit("build.py: v2: no choice of pairs meets the rules")
+    return chosen
+
+
+def _subject_entries(subjects: list[SubjectRow]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": s.id,
+            "class_noun": s.class_noun,
+            "category": s.category,
+            "images": [f"dreambench/{s.id}/{i:02d}.jpg" for i in range(s.n_images)],
+        }
+        for s in subjects
+    ]
+
+
+def _relation_entries() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r.id,
+            "phrase": r.phrase,
+            "kind": r.kind,
+            "fits": [list(role) for role in r.fits],
+            **({"reference_poses": poses} if (poses := reference_poses(r.id)) else {}),
+        }
+        for r in RELATIONS
+    ]
+
+
+def _case_entry(relation: RelationRow, a: str, b: str, mirrored: bool) -> dict[str, Any]:
+    rows = {s.id: s for s in SUBJECTS}
+    pair = (rows[a], rows[b])
+    return {
+        "id": f"{relation.id}-{a}-{b}",
+        "subjects": [a, b],
+        "relation": relation.id,
+        "prompt": prompt_for(relation, (pair[0].class_noun, pair[1].class_noun)),
+        "boxes": [list(box) for box in boxes_for(relation, pair, mirrored)],
+    }
+
+
 def build_spec(seed: int = SEED) -> dict[str, Any]:
-    """The whole spec as plain data, in the layout relbench.spec reads."""
+    """Version 1, the whole spec as plain data, in the layout relbench.spec reads."""
     rng = random.Random(seed)
     chosen = choose_cases(rng)
-    rows = {s.id: s for s in SUBJECTS}
     cases = []
     for relation in RELATIONS:  # cases in relation order, then in the order they were picked
         for a, b in chosen[relation.id]:
-            pair = (rows[a], rows[b])
             mirrored = rng.random() < 0.5  # half the cases put role 0 on the right
-            cases.append(
-                {
-                    "id": f"{relation.id}-{a}-{b}",
-                    "subjects": [a, b],
-                    "relation": relation.id,
-                    "prompt": prompt_for(relation, (pair[0].class_noun, pair[1].class_noun)),
-                    "boxes": [list(box) for box in boxes_for(relation, pair, mirrored)],
-                }
-            )
+            cases.append(_case_entry(relation, a, b, mirrored))
     return {
         "name": "relationbench",
         "version": "1",
@@ -287,27 +421,46 @@ def build_spec(seed: int = SEED) -> dict[str, Any]:
             "prompt and a layout box per subject. Authored for relbench; not the upstream "
             "QingyuShi/RelationBench data set."
         ),
-        "subjects": [
-            {
-                "id": s.id,
-                "class_noun": s.class_noun,
-                "category": s.category,
-                "images": [f"dreambench/{s.id}/{i:02d}.jpg" for i in range(s.n_images)],
-            }
-            for s in SUBJECTS
-        ],
-        "relations": [
-            {
-                "id": r.id,
-                "phrase": r.phrase,
-                "kind": r.kind,
-                "fits": [list(role) for role in r.fits],
-                **({"reference_poses": poses} if (poses := reference_poses(r.id)) else {}),
-            }
-            for r in RELATIONS
-        ],
+        "subjects": _subject_entries(list(SUBJECTS)),
+        "relations": _relation_entries(),
         "cases": cases,
     }
+
+
+def build_spec_v2(seed: int = SEED) -> dict[str, Any]:
+    """Version 2: PAIRS_V2 subject pairs, each in RELATIONS_PER_PAIR_V2 relations; same layout."""
+    rng = random.Random(seed)
+    chosen = choose_pairs_v2(rng)
+    orientations, _ = pair_tables()
+    cases = []
+    for relation in RELATIONS:  # cases in relation order, then in the order the pairs were picked
+        for pair, relation_ids in chosen:
+            if relation.id not in relation_ids:
+                continue
+            options = orientations[(relation.id, pair)]
+            a, b = options[0] if len(options) == 1 else rng.choice(options)  # the role order, when both fit
+            mirrored = rng.random() < 0.5  # half the cases put role 0 on the right
+            cases.append(_case_entry(relation, a, b, mirrored))
+    used = {sid for pair, _ in chosen for sid in pair}
+    subjects = [s for s in SUBJECTS if s.id in used]
+    return {
+        "name": "relationbench",
+        "version": "2",
+        "description": (
+            f"Two-subject relation-aware customization: {len(subjects)} DreamBench subjects in {len(chosen)} "
+            f"subject pairs, each pair in {RELATIONS_PER_PAIR_V2} relations: {len(cases)} cases over "
+            f"{len(RELATIONS)} relations (interactions, actions, spatial placements), each with a prompt and a "
+            "layout box per subject. Fewer pairs than version 1, so baselines that fine-tune per subject pair "
+            "train once per pair. Authored for relbench; not the upstream QingyuShi/RelationBench data set."
+        ),
+        "subjects": _subject_entries(subjects),
+        "relations": _relation_entries(),
+        "cases": cases,
+    }
+
+
+# version -> (generator, spec file)
+VERSIONS: dict[str, tuple[Callable[..., dict[str, Any]], Path]] = {"1": (build_spec, SPEC_FILE), "2": (build_spec_v2, SPEC_FILE_V2)}
 
 
 # --- YAML output: written by hand so the file is compact, stable and readable --------------------
@@ -339,7 +492,7 @@ def render_yaml(spec: dict[str, Any]) -> str:
         f"name: {_scalar(spec['name'])}",
         f'version: "{spec["version"]}"',
         "description: >-",  # folded: the wrapped lines read back as one line
-        *(f"  {line}" for line in textwrap.wrap(spec["description"], width=96)),
+        *(f"  {line}" for line in textwrap.wrap(spec["description"], width=96, break_on_hyphens=False)),
         "subjects:",
     ]
     for s in spec["subjects"]:
@@ -379,21 +532,24 @@ def render_yaml(spec: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    spec = build_spec()
-    text = render_yaml(spec)
-    if argv == ["--check"]:
-        current = SPEC_FILE.read_text(encoding="utf-8") if SPEC_FILE.is_file() else ""
-        if current != text:
-            print(f"{SPEC_FILE}: out of date; run python {Path(__file__).name} to rewrite it", file=sys.stderr)
-            return 1
-        print(f"{SPEC_FILE}: up to date")
-        return 0
-    if argv:
+    if argv not in ([], ["--check"]):
         print(f"usage: python {Path(__file__).name} [--check]", file=sys.stderr)
         return 2
-    SPEC_FILE.write_text(text, encoding="utf-8")
-    print(f"wrote {SPEC_FILE} ({len(spec['cases'])} cases)")
-    return 0
+    stale = 0
+    for build, path in VERSIONS.values():
+        spec = build()
+        text = render_yaml(spec)
+        if argv == ["--check"]:
+            current = path.read_text(encoding="utf-8") if path.is_file() else ""
+            if current != text:
+                print(f"{path}: out of date; run python {Path(__file__).name} to rewrite it", file=sys.stderr)
+                stale += 1
+            else:
+                print(f"{path}: up to date")
+            continue
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path} ({len(spec['cases'])} cases)")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
