@@ -406,3 +406,151 @@ def test_lora_alpha_is_saved_and_diffusers_load_lora_weights_applies_it(tmp_path
     add_relation_lora(other, rank=4, alpha=4.0, seed=1)
     with pytest.raises(RelbenchError, match="LoRA of rank 4, alpha 8, but this run's adapter has rank 4, alpha 4"):
         train._set_lora(other, state, path)
+
+
+# ------------------------------------------------------------------ inference: the fused relation LoRA
+
+TWO_BOXES = ((0.0, 0.2, 0.55, 0.85), (0.55, 0.26, 0.95, 0.90))
+THREE_BOXES = ((0.0, 0.2, 0.45, 0.85), (0.45, 0.2, 0.7, 0.85), (0.55, 0.25, 0.95, 0.9))
+
+
+def random_lora(directory: Path, seed: int, alpha: float | None) -> Path:
+    """A tiny-UNet relation LoRA with non-zero up weights; alpha None: a file without metadata (alpha = rank)."""
+    from safetensors.torch import save_file
+
+    from relbench.tiny import tiny_sdxl_components
+
+    unet = tiny_sdxl_components(0)["unet"]
+    add_relation_lora(unet, rank=4, alpha=alpha or 4.0, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    if alpha is None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in lora_state_dict(unet).items()}, str(directory / LORA_WEIGHT_NAME))
+        return directory / LORA_WEIGHT_NAME
+    return save_relation_lora(unet, directory)
+
+
+def relation_request(relation: str, seed: int, subjects: int = 2):
+    from PIL import Image
+
+    from relbench.method import GenerationRequest, SubjectInput
+
+    rng = np.random.default_rng(seed)
+    boxes = TWO_BOXES if subjects == 2 else THREE_BOXES
+    people = tuple(
+        SubjectInput(f"s{i}", noun, (Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)),), box)
+        for i, (noun, box) in enumerate(zip(("dog", "cat", "bear"), boxes))
+    )
+    return GenerationRequest(f"{relation}-{seed}", f"a dog is {relation}ging a cat", relation, people, seed, 32, 32, relation)
+
+
+def dreamrelation(loras: str, lora_scale: float = 0.7):
+    import dataclasses
+
+    from relbench.methods.dreamrelation.method import DreamRelation
+    from relbench.profiles import RunContext
+
+    context = RunContext(profile="tiny")
+    return DreamRelation(context, dataclasses.replace(DreamRelation.default_settings(context), loras=loras, lora_scale=lora_scale))
+
+
+@pytest.fixture(scope="module")
+def two_relations(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("loras")
+    return dreamrelation(f"hug={random_lora(root / 'hug', 1, 8.0)},carry={random_lora(root / 'carry', 2, None)}")
+
+
+def test_relation_lora_is_fused_once_per_relation_group_and_the_weights_restored_exactly(two_relations, monkeypatch) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from relbench.methods.dreamrelation import lora
+
+    method = two_relations
+    unet = method.pipe.unet
+    assert not any(isinstance(m, BaseTunerLayer) for m in unet.modules())  # no LoRA layer runs at the steps
+    original = {k: v.clone() for k, v in unet.state_dict().items()}
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q"
+    layer = unet.get_submodule(name)
+    fused = []
+    real = lora.fused_lora
+    monkeypatch.setattr(lora, "fused_lora", lambda u, factors, scale: fused.append(scale) or real(u, factors, scale))
+    seen = []  # the weight each UNet step ran with
+    handle = unet.register_forward_pre_hook(lambda module, args: seen.append(layer.weight.detach().clone()))
+    try:
+        method.generate([relation_request("hug", 0), relation_request("carry", 1), relation_request("hug", 2)])
+    finally:
+        handle.remove()
+    assert fused == [0.7, 0.7]  # two relation groups, one merge each
+    assert len(seen) == 2 * 2  # 2 steps per group (each group one batch)
+    for weights, relation, scaling in ((seen[:2], "hug", 8.0 / 4), (seen[2:], "carry", 1.0)):
+        f = method.loras[relation][name]
+        assert f.scaling == scaling  # metadata alpha 8 / rank 4; no metadata: alpha = rank
+        expected = original[f"{name}.weight"] + 0.7 * scaling * f.up @ f.down
+        for weight in weights:
+            torch.testing.assert_close(weight, expected, rtol=1e-6, atol=1e-6)
+    after = unet.state_dict()
+    assert list(after) == list(original)
+    assert all(torch.equal(after[k], original[k]) for k in original)  # bit for bit: the next group starts clean
+
+
+@pytest.mark.parametrize("subjects", [2, 3])
+def test_fused_lora_gives_the_images_of_the_unfused_per_step_path(tmp_path: Path, subjects: int) -> None:
+    from relbench.methods.ms_diffusion.pipeline import generate_with_layout
+
+    path = random_lora(tmp_path / "hug", 3, 8.0)
+    method = dreamrelation(f"hug={path}", lora_scale=0.7)
+    request = relation_request("hug", 5, subjects)
+    kwargs = dict(
+        prompts=[request.prompt], subject_images=[[s.images[0] for s in request.subjects]],
+        phrases=[[s.class_noun for s in request.subjects]], boxes=[[s.box for s in request.subjects]], seeds=[5],
+        num_inference_steps=2, guidance_scale=5.0, negative_prompt="lowres", width=32, height=32, scale=0.6, output_type="np",
+    )
+    models = method.models
+    with method.relation_group("hug"):
+        fused = generate_with_layout(method.pipe, models.adapter, models.encoder, **kwargs)[0]
+    without = generate_with_layout(method.pipe, models.adapter, models.encoder, **kwargs)[0]
+    # The path before: diffusers' LoRA layers at every step (alpha from the metadata, weight 0.7),
+    # masks and image projections rebuilt at every step.
+    method.pipe.load_lora_weights(str(path), adapter_name="relation")
+    method.pipe.set_adapters(["relation"], adapter_weights=[0.7])
+    unfused = generate_with_layout(method.pipe, models.adapter, models.encoder, precompute=False, **kwargs)[0]
+    assert np.abs(fused - without).max() > 0.05  # the LoRA matters
+    np.testing.assert_allclose(fused, unfused, rtol=0, atol=1e-5)
+
+
+def test_two_relations_in_one_batch_give_the_images_of_separate_calls(two_relations) -> None:
+    method = two_relations
+    hug, carry = [relation_request("hug", 0), relation_request("hug", 1)], [relation_request("carry", 0), relation_request("carry", 1)]
+    together = method.generate([hug[0], carry[0], hug[1], carry[1]])
+    apart = method.generate(carry) + method.generate(hug)
+    pixels = [np.asarray(image, dtype=int) for image in together]
+    expected = [np.asarray(image, dtype=int) for image in (apart[2], apart[0], apart[3], apart[1])]
+    assert all(np.array_equal(a, b) for a, b in zip(pixels, expected))
+    assert np.abs(pixels[0] - pixels[1]).max() > 5  # same seed and subjects, another relation's LoRA
+
+
+def test_relation_lora_reader_refuses_what_it_cannot_merge(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from relbench.methods.dreamrelation.lora import read_relation_lora
+    from relbench.tiny import tiny_sdxl_components
+
+    unet = tiny_sdxl_components(0)["unet"]
+    state = load_file(str(random_lora(tmp_path / "good", 1, None)))
+    up = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora.up.weight"
+    cases = {
+        "text": ({**state, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora.down.weight": torch.zeros(4, 32)},
+                 "not a UNet LoRA factor"),
+        "half": ({k: v for k, v in state.items() if k != up}, "attn2.to_k has no up weight"),
+    }
+    for name, (tensors, message) in cases.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+        with pytest.raises(RelbenchError, match=message):
+            read_relation_lora(tmp_path / f"{name}.safetensors", unet)
+    save_file(state, str(tmp_path / "dora.safetensors"), {"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 4, "unet.use_dora": True})})
+    with pytest.raises(RelbenchError, match="sets use_dora"):
+        read_relation_lora(tmp_path / "dora.safetensors", unet)

@@ -14,7 +14,7 @@ from PIL import Image
 from relbench.errors import RelbenchError
 from relbench.methods.ms_diffusion.adapter import MSAdapter
 from relbench.methods.ms_diffusion.attention import (
-    AttentionStore, MSAttnProcessor, SelfAttnProcessor, box_masks, layer_grid,
+    AttentionStore, LayoutCache, MSAttnProcessor, SelfAttnProcessor, box_masks, layer_grid,
 )
 from relbench.methods.ms_diffusion.config import MSAdapterConfig
 from relbench.methods.ms_diffusion.encoders import SubjectEncoder
@@ -446,6 +446,58 @@ def test_attention_store_records_text_maps_of_small_layers(attn_setup) -> None:
     assert small.maps == []
 
 
+def test_samples_without_boxes_skip_image_attention_and_match_the_reference(attn_setup) -> None:
+    # Classifier-free guidance layout: the unconditional sample has zero boxes (and zero tokens).
+    attn, processor, hidden, context, _ = attn_setup
+    boxes = torch.tensor([[(0.0, 0.0, 0.0, 0.0)] * 2, [BOX_A, BOX_B]])
+    seen = []
+    handle = processor.to_k_ip.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    try:
+        out = run(attn, hidden, context, boxes, ms_cache=LayoutCache())
+        plain = run(attn, hidden, context, boxes)  # no cache (training): every sample, no host sync to find them
+    finally:
+        handle.remove()
+    assert seen == [1, 2]  # with a cache only the sample with boxes is projected and attended
+    torch.testing.assert_close(out, _no_grad(reference_attention, attn, processor, hidden, context, boxes, 0.6), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out[0], text_only(attn, hidden, context)[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(plain, out, rtol=0, atol=1e-6)
+
+
+def test_layout_cache_builds_masks_once_per_resolution_and_image_keys_once_per_layer(attn_setup, monkeypatch) -> None:
+    attn, processor, _, context, boxes = attn_setup
+    built = []
+
+    def spy(b, rows, cols):
+        built.append((rows, cols))
+        return box_masks(b, rows, cols)
+
+    monkeypatch.setattr("relbench.methods.ms_diffusion.attention.box_masks", spy)
+    projections = []
+    handles = [layer.register_forward_hook(lambda module, args, out: projections.append(module))
+               for layer in (processor.to_k_ip, processor.to_v_ip)]
+    cache = LayoutCache()
+    with seeded(5):
+        fine, coarse = torch.randn(2, ROWS * COLS, 32), torch.randn(2, (ROWS // 2) * (COLS // 2), 32)
+    try:
+        outs = {}
+        for step in range(3):  # three "denoising steps", each with a layer at two resolutions
+            for name, hidden in (("fine", fine), ("coarse", coarse)):
+                outs[name, step] = run(attn, hidden, context, boxes, ms_cache=cache)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert built == [(ROWS, COLS), (ROWS // 2, COLS // 2)]
+    assert len(projections) == 2  # to_k_ip and to_v_ip once, not per step
+    for name, hidden in (("fine", fine), ("coarse", coarse)):
+        uncached = run(attn, hidden, context, boxes)
+        for step in range(3):
+            torch.testing.assert_close(outs[name, step], uncached, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="one cache per pipeline call"):
+        run(attn, fine[:1], context[:1], boxes[:1], ms_cache=cache)
+    cache.clear()
+    assert len(cache) == 0
+
+
 def test_processor_refuses_inconsistent_inputs(attn_setup) -> None:
     attn, _, hidden, context, boxes = attn_setup
     with pytest.raises(ValueError, match="no ms_boxes"):
@@ -588,6 +640,54 @@ def test_generate_with_scale_zero_is_plain_sdxl(tiny_pipe, tiny_adapter) -> None
         phrases=[["dog", "cat"]], boxes=[TWO], seeds=[5], width=32, height=32, **SETTINGS,
     )[0]
     assert np.abs(pixels(with_image) - pixels(expected)).max() > 5
+
+
+def test_generate_projects_image_tokens_once_per_layer_and_builds_masks_once_per_call(tiny_pipe, tiny_adapter, monkeypatch) -> None:
+    encoder = SubjectEncoder.tiny(tiny_pipe)
+    masks = []
+    monkeypatch.setattr("relbench.methods.ms_diffusion.attention.box_masks",
+                        lambda b, rows, cols: masks.append((rows, cols)) or box_masks(b, rows, cols))
+    calls: dict[str, list[int]] = {}
+    handles = [
+        layer.register_forward_hook(lambda module, args, out, key=f"{p.name}.{kind}": calls.setdefault(key, []).append(args[0].shape[0]))
+        for p in tiny_adapter.processors() for kind, layer in (("k", p.to_k_ip), ("v", p.to_v_ip))
+    ]
+    unet_calls = []
+    handles.append(tiny_pipe.unet.register_forward_pre_hook(lambda module, args: unet_calls.append(1)))
+    request = dict(prompts=["a dog is hugging a cat", "a cat next to a dog"], subject_images=[photos(2), photos(2)[::-1]],
+                   phrases=[["dog", "cat"], ["cat", "dog"]], boxes=[TWO, TWO[::-1]], seeds=[1, 2], width=32, height=32,
+                   **{**SETTINGS, "num_inference_steps": 3})
+    try:
+        generate_with_layout(tiny_pipe, tiny_adapter, encoder, **request)
+        assert len(unet_calls) == 3
+        # 12 cross-attention layers: each projects once per call, only the 2 conditional samples of the
+        # batch of 4 (the unconditional half has zero boxes); one mask set for the one 8 x 8 resolution.
+        assert len(calls) == 24 and all(batches == [2] for batches in calls.values())
+        assert masks == [(8, 8)]
+        assert len(tiny_pipe.cross_attention_kwargs["ms_cache"]) == 0  # dropped after the call
+        calls.clear(), masks.clear()
+        generate_with_layout(tiny_pipe, tiny_adapter, encoder, precompute=False, **request)
+        # The path before: every layer at every step, the whole batch of 4.
+        assert all(batches == [4, 4, 4] for batches in calls.values()) and len(masks) == 3 * 12
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("subjects", [2, 3])
+def test_precomputed_layout_gives_the_images_of_per_step_recomputation(tiny_pipe, tiny_adapter, subjects: int) -> None:
+    encoder = SubjectEncoder.tiny(tiny_pipe)
+    layout = TWO if subjects == 2 else THREE
+    request = dict(prompts=["a dog and a cat", "a cat and a dog"], subject_images=[photos(subjects), photos(subjects)[::-1]],
+                   phrases=[["dog", "cat", "bear"][:subjects]] * 2, boxes=[layout, layout[::-1]], seeds=[1, 2],
+                   width=32, height=24, output_type="np", **SETTINGS)
+    other = dict(request, subject_images=[photos(subjects)[::-1], photos(subjects)], boxes=[layout[::-1], layout])
+    cached = [generate_with_layout(tiny_pipe, tiny_adapter, encoder, **r) for r in (request, other)]
+    per_step = [generate_with_layout(tiny_pipe, tiny_adapter, encoder, precompute=False, **r) for r in (request, other)]
+    for fast, slow in zip(cached, per_step):  # the second call reuses nothing of the first
+        assert len(fast) == 2 and fast[0].shape == (24, 32, 3)
+        np.testing.assert_allclose(np.stack(fast), np.stack(slow), rtol=0, atol=1e-5)
+    assert np.abs(cached[0][0] - cached[1][0]).max() > 1e-2  # the two calls' subjects and boxes differ
 
 
 def test_generate_refuses_mixed_subject_counts_and_bad_boxes(tiny_pipe, tiny_adapter) -> None:

@@ -6,12 +6,14 @@ DreamRelation LoRAs or the output of ``relbench train dreamrelation``. At least 
 without a relation LoRA the model is the ``ms-diffusion`` baseline, evaluated under that name.
 Each LoRA file's SHA-256 is part of the settings hash, so retraining into the same path never
 mixes with old results. Generation is ms-diffusion's (see its module), with the case's relation
-LoRA active at ``lora_scale``.
+LoRA at ``lora_scale`` merged into the UNet's weights for the requests of that relation and the
+original weights restored after them (``lora.fused_lora``): no LoRA layer runs at the steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,34 +85,21 @@ class DreamRelation(MSDiffusion):
 
     def __init__(self, context: RunContext, settings: DreamRelationSettings | None = None):
         super().__init__(context, settings)
-        from diffusers.utils import logging as diffusers_logging
-
-        from relbench.methods.dreamrelation.lora import check_lora_shapes, file_sha256, read_lora_file, resolve_lora_file
+        from relbench.methods.dreamrelation.lora import file_sha256, read_relation_lora, resolve_lora_file
 
         loras = parse_loras(self.config.loras)
         if not loras:
             self.check_cases(self.config, None, [])  # the same message as the runner's early check
-        self.adapters: dict[str, str] = {}  # relation -> adapter name in the pipeline
+        self.loras: dict[str, dict[str, Any]] = {}  # relation -> module name -> LoRAFactors
         self.lora_files: dict[str, dict[str, str]] = {}
         self.resamplers: dict[str, dict[str, Any]] = {}  # relation -> resampler state trained with its LoRA
         self.public_resampler = {k: v.clone() for k, v in self.models.adapter.image_proj.state_dict().items()}
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # "no LoRA keys for text_encoder": expected, UNet-only LoRAs
-        try:
-            for index, (relation, source) in enumerate(sorted(loras.items())):
-                path = resolve_lora_file(source)
-                # Truncated or non-LoRA files, and tensors that do not fit the UNet, in one line each.
-                check_lora_shapes(path, read_lora_file(path), self.pipe.unet)
-                name = f"relation_{index}"
-                try:
-                    self.pipe.load_lora_weights(str(path), adapter_name=name)
-                except (ValueError, KeyError, RuntimeError) as exc:
-                    raise RelbenchError(f"{path}: does not fit this UNet ({' '.join(str(exc).split())[:200]})") from exc
-                self.adapters[relation] = name
-                self.lora_files[relation] = {"path": str(path), "sha256": file_sha256(path)}
-                self._read_resampler(relation, path.parent / RESAMPLER)
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
+        for relation, source in sorted(loras.items()):
+            path = resolve_lora_file(source)
+            # Truncated or non-LoRA files, and tensors that do not fit the UNet, in one line each.
+            self.loras[relation] = read_relation_lora(path, self.pipe.unet)
+            self.lora_files[relation] = {"path": str(path), "sha256": file_sha256(path)}
+            self._read_resampler(relation, path.parent / RESAMPLER)
 
     def _read_resampler(self, relation: str, path: Any) -> None:
         """Keep the resampler trained with this relation's LoRA (if any) to swap in for its cases."""
@@ -130,11 +119,16 @@ class DreamRelation(MSDiffusion):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "lora_files": self.lora_files}
 
-    def before_group(self, relation: str | None) -> None:
-        key = relation if relation in self.adapters else ALL_RELATIONS
-        name = self.adapters.get(key)
-        if name is None:
+    @contextmanager
+    def relation_group(self, relation: str | None) -> Iterator[None]:
+        """The relation's LoRA merged into the UNet once for its requests, the weights restored after."""
+        from relbench.methods.dreamrelation.lora import fused_lora
+
+        key = relation if relation in self.loras else ALL_RELATIONS
+        factors = self.loras.get(key)
+        if factors is None:
             raise RelbenchError(f"dreamrelation: no LoRA for relation {relation!r}")
-        self.pipe.set_adapters([name], adapter_weights=[self.config.lora_scale])
         # The public resampler unless this relation's LoRA was trained with its own.
         self.models.adapter.image_proj.load_state_dict(self.resamplers.get(key, self.public_resampler))
+        with fused_lora(self.pipe.unet, factors, self.config.lora_scale):
+            yield

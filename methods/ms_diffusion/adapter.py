@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from relbench.errors import RelbenchError
-from relbench.methods.ms_diffusion.attention import AttentionStore, MSAttnProcessor, SelfAttnProcessor
+from relbench.methods.ms_diffusion.attention import AttentionStore, LayoutCache, MSAttnProcessor, SelfAttnProcessor
 from relbench.methods.ms_diffusion.config import MSAdapterConfig
 from relbench.methods.ms_diffusion.resampler import GroundingResampler
 
@@ -101,9 +101,12 @@ class MSAdapter(nn.Module):
 
     def cross_attention_kwargs(self, boxes: Tensor, *, scale: float | None = None,
                                latent_size: tuple[int, int] | None = None,
-                               store: AttentionStore | None = None) -> dict[str, Any]:
-        """The UNet's ``cross_attention_kwargs`` for (B, N, 4) boxes (B = the UNet's batch)."""
-        return {"ms_boxes": boxes, "ms_scale": scale, "ms_size": latent_size, "ms_store": store}
+                               store: AttentionStore | None = None,
+                               cache: LayoutCache | None = None) -> dict[str, Any]:
+        """The UNet's ``cross_attention_kwargs`` for (B, N, 4) boxes (B = the UNet's batch).
+
+        ``cache``: one pipeline call's :class:`LayoutCache` (context and boxes fixed for the call)."""
+        return {"ms_boxes": boxes, "ms_scale": scale, "ms_size": latent_size, "ms_store": store, "ms_cache": cache}
 
     # ------------------------------------------------------------------------------- context
     def image_context(self, image_embeds: Tensor, phrase_embeds: Tensor, boxes: Tensor,

@@ -22,11 +22,22 @@ Differences from the reference: the layer grid is derived from the latent size (
 the reference assumed square latents), image attention runs through SDPA with the additive bias
 and the background rows are zeroed on the output (the same numbers, without materialising the
 probabilities), and box rasterisation is done in float32.
+
+Speed in generation (the same numbers as computing everything at every call): within one pipeline
+call the image tokens and the boxes do not change between denoising steps, so a
+:class:`LayoutCache` passed as ``ms_cache`` keeps each layer's ``to_k_ip`` / ``to_v_ip``
+projections and each layer resolution's masks from the first step (``generate_with_layout`` makes
+one per call and clears it after). With it, samples whose boxes are all zero (the unconditional half
+of classifier-free guidance) skip the image attention: every position of theirs is background, so
+its output is zero anyway. Without a cache (training) every call computes everything for every
+sample, as before: finding the samples to skip would cost a device-to-host sync per layer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +119,84 @@ def box_masks(boxes: Tensor, rows: int, cols: int) -> Tensor:
     return inside.flatten(2).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class LayoutMask:
+    """The layout at one layer resolution, for the samples that have image attention at all."""
+
+    active: Tensor | None  # indices of the samples with a non-zero box; None: every sample
+    bias: Tensor  # (A, 1, Q, D + N * Qs): 0 where a token may be attended, MASK_BIAS elsewhere
+    background: Tensor  # (A, Q, 1): positions outside every box (their image attention is zeroed)
+
+
+def active_samples(boxes: Tensor) -> Tensor | None:
+    """Indices of the samples with some non-zero box coordinate; None when that is every sample.
+
+    All-zero boxes rasterise to no cell at any resolution (floor(0) = ceil(0) = 0), so such a
+    sample (the unconditional branch) is background everywhere and its image attention is zero.
+    """
+    active = boxes.ne(0).flatten(1).any(dim=1)  # (B,)
+    return None if bool(active.all()) else torch.nonzero(active).flatten()
+
+
+def layout_mask(boxes: Tensor, rows: int, cols: int, num_dummy: int, num_queries: int, dtype: torch.dtype,
+                skip_unboxed: bool = False) -> LayoutMask:
+    """(B, N, 4) boxes -> the additive bias and background of a rows x cols layer (module docstring);
+    ``skip_unboxed``: only for the samples with a non-zero box (:func:`active_samples`)."""
+    active = active_samples(boxes) if skip_unboxed else None
+    if active is not None:
+        boxes = boxes.index_select(0, active)
+    inside = box_masks(boxes, rows, cols)  # (A, Q, N)
+    background = ~inside.any(dim=-1)  # (A, Q)
+    allowed = torch.cat(
+        [background[..., None].expand(-1, -1, num_dummy), inside.repeat_interleave(num_queries, dim=-1)], dim=-1,
+    )  # (A, Q, D + N * Qs)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=boxes.device).masked_fill(~allowed, MASK_BIAS)
+    return LayoutMask(active=active, bias=bias[:, None], background=background[..., None])
+
+
+class LayoutCache:
+    """What the masked attention of one pipeline call would otherwise recompute at every step.
+
+    The image tokens and the boxes are the same at every denoising step of one call: each layer's
+    projected image keys and values (``to_k_ip`` / ``to_v_ip``, per processor name) and each
+    resolution's :class:`LayoutMask` are built at the first step and reused. One cache serves one
+    call (one batch of contexts and boxes); ``clear()`` it after so that nothing outlives the call
+    (diffusers keeps the call's ``cross_attention_kwargs`` on the pipeline).
+    """
+
+    def __init__(self) -> None:
+        self._masks: dict[tuple[int, int], LayoutMask] = {}
+        self._image_kv: dict[str, tuple[Tensor, Tensor]] = {}
+        self._batch: tuple[int, ...] | None = None  # (batch, image tokens) it was filled for
+
+    def check(self, name: str, batch: int, image_tokens: int) -> None:
+        """Refuse a cache filled for another batch (one cache must not serve two calls)."""
+        shape = (batch, image_tokens)
+        if self._batch is None:
+            self._batch = shape
+        elif self._batch != shape:
+            raise ValueError(f"MSAttnProcessor {name}: the LayoutCache was filled for (batch, image tokens) {self._batch}, "
+                             f"got {shape}; make one cache per pipeline call")
+
+    def mask(self, rows: int, cols: int, build: Callable[[], LayoutMask]) -> LayoutMask:
+        if (rows, cols) not in self._masks:
+            self._masks[(rows, cols)] = build()
+        return self._masks[(rows, cols)]
+
+    def image_kv(self, name: str, build: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        if name not in self._image_kv:
+            self._image_kv[name] = build()
+        return self._image_kv[name]
+
+    def clear(self) -> None:
+        self._masks.clear()
+        self._image_kv.clear()
+        self._batch = None
+
+    def __len__(self) -> int:
+        return len(self._masks) + len(self._image_kv)
+
+
 class SelfAttnProcessor(AttnProcessor2_0):
     """diffusers' SDPA processor for ``attn1``, accepting (and ignoring) the MS-Diffusion kwargs.
 
@@ -118,7 +207,8 @@ class SelfAttnProcessor(AttnProcessor2_0):
     def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, temb: Tensor | None = None,
                  ms_boxes: Tensor | None = None, ms_scale: float | None = None,
-                 ms_store: AttentionStore | None = None, ms_size: tuple[int, int] | None = None) -> Tensor:
+                 ms_store: AttentionStore | None = None, ms_size: tuple[int, int] | None = None,
+                 ms_cache: LayoutCache | None = None) -> Tensor:
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
@@ -150,6 +240,7 @@ class MSAttnProcessor(nn.Module):
         ms_scale: float | None = None,  # weight of the image branch (default: config.scale)
         ms_store: AttentionStore | None = None,
         ms_size: tuple[int, int] | None = None,  # latent (height, width): the grid of non-square layers
+        ms_cache: LayoutCache | None = None,  # one pipeline call's masks and image keys/values
     ) -> Tensor:
         if encoder_hidden_states is None:
             raise ValueError(f"MSAttnProcessor {self.name}: used on a self-attention layer (no context)")
@@ -192,8 +283,9 @@ class MSAttnProcessor(nn.Module):
         out = text_out.transpose(1, 2).reshape(batch, num_queries, heads * head_dim)  # (B, Q, inner)
 
         if image_context.shape[1] > 0:
-            image_out = self._image_attention(attn, q, image_context, ms_boxes, grid or ms_size, num_queries)
-            out = out + (self.scale if ms_scale is None else ms_scale) * image_out
+            image_out = self._image_attention(attn, q, image_context, ms_boxes, grid or ms_size, num_queries, ms_cache)
+            if image_out is not None:
+                out = out + (self.scale if ms_scale is None else ms_scale) * image_out
 
         out = attn.to_out[1](attn.to_out[0](out))  # linear, dropout
         if input_ndim == 4:
@@ -203,8 +295,9 @@ class MSAttnProcessor(nn.Module):
         return out / attn.rescale_output_factor
 
     def _image_attention(self, attn: Attention, q: Tensor, image_context: Tensor, boxes: Tensor | None,
-                         size: tuple[int, int] | None, num_queries: int) -> Tensor:
-        """Masked attention of the queries (B, H, Q, hd) over dummy + subject tokens -> (B, Q, inner)."""
+                         size: tuple[int, int] | None, num_queries: int, cache: LayoutCache | None) -> Tensor | None:
+        """Masked attention of the queries (B, H, Q, hd) over dummy + subject tokens -> (B, Q, inner),
+        or None when no sample has a box (then the image branch adds nothing)."""
         batch, heads, _, head_dim = q.shape
         n_context = image_context.shape[1] - self.num_dummy_tokens
         if boxes is None:
@@ -218,17 +311,32 @@ class MSAttnProcessor(nn.Module):
                 f"{self.num_dummy_tokens} dummy + {num_subjects} subjects x {self.num_queries}"
             )
         rows, cols = layer_grid(num_queries, size)
-        inside = box_masks(boxes.to(q.device).expand(batch, -1, -1), rows, cols)  # (B, Q, N)
-        background = ~inside.any(dim=-1)  # (B, Q)
-        allowed = torch.cat(
-            [background[..., None].expand(-1, -1, self.num_dummy_tokens), inside.repeat_interleave(self.num_queries, dim=-1)],
-            dim=-1,
-        )  # (B, Q, D + N * Qs)
-        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, MASK_BIAS)
 
-        context = image_context.to(self.to_k_ip.weight.dtype)
-        ik = self.to_k_ip(context).to(q.dtype).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, K, hd)
-        iv = self.to_v_ip(context).to(q.dtype).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, K, hd)
-        image_out = F.scaled_dot_product_attention(q, ik, iv, attn_mask=bias[:, None], scale=attn.scale)  # (B, H, Q, hd)
-        image_out = image_out.transpose(1, 2).reshape(batch, num_queries, heads * head_dim)  # (B, Q, inner)
-        return image_out.masked_fill(background[..., None], 0.0)
+        def build_mask() -> LayoutMask:
+            expanded = boxes.to(q.device).expand(batch, -1, -1)
+            return layout_mask(expanded, rows, cols, self.num_dummy_tokens, self.num_queries, q.dtype, skip_unboxed=cache is not None)
+
+        if cache is None:
+            mask = build_mask()
+        else:
+            cache.check(self.name, batch, image_context.shape[1])
+            mask = cache.mask(rows, cols, build_mask)
+        if mask.bias.shape[0] == 0:
+            return None
+
+        def project() -> tuple[Tensor, Tensor]:
+            context = image_context if mask.active is None else image_context.index_select(0, mask.active.to(image_context.device))
+            context = context.to(self.to_k_ip.weight.dtype)
+            ik = self.to_k_ip(context).to(q.dtype).view(context.shape[0], -1, heads, head_dim).transpose(1, 2)  # (A, H, K, hd)
+            iv = self.to_v_ip(context).to(q.dtype).view(context.shape[0], -1, heads, head_dim).transpose(1, 2)  # (A, H, K, hd)
+            return ik, iv
+
+        ik, iv = project() if cache is None else cache.image_kv(self.name, project)
+        q_active = q if mask.active is None else q.index_select(0, mask.active)
+        image_out = F.scaled_dot_product_attention(q_active, ik, iv, attn_mask=mask.bias, scale=attn.scale)  # (A, H, Q, hd)
+        image_out = image_out.transpose(1, 2).reshape(-1, num_queries, heads * head_dim).masked_fill(mask.background, 0.0)
+        if mask.active is None:
+            return image_out  # (B, Q, inner)
+        full = image_out.new_zeros(batch, num_queries, heads * head_dim)
+        full[mask.active] = image_out  # the samples without boxes: zero, as their background rows would be
+        return full

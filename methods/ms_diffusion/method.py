@@ -9,7 +9,8 @@ adapter scale 0.6; the unconditional branch gets zero image embeddings and zero 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,8 +75,10 @@ class MSDiffusion(Method):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "models": self.models.describe(), "scheduler": type(self.pipe.scheduler).__name__}
 
-    def before_group(self, relation: str | None) -> None:
-        """Called before each group of requests that share a relation (DreamRelation picks its LoRA)."""
+    @contextmanager
+    def relation_group(self, relation: str | None) -> Iterator[None]:
+        """Around each group of requests that share a relation (DreamRelation fuses its LoRA here)."""
+        yield
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list["Image.Image"]:
         from relbench.methods.ms_diffusion.pipeline import generate_with_layout
@@ -83,25 +86,27 @@ class MSDiffusion(Method):
         for request in requests:
             self.check_request(request)
         images: dict[int, "Image.Image"] = {}
-        # One call per (relation, number of subjects, size): the context length depends on N.
-        groups: dict[tuple[str | None, int, int, int], list[int]] = {}
+        # Per relation (one relation_group: DreamRelation's LoRA fused once), one pipeline call per
+        # (number of subjects, size): the context length depends on N.
+        groups: dict[str | None, dict[tuple[int, int, int], list[int]]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.relation_id, len(r.subjects), r.width, r.height), []).append(i)
-        for (relation, _, width, height), indices in groups.items():
-            self.before_group(relation)
-            batch = [requests[i] for i in indices]
-            out = generate_with_layout(
-                self.pipe, self.models.adapter, self.models.encoder,
-                prompts=[r.prompt for r in batch],
-                subject_images=[[s.images[r.seed % len(s.images)] for s in r.subjects] for r in batch],
-                phrases=[[s.class_noun for s in r.subjects] for r in batch],
-                boxes=[[s.box for s in r.subjects] for r in batch],
-                seeds=[r.seed for r in batch],
-                num_inference_steps=self.config.num_inference_steps, guidance_scale=self.config.guidance_scale,
-                negative_prompt=self.config.negative_prompt, width=width, height=height, scale=self.config.scale,
-                subject_masks=[[s.masks[r.seed % len(s.masks)] if s.masks else None for s in r.subjects] for r in batch],
-            )
-            images.update(zip(indices, out))
+            groups.setdefault(r.relation_id, {}).setdefault((len(r.subjects), r.width, r.height), []).append(i)
+        for relation, shapes in groups.items():
+            with self.relation_group(relation):
+                for (_, width, height), indices in shapes.items():
+                    batch = [requests[i] for i in indices]
+                    out = generate_with_layout(
+                        self.pipe, self.models.adapter, self.models.encoder,
+                        prompts=[r.prompt for r in batch],
+                        subject_images=[[s.images[r.seed % len(s.images)] for s in r.subjects] for r in batch],
+                        phrases=[[s.class_noun for s in r.subjects] for r in batch],
+                        boxes=[[s.box for s in r.subjects] for r in batch],
+                        seeds=[r.seed for r in batch],
+                        num_inference_steps=self.config.num_inference_steps, guidance_scale=self.config.guidance_scale,
+                        negative_prompt=self.config.negative_prompt, width=width, height=height, scale=self.config.scale,
+                        subject_masks=[[s.masks[r.seed % len(s.masks)] if s.masks else None for s in r.subjects] for r in batch],
+                    )
+                    images.update(zip(indices, out))
         return [images[i] for i in range(len(requests))]
 
 

@@ -9,7 +9,9 @@ through ``cross_attention_kwargs`` (the pipeline puts the unconditional half fir
 inference: Euler, 30 steps, guidance 5.0, scale 0.6 (DreamRelation's settings).
 
 Here the latent size is passed as well, so that non-square images get correct layer grids, and
-each prompt gets its own ``torch.Generator`` so that an image depends only on its own seed.
+each prompt gets its own ``torch.Generator`` so that an image depends only on its own seed. The
+masks and the projected image tokens, the same at every step, are computed once per call (a
+``LayoutCache`` made for the call and cleared after it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from relbench.errors import RelbenchError
 from relbench.methods.ms_diffusion.adapter import MSAdapter
+from relbench.methods.ms_diffusion.attention import LayoutCache
 from relbench.methods.ms_diffusion.encoders import SubjectEncoder
 
 if TYPE_CHECKING:
@@ -45,8 +48,12 @@ def generate_with_layout(pipe: Any, adapter: MSAdapter, encoder: SubjectEncoder,
                          boxes: list[list[tuple[float, float, float, float]]], seeds: list[int],
                          num_inference_steps: int, guidance_scale: float, negative_prompt: str,
                          width: int, height: int, scale: float,
-                         subject_masks: "list[list[Image.Image | None]] | None" = None) -> "list[Image.Image]":
-    """One image per prompt: subject i's reference images and phrase placed in box i."""
+                         subject_masks: "list[list[Image.Image | None]] | None" = None,
+                         output_type: str = "pil", precompute: bool = True) -> list[Any]:
+    """One image per prompt: subject i's reference images and phrase placed in box i.
+
+    ``output_type`` is diffusers' (``"np"``: float arrays in [0, 1]). ``precompute=False`` rebuilds
+    the masks and image projections at every step (the same numbers; kept to compare against)."""
     batch = len(prompts)
     lengths = {"subject_images": len(subject_images), "phrases": len(phrases), "boxes": len(boxes), "seeds": len(seeds)}
     for name, length in lengths.items():
@@ -89,11 +96,16 @@ def generate_with_layout(pipe: Any, adapter: MSAdapter, encoder: SubjectEncoder,
         box_tensor = torch.cat([torch.zeros_like(box_tensor), box_tensor], dim=0)
     latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-    output = pipe(
-        prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds if cfg else None,
-        pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled if cfg else None,
-        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, width=width, height=height,
-        generator=generators, output_type="pil",
-        cross_attention_kwargs=adapter.cross_attention_kwargs(box_tensor, scale=scale, latent_size=latent_size),
-    )
+    cache = LayoutCache() if precompute else None
+    try:
+        output = pipe(
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds if cfg else None,
+            pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled if cfg else None,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, width=width, height=height,
+            generator=generators, output_type=output_type,
+            cross_attention_kwargs=adapter.cross_attention_kwargs(box_tensor, scale=scale, latent_size=latent_size, cache=cache),
+        )
+    finally:
+        if cache is not None:
+            cache.clear()  # the pipeline keeps this call's cross_attention_kwargs: free the tensors now
     return list(output.images)
