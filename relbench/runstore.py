@@ -372,7 +372,8 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path, stored: S
             if old.get(key) != new.get(key):
                 raise RelbenchError(
                     f"{root}: this run was made with different settings ({key}: {_short(old.get(key))} != "
-                    f"{_short(new.get(key))}); use a new --output directory"
+                    f"{_short(new.get(key))}); {_same_benchmark_hint(old, new) if key == 'benchmark' else ''}"
+                    "use a new --output directory"
                 )
     with_rows = {row.method for row in stored}
     with_values = {name for row in stored for name in row.metrics}
@@ -419,6 +420,15 @@ def _forgotten_images(old: dict[str, Any], merged: dict[str, Any]) -> list[str]:
         return sorted(old_methods)
     return sorted(name for name, entry in old_methods.items()
                   if (merged.get("methods") or {}).get(name, entry)["settings_hash"] != entry["settings_hash"])
+
+
+def _same_benchmark_hint(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """When only the version differs (``-b relationbench`` now means a newer version than the run's),
+    the command that resumes the run."""
+    was, now = old.get("benchmark") or {}, new.get("benchmark") or {}
+    if was.get("name") and was.get("name") == now.get("name") and was.get("version") != now.get("version"):
+        return f"to resume it pass -b {was['name']}@{was['version']}, or "
+    return ""
 
 
 def _short(value: Any) -> str:

@@ -87,6 +87,9 @@ def test_a_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path: Path) 
         ({"metrics": {"clip_t": {"model": {"id": "openai/clip", "revision": None}}}}, "metric 'clip_t' was computed here with another model"),
         ({"cases": ["a"]}, "cases:"),
         ({"resolution": [128, 128]}, "resolution"),
+        # -b NAME now meaning a newer version than the run's: the message names the resuming option.
+        ({"benchmark": {"name": "demo", "version": "2", "spec_sha256": "def"}}, "to resume it pass -b demo@1, or use"),
+        ({"benchmark": {"name": "other", "version": "1", "spec_sha256": "abc"}}, 'different settings (benchmark: {"name": "demo"'),
     ],
 )
 def test_reusing_an_output_with_other_settings_is_refused(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
