@@ -36,28 +36,18 @@ import os
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from timing import timed
 
 METHODS = ("sdxl", "ip-adapter", "ms-diffusion", "omnigen", "dreamrelation")
 CASES, SEEDS = 500, 4
 RELATIONS = ("hug", "carry", "next-to", "on-top-of", "shake-hands", "ride", "push", "hold", "lean-on", "kiss")
-
-
-def timed(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median seconds of ``repeats`` calls, and the last call's result."""
-    times, result = [], None
-    for _ in range(repeats):
-        began = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), result
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,25 +33,15 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from metrics_throughput import demo_samples
+from timing import timed
 
 CLIP_METRICS = ("clip_t", "clip_i", "clip_r")
 PRECISION_METRICS = ("clip_t", "clip_i", "clip_r", "dino", "identity_clip", "identity_dino")
-
-
-def timed(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median seconds of ``repeats`` calls, and the last call's result."""
-    times, result = [], None
-    for _ in range(repeats):
-        began = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), result
 
 
 # --------------------------------------------------------------------------------------------
