@@ -17,6 +17,13 @@ Shapes (``--shapes``): the tiny profile (64 px, 2 steps: what ``bench/methods_ti
 reference's 30 steps at 64 px, and 30 steps at 128 px (cross-attention over 32 x 32 positions in
 the tiny UNet, as most of SDXL's cross-attention layers at 1024 px).
 Also printed: the largest pixel difference (float images in [0, 1]) between the two paths.
+
+``--sdxl-px PX`` (0: skip) adds one denoising step of the SDXL-sized UNet (public config, random
+weights, tests/sdxl_shapes.py) with the public-size adapter, one image with guidance (batch 2:
+zero-box unconditional half, 2 subjects), float32: before, the per-step path with a rank-4 relation
+LoRA on peft layers; after, a ``LayoutCache`` (filled by the call's first step, which is not
+counted) and the LoRA merged by ``fused_lora``. Seconds per step, median of ``--repeats`` x
+``--sdxl-steps``.
 """
 
 from __future__ import annotations
@@ -74,8 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--shapes", default="64x2,64x30,128x30", help="comma-separated PIXELSxSTEPS")
+    parser.add_argument("--sdxl-px", type=int, default=0, help="also time one SDXL-sized UNet step at this size")
+    parser.add_argument("--sdxl-steps", type=int, default=3)
     args = parser.parse_args(argv)
-    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",") if shape]
 
     import torch
 
@@ -130,6 +139,77 @@ def main(argv: list[str] | None = None) -> None:
                 diff = float(np.abs(np.stack(outputs["before"]) - np.stack(outputs["after"])).max())
                 print(f"| {name} | {subjects} | {size} | {steps} | {old:.1f} | {new:.1f} | {old / new:.2f}x | {diff:.1e} |")
                 sys.stdout.flush()
+    if args.sdxl_px:
+        sdxl_unet_step(args.sdxl_px, args.sdxl_steps, args.repeats)
+
+
+def sdxl_unet_step(px: int, steps: int, repeats: int) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from relbench.methods.dreamrelation.lora import LoRAFactors, add_relation_lora, fused_lora, lora_state_dict
+    from relbench.methods.ms_diffusion.adapter import MSAdapter
+    from relbench.methods.ms_diffusion.attention import LayoutCache
+    from relbench.methods.ms_diffusion.config import MSAdapterConfig
+    from relbench.tiny import seeded
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from sdxl_shapes import SDXL_UNET_CONFIG
+
+    config = MSAdapterConfig.sdxl()
+    with seeded(0), torch.no_grad():
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG).eval().requires_grad_(False)
+        adapter = MSAdapter(config, unet).requires_grad_(False)
+        adapter.install(unet)
+        add_relation_lora(unet, seed=0)
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.01)
+        unet.requires_grad_(False)
+        latents = torch.randn(2, 4, px // 8, px // 8)
+        image = torch.cat([torch.zeros(1, config.context_tokens(2) - config.text_tokens, 2048),
+                           torch.randn(1, config.context_tokens(2) - config.text_tokens, 2048)])
+        context = torch.cat([torch.randn(2, config.text_tokens, 2048), image], dim=1)
+        added = {"text_embeds": torch.randn(2, 1280), "time_ids": torch.tensor([[float(px), px, 0, 0, px, px]] * 2)}
+    boxes = torch.tensor([[[0.0] * 4] * 2, list(TWO)])
+    state = lora_state_dict(unet)
+    factors = {
+        key[len("unet."):-len(".lora.down.weight")]: LoRAFactors(down=value, up=state[key.replace("lora.down", "lora.up")], scaling=1.0)
+        for key, value in state.items() if key.endswith(".lora.down.weight")
+    }
+
+    def call(cache: LayoutCache | None) -> tuple[float, Any]:
+        kwargs = adapter.cross_attention_kwargs(boxes, scale=0.6, latent_size=(px // 8, px // 8), cache=cache)
+        began = time.perf_counter()
+        with torch.no_grad():
+            out = unet(latents, 500, context, added_cond_kwargs=added, cross_attention_kwargs=kwargs).sample
+        return time.perf_counter() - began, out
+
+    def before() -> tuple[list[float], Any]:
+        unet.enable_adapters()  # peft's LoRA layers run at every step
+        results = [call(None) for _ in range(steps)]
+        return [t for t, _ in results], results[-1][1]
+
+    def after() -> tuple[list[float], Any]:
+        unet.disable_adapters()  # the wrappers pass through to the merged base layers
+        cache = LayoutCache()
+        with fused_lora(unet, factors, 1.0):
+            call(cache)  # the first step of a call fills the cache
+            results = [call(cache) for _ in range(steps)]
+        cache.clear()
+        return [t for t, _ in results], results[-1][1]
+
+    before(), after()  # warm-up
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    outputs: dict[str, Any] = {}
+    for _ in range(repeats):
+        for label, run in (("before", before), ("after", after)):
+            seconds, outputs[label] = run()
+            times[label] += seconds
+    old, new = statistics.median(times["before"]), statistics.median(times["after"])
+    diff = float((outputs["before"] - outputs["after"]).abs().max())
+    print(f"SDXL-sized UNet, {px} px, batch 2 (one image with guidance), 2 subjects, float32: {old:.2f} s/step before, "
+          f"{new:.2f} s/step after, {old / new:.2f}x; largest |difference| of the noise prediction {diff:.1e}")
 
 
 if __name__ == "__main__":
