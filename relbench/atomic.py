@@ -15,6 +15,7 @@ colleagues sharing a server can read runs, weights and caches. (``tempfile.mkste
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -24,6 +25,25 @@ from typing import Any
 
 # Attempts at a fresh temporary name (each has 48 random bits; tempfile tries as often).
 _ATTEMPTS = 100
+# ".<target name>.<12 hex digits>.tmp": what _create_temporary names its files.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of this module's temporaries (a kill may leave one behind)."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+def remove_temporaries(folder: Path) -> int:
+    """Delete the temporaries a killed writer left anywhere under ``folder``; the number removed.
+    Only for a folder no other process is writing to (the caller holds its lock)."""
+    removed = 0
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            if is_temporary(name):
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:

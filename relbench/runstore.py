@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.atomic import atomic_write_bytes as atomic_write_bytes  # the one atomic writer (umask-respecting)
+from relbench.atomic import is_temporary, remove_temporaries
 from relbench.errors import RelbenchError, output_errors
 from relbench.hashing import settings_hash as settings_hash  # the runner hashes each method's settings
 from relbench.rows import READABLE_SCHEMAS, ROW_SCHEMA_VERSION, Row, RowKey, SettingsTable, resolve_settings
@@ -271,6 +272,10 @@ class RunStore:
             except Timeout:
                 raise RelbenchError(f"{self.root}: another relbench process is writing to this run directory") from None
         try:
+            # A killed run can leave an atomic writer's temporary (an image half saved): under the
+            # lock no process of this run is writing, so every one left is garbage.
+            with output_errors(self.root):
+                remove_temporaries(self.root)
             existing = self.read_run()
             settings = SettingsTable.from_run(existing, str(self.run_json))
             with output_errors(self.samples_jsonl):
@@ -406,7 +411,7 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path, stored: S
 def _start_leftover(name: str) -> bool:
     """A file a start that failed before writing run.json (a full disk, a kill) may leave: the lock
     file or an atomic writer's temporary; a folder holding only these is still a new run."""
-    return name == ".lock" or name.startswith(".lock.rank-") or (name.startswith(".") and name.endswith(".tmp"))
+    return name == ".lock" or name.startswith(".lock.rank-") or is_temporary(name)
 
 
 def _forgotten_images(old: dict[str, Any], merged: dict[str, Any]) -> list[str]:

@@ -69,6 +69,23 @@ def test_a_row_cut_short_by_a_kill_is_dropped_and_repaired(tmp_path: Path) -> No
     assert [json.loads(line)["case_id"] for line in lines] == ["a", "b"]
 
 
+def test_temporaries_a_killed_run_left_are_removed_when_it_resumes(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    with store.open_for_writing(config(), ENV) as writer:
+        writer.append(row(case="a"))
+    folder = store.root / "images" / "m1" / "b"
+    folder.mkdir(parents=True)
+    left = [folder / ".0.png.0123456789ab.tmp", store.root / ".run.json.abcdef012345.tmp"]
+    kept = [folder / ".0.png.0123456789a.tmp",  # 11 hex digits: not a name the atomic writer makes
+            folder / "0.png.0123456789ab.tmp", store.root / "notes.tmp"]
+    for path in (*left, *kept):
+        path.write_bytes(b"half an image")
+    with store.open_for_writing(config(), ENV) as writer:
+        assert writer.has(("m1", "h1", "a", 0))
+    assert [p.exists() for p in left] == [False, False]
+    assert [p.exists() for p in kept] == [True, True, True]
+
+
 def test_a_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "samples.jsonl"
     path.write_text(json.dumps(row().to_json()) + "\nnot json\n" + json.dumps(row(case="b").to_json()) + "\n")
