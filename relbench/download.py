@@ -39,6 +39,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import requests
 
 from relbench import __version__
+from relbench.atomic import atomic_write_text
 from relbench.errors import RelbenchError
 
 GITHUB_RAW_BASE = "https://raw.githubusercontent.com"
@@ -320,10 +321,7 @@ def _write_state(folder: Path, name: str, origin: str, summary: SourceSummary) -
         "bytes": summary.total_bytes,
         "relbench": __version__,
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / STATE_FILE)
+    atomic_write_text(folder / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 class _Bar(Protocol):

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 from relbench.atomic import atomic_save_safetensors
 from relbench.errors import RelbenchError
-from relbench.hashing import file_sha256  # noqa: F401  (re-exported: dreamrelation/method.py imports it from here)
 
 if TYPE_CHECKING:
     import torch

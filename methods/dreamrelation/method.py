@@ -60,7 +60,8 @@ class DreamRelation(MSDiffusion):
 
     @classmethod
     def settings_fingerprint(cls, settings: DreamRelationSettings) -> dict[str, Any]:
-        from relbench.methods.dreamrelation.lora import file_sha256, resolve_lora_file
+        from relbench.hashing import file_sha256
+        from relbench.methods.dreamrelation.lora import resolve_lora_file
 
         files = {rel: resolve_lora_file(path) for rel, path in sorted(parse_loras(settings.loras).items())}
         resamplers = {rel: file_sha256(p.parent / RESAMPLER) for rel, p in files.items() if (p.parent / RESAMPLER).is_file()}
@@ -85,7 +86,8 @@ class DreamRelation(MSDiffusion):
 
     def __init__(self, context: RunContext, settings: DreamRelationSettings | None = None):
         super().__init__(context, settings)
-        from relbench.methods.dreamrelation.lora import file_sha256, read_relation_lora, resolve_lora_file
+        from relbench.hashing import file_sha256
+        from relbench.methods.dreamrelation.lora import read_relation_lora, resolve_lora_file
 
         loras = parse_loras(self.config.loras)
         if not loras:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from relbench.atomic import atomic_path, atomic_save_safetensors
 from relbench.errors import RelbenchError
 from relbench.methods.ms_diffusion.attention import AttentionStore, LayoutCache, MSAttnProcessor, SelfAttnProcessor
 from relbench.methods.ms_diffusion.config import MSAdapterConfig
@@ -134,13 +135,10 @@ class MSAdapter(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write the public layout: nested ``torch.save`` dict (.bin), or flat keys (.safetensors)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path))
-        else:
-            torch.save({part: _cpu(value) for part, value in self.public_state_dict().items()}, path)
+            return atomic_save_safetensors(path, {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()})
+        with atomic_path(path) as tmp:
+            torch.save({part: _cpu(value) for part, value in self.public_state_dict().items()}, tmp)
         return path
 
     @classmethod

@@ -345,13 +345,11 @@ def dense_encoder_for(context: "RunContext", *, device: torch.device | str | Non
 
 def save_resampler(resampler: nn.Module, folder: Path, local_grid: int | None, metadata: Mapping[str, str] | None = None) -> Path:
     """Write the resampler's state dict beside the LoRA, recording the local grid it was trained with."""
-    from safetensors.torch import save_file
+    from relbench.atomic import atomic_save_safetensors
 
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / RESAMPLER_WEIGHT_NAME
     state = {k: v.detach().cpu().contiguous() for k, v in resampler.state_dict().items()}
-    save_file(state, str(path), metadata={**(metadata or {}), _GRID_METADATA: str(local_grid or 0)})
-    return path
+    return atomic_save_safetensors(folder / RESAMPLER_WEIGHT_NAME, state,
+                                   metadata={**(metadata or {}), _GRID_METADATA: str(local_grid or 0)})
 
 
 def load_resampler(resampler: nn.Module, path: Path, local_grid: int | None) -> None:

@@ -21,7 +21,6 @@ from torch import nn
 
 from relbench.atomic import atomic_save_safetensors
 from relbench.errors import RelbenchError
-from relbench.hashing import file_sha256  # noqa: F401  (re-exported: reversion/method.py imports it from here)
 
 if TYPE_CHECKING:
     from torch import Tensor

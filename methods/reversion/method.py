@@ -258,7 +258,8 @@ class ReVersion(Method):
         """The relation's ``learned_embeds.safetensors``, trained now unless the cache has it."""
         from relbench import trained_cache
         from relbench.methods.reversion.data import exemplars_digest, write_exemplar_folder
-        from relbench.methods.reversion.embeds import EMBEDS_NAME, file_sha256
+        from relbench.hashing import file_sha256
+        from relbench.methods.reversion.embeds import EMBEDS_NAME
 
         exemplars, source = self.exemplars(relation)
         digest = exemplars_digest(exemplars)
