@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -325,13 +324,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    scratch = tempfile.mkdtemp(prefix="relbench-throughput-")
-    # Caches start empty and stay out of the user's: embeddings, judge answers, tokenizer files.
-    os.environ["XDG_CACHE_HOME"] = scratch
-    os.environ["RELBENCH_EMBEDDING_CACHE"] = str(Path(scratch) / "embeddings")
-    try:
-        main(sys.argv[1:])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    from timing import run_with_scratch_caches
+
+    run_with_scratch_caches(main, sys.argv[1:], "relbench-throughput-")

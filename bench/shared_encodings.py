@@ -29,16 +29,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from metrics_throughput import demo_samples
-from timing import timed
+from timing import run_with_scratch_caches, timed
 
 CLIP_METRICS = ("clip_t", "clip_i", "clip_r")
 PRECISION_METRICS = ("clip_t", "clip_i", "clip_r", "dino", "identity_clip", "identity_dino")
@@ -200,12 +197,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    scratch = tempfile.mkdtemp(prefix="relbench-shared-encodings-")
-    os.environ["XDG_CACHE_HOME"] = scratch
-    os.environ["RELBENCH_EMBEDDING_CACHE"] = str(Path(scratch) / "embeddings")
-    try:
-        main(sys.argv[1:])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    run_with_scratch_caches(main, sys.argv[1:], "relbench-shared-encodings-")
