@@ -378,34 +378,44 @@ DOT_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 BACKGROUND = (128, 128, 128)
 
 
-def test_transformed_keypoints_land_on_the_same_colour() -> None:
-    # Four coloured dots at the keypoints of a 96 px image; a custom 4-point skeleton whose flip
-    # swaps 0<->1 and 2<->3, so after a flip keypoint k must sit on the dot of keypoint perm[k].
-    skeleton = Skeleton("dots", ("L_a", "R_a", "L_b", "R_b"), ((0, 1), (2, 3)))
-    centres = [(20, 24), (70, 30), (40, 70), (80, 80)]
-    array = np.full((96, 96, 3), BACKGROUND, dtype=np.uint8)
+DOTS = Skeleton("dots", ("L_a", "R_a", "L_b", "R_b"), ((0, 1), (2, 3)))
+
+
+def check_dots_follow_keypoints(transform: TripletTransform, size: tuple[int, int], centres: list[tuple[int, int]],
+                                half: int, seeds: int) -> tuple[int, int, int]:
+    """Draw a coloured dot (side 2*half+1) at each of 4 keypoints of a ``size`` (w, h) image,
+    transform it with ``seeds`` seeds and check each visible keypoint lands on its own dot, or
+    after a flip on the dot of its mirror (DOTS' flip swaps 0<->1 and 2<->3). Returns
+    (flips, hidden keypoints, checked keypoints)."""
+    width, height = size
+    array = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
     for (x, y), colour in zip(centres, DOT_COLOURS):
-        array[y - 5:y + 6, x - 5:x + 6] = colour
+        array[y - half:y + half + 1, x - half:x + half + 1] = colour
     image = Image.fromarray(array)
-    keypoints = torch.tensor([[[(x + 0.5) / 96, (y + 0.5) / 96] for x, y in centres]])
+    keypoints = torch.tensor([[[(x + 0.5) / width, (y + 0.5) / height] for x, y in centres]])
     shown = torch.ones(1, 4, dtype=torch.bool)
-    transform = TripletTransform(48, fit="crop", crop_scale=(0.55, 0.9), hflip_p=0.5, skeleton=skeleton)
     palette = np.array(DOT_COLOURS + [BACKGROUND], dtype=np.float64)
+    side = int(transform.resolution)  # a square output
     flips, hidden, checked = 0, 0, 0
-    for seed in range(12):
+    for seed in range(seeds):
         out, _, xy, visible = transform(image, [], keypoints, shown, generator=seed)
-        flipped = transform.sample((96, 96), seed).flip
+        flipped = transform.sample(size, seed).flip
         flips += flipped
         pixels = np.asarray(out, dtype=np.float64)
         for k in range(4):
             if not visible[0, k]:
                 hidden += 1
                 continue
-            col, row = min(int(xy[0, k, 0] * 48), 47), min(int(xy[0, k, 1] * 48), 47)
+            col, row = min(int(xy[0, k, 0] * side), side - 1), min(int(xy[0, k, 1] * side), side - 1)
             nearest = int(np.argmin(((palette - pixels[row, col]) ** 2).sum(1)))
-            source = skeleton.flip_permutation()[k] if flipped else k
-            assert nearest == source, (seed, k)
+            assert nearest == (DOTS.flip_permutation()[k] if flipped else k), (seed, k)
             checked += 1
+    return flips, hidden, checked
+
+
+def test_transformed_keypoints_land_on_the_same_colour() -> None:
+    transform = TripletTransform(48, fit="crop", crop_scale=(0.55, 0.9), hflip_p=0.5, skeleton=DOTS)
+    flips, hidden, checked = check_dots_follow_keypoints(transform, (96, 96), [(20, 24), (70, 30), (40, 70), (80, 80)], 5, 12)
     assert flips > 0 and hidden > 0 and checked > 20  # both flips and crops were exercised
 
 
@@ -473,32 +483,9 @@ def test_letterbox_crop_moves_keypoints_with_the_pixels_by_hand() -> None:
 
 
 def test_letterbox_keypoints_land_on_the_same_colour_with_crops_and_flips() -> None:
-    # As test_transformed_keypoints_land_on_the_same_colour, for the default (reference) fit on a
-    # non-square image, with flips turned on.
-    skeleton = Skeleton("dots", ("L_a", "R_a", "L_b", "R_b"), ((0, 1), (2, 3)))
-    centres = [(20, 24), (100, 30), (60, 50), (110, 60)]
-    array = np.full((72, 128, 3), BACKGROUND, dtype=np.uint8)
-    for (x, y), colour in zip(centres, DOT_COLOURS):
-        array[y - 6:y + 7, x - 6:x + 7] = colour
-    image = Image.fromarray(array)
-    keypoints = torch.tensor([[[(x + 0.5) / 128, (y + 0.5) / 72] for x, y in centres]])
-    shown = torch.ones(1, 4, dtype=torch.bool)
-    transform = TripletTransform(48, hflip_p=0.5, skeleton=skeleton)
-    palette = np.array(DOT_COLOURS + [BACKGROUND], dtype=np.float64)
-    flips, hidden, checked = 0, 0, 0
-    for seed in range(16):
-        out, _, xy, visible = transform(image, [], keypoints, shown, generator=seed)
-        flipped = transform.sample((128, 72), seed).flip
-        flips += flipped
-        pixels = np.asarray(out, dtype=np.float64)
-        for k in range(4):
-            if not visible[0, k]:
-                hidden += 1
-                continue
-            col, row = min(int(xy[0, k, 0] * 48), 47), min(int(xy[0, k, 1] * 48), 47)
-            nearest = int(np.argmin(((palette - pixels[row, col]) ** 2).sum(1)))
-            assert nearest == (skeleton.flip_permutation()[k] if flipped else k), (seed, k)
-            checked += 1
+    # The default (reference) fit on a non-square image, with flips turned on.
+    transform = TripletTransform(48, hflip_p=0.5, skeleton=DOTS)
+    flips, hidden, checked = check_dots_follow_keypoints(transform, (128, 72), [(20, 24), (100, 30), (60, 50), (110, 60)], 6, 16)
     assert flips > 0 and hidden > 0 and checked > 30
 
 
