@@ -80,6 +80,30 @@ def test_ip_adapter_is_deterministic_per_seed_and_independent_of_batching(ip_ada
     assert np.abs(np.asarray(batched[0], dtype=int) - np.asarray(batched[2], dtype=int)).mean() > 5
 
 
+def count_unet_forwards(pipe) -> list[int]:
+    """A list whose length grows by one per UNet forward of ``pipe`` (the handle stays: module-scoped fixtures)."""
+    calls: list[int] = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+def test_ip_adapter_serves_several_cases_in_one_pipeline_call_with_the_images_of_one_call_each(ip_adapter) -> None:
+    requests = [demo_request(0, seed=0), demo_request(1, seed=0), demo_request(2, seed=1), demo_request(3, seed=2)]
+    # Another size in the same call goes to a call of its own (the masks' shape differs).
+    other_size = demo_request(1, seed=3, size=48)
+    calls = count_unet_forwards(ip_adapter.pipe)
+    batched = ip_adapter.generate([*requests, other_size])
+    assert len(calls) == 2 * 2  # two calls (64 px: four cases; 48 px) x two steps, guidance in the same forward
+    del calls[:]
+    alone = [ip_adapter.generate([r])[0] for r in [*requests, other_size]]
+    assert len(calls) == 5 * 2  # what the old grouping by (case, references) cost for these five requests
+    assert [im.size for im in batched] == [(64, 64)] * 4 + [(48, 48)]
+    for one, many in zip(alone, batched):
+        assert max_diff(one, many) <= 1  # float32 on CPU: batched kernels round differently, nothing more
+    # Each image keeps its own case: different references and boxes give different images.
+    assert min(np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).mean() for a, b in zip(batched[:3], batched[1:4])) > 1
+
+
 def test_subject_masks_are_one_inside_each_box_and_zero_outside() -> None:
     from relbench.methods.ip_adapter.method import subject_masks
 

@@ -15,9 +15,14 @@ face model can be chosen with ``--set ip-adapter.weight_name=...`` (and ``image_
 for the bigG one). Sampling follows the authors' ``IPAdapterXL.generate``: 30 steps, their
 negative prompt, SDXL's default Euler sampler and guidance 5.0.
 
-diffusers' SDXL pipeline shares one set of IP-Adapter images among all prompts of a call, so a
-call serves the seeds of one case (``num_images_per_prompt``, one generator per seed); an image
-does not depend on what else is in the batch.
+One pipeline call serves every request of a ``generate`` call with the same number of subjects and
+size, whatever their cases and seeds: each prompt gets its own image embeddings, its own masks
+(``ip_adapter_masks`` of shape (2 x batch, subjects, H, W), which diffusers' processor uses row by
+row when it has one row per sample) and its own generator; an image does not depend on what else
+is in the batch (up to float rounding of batched kernels). diffusers 0.42's SDXL pipeline tiles
+``ip_adapter_image_embeds`` by the number of prompts (one set of images for all of them), so the
+pipeline's ``prepare_ip_adapter_image_embeds`` is replaced on this instance by one that takes the
+embeddings as given, one row per sample (``per_sample_ip_embeds``).
 
 The tiny profile builds the tiny SDXL, a tiny CLIP vision encoder and a random IP-Adapter Plus
 state dict in the authors' key layout, loaded through the same ``load_ip_adapter`` call.
@@ -25,6 +30,7 @@ state dict in the authors' key layout, loaded through the same ``load_ip_adapter
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +139,8 @@ class IPAdapter(Method):
         else:
             self._load_full_adapter(pipe)
         pipe.set_ip_adapter_scale(self.config.scale)
+        # Embeddings per sample (one row per prompt), not one set tiled over the prompts: see the module docstring.
+        pipe.prepare_ip_adapter_image_embeds = types.MethodType(per_sample_ip_embeds, pipe)
         pipe.set_progress_bar_config(disable=True)
         if dtype != next(pipe.unet.parameters()).dtype:
             pipe = pipe.to(dtype=dtype)  # tiny weights are built in float32
@@ -196,48 +204,59 @@ class IPAdapter(Method):
         for request in requests:
             self.check_request(request)
         images: dict[int, "Image.Image"] = {}
-        # diffusers' SDXL pipeline shares one set of IP-Adapter images among all prompts of a call, so
-        # one call serves the seeds of one case that show the same references: one prompt, one
-        # image embedding and mask per subject, num_images_per_prompt = the seeds, a generator each.
-        groups: dict[tuple[Any, ...], list[int]] = {}
+        # Embeddings and masks are per prompt, so one call mixes cases and seeds; only their tensor
+        # shapes must agree: the number of subjects and the output size.
+        groups: dict[tuple[int, int, int], list[int]] = {}
         for i, r in enumerate(requests):
-            key = (r.case_id, r.prompt, tuple(s.box for s in r.subjects),
-                   tuple(r.seed % len(s.images) for s in r.subjects), r.width, r.height)
-            groups.setdefault(key, []).append(i)
+            groups.setdefault((len(r.subjects), r.width, r.height), []).append(i)
         for indices in groups.values():
-            out = self._generate_same_inputs([requests[i] for i in indices])
+            out = self._generate_batch([requests[i] for i in indices])
             images.update(zip(indices, out))
         return [images[i] for i in range(len(requests))]
 
-    def _generate_same_inputs(self, batch: list[GenerationRequest]) -> list["Image.Image"]:
-        """Images for requests that differ only in their seed."""
+    def _generate_batch(self, batch: list[GenerationRequest]) -> list["Image.Image"]:
+        """Images for requests with the same number of subjects and size, in one pipeline call."""
         import torch
         from diffusers.models.embeddings import ImageProjection
 
         pipe, first = self.pipe, batch[0]
+        count = len(first.subjects)
         # Plus adapters read the encoder's penultimate patch features, the plain ones its image embedding.
         hidden_states = not isinstance(pipe.unet.encoder_hid_proj.image_projection_layers[0], ImageProjection)
-        references = [s.images[first.seed % len(s.images)] for s in first.subjects]
+        # Each subject's (seed mod references)-th image; all of the batch's through the encoder at once.
+        references = [s.images[r.seed % len(s.images)] for r in batch for s in r.subjects]
         with torch.no_grad():
             positive, negative = pipe.encode_image(references, self.device, 1, hidden_states)
-        # (1, subjects, ...): one set of images for the whole call; the unconditional one first
-        # when the pipeline guides (its own condition: guidance_scale > 1).
-        embeds = positive[None]
+        # (batch, subjects, ...); the unconditional rows first when the pipeline guides (its own
+        # condition: guidance_scale > 1), the order of its prompt embeddings.
+        embeds = positive.reshape(len(batch), count, *positive.shape[1:])
+        masks = torch.stack([subject_masks([s.box for s in r.subjects], r.width, r.height) for r in batch])  # (batch, subjects, H, W)
         if self.config.guidance_scale > 1.0:
-            embeds = torch.cat([negative[None], embeds])
-        masks = subject_masks([s.box for s in first.subjects], first.width, first.height)[None]  # (1, subjects, H, W)
+            embeds = torch.cat([negative.reshape(embeds.shape), embeds])
+            masks = torch.cat([masks, masks])
         output = pipe(
-            prompt=first.prompt,
-            negative_prompt=self.config.negative_prompt,
+            prompt=[r.prompt for r in batch],
+            negative_prompt=self.config.negative_prompt,  # one string: the pipeline repeats it per prompt
             ip_adapter_image_embeds=[embeds],
             cross_attention_kwargs={"ip_adapter_masks": [masks.to(self.device)]},
-            num_images_per_prompt=len(batch),
             num_inference_steps=self.config.num_inference_steps,
             guidance_scale=self.config.guidance_scale,
             width=first.width, height=first.height, output_type="pil",
             generator=[torch.Generator(device=self.device).manual_seed(r.seed) for r in batch],
         )
         return list(output.images)
+
+
+def per_sample_ip_embeds(pipe: Any, ip_adapter_image: Any, ip_adapter_image_embeds: list["torch.Tensor"], device: Any,
+                         num_images_per_prompt: int, do_classifier_free_guidance: bool) -> list["torch.Tensor"]:
+    """``prepare_ip_adapter_image_embeds`` for embeddings given per sample: (rows, subjects, ...) with
+    rows = 2 x samples under guidance (unconditional first) or the samples, used as they are (the
+    pipeline passes its number of samples as ``num_images_per_prompt``)."""
+    rows = num_images_per_prompt * (2 if do_classifier_free_guidance else 1)
+    for embeds in ip_adapter_image_embeds:
+        if embeds.shape[0] != rows:
+            raise ValueError(f"ip_adapter_image_embeds: expected {rows} rows (one per sample), got {embeds.shape[0]}")
+    return [embeds.to(device) for embeds in ip_adapter_image_embeds]
 
 
 def _pixel_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
