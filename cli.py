@@ -509,6 +509,66 @@ def models_check(method: ModelsMethodOption = None, metrics: ModelsMetricsOption
     typer.echo(f"{cache_dir()}: all {sum(len(n.files) for n in needs)} files of {len(needs)} model{'s' if len(needs) != 1 else ''} are cached")
 
 
+judge_app = typer.Typer(help="The relation judge: check it on labelled images before trusting it.", no_args_is_help=True)
+app.add_typer(judge_app, name="judge")
+
+
+def _judge_refs(values: list[str] | None) -> list[str | None]:
+    """``--model judge=REF`` values (one or two judges); none: the profile's default judge."""
+    refs: list[str | None] = []
+    for value in values or []:
+        key, sep, ref = value.partition("=")
+        if key.strip() != "judge" or not sep or not ref.strip():
+            raise RelbenchError(f"--model {value!r}: expected judge=HUB_ID_OR_PATH[@REVISION], judge=api:MODEL or judge=tiny:judge")
+        refs.append(ref.strip())
+    return refs or [None]
+
+
+@judge_app.command("check")
+def judge_check(
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="judge=HUB_ID_OR_PATH[@REVISION] or judge=api:MODEL; give it twice to compare two judges (Cohen's kappa). Default: the profile's judge.")] = None,
+    set_file: Annotated[Optional[Path], typer.Option("--set", help="Judge set file (.yaml/.json; `relbench judge build-set` writes one to extend). Default: built from the DreamRelation triplets under the data root.")] = None,
+    data_root: DataRootOption = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for check.json and the CSV tables.")] = Path("judge-check"),
+    profile: Annotated[str, typer.Option("--profile", "-p", help="'tiny' (random tiny judge: numbers meaningless) or 'full'.")] = "tiny",
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    judge_option: Annotated[Optional[list[str]], typer.Option("--judge-option", help="KEY=VALUE for an API judge's transport: timeout, attempts, retry_budget, concurrency.")] = None,
+    bins: Annotated[int, typer.Option("--bins", help="Reliability bins of P(yes) (ECE).")] = 10,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask every question again instead of reading the judge cache.")] = False,
+) -> None:
+    """Measure a relation judge on labelled images: accuracy, balanced accuracy, AUROC, calibration, CircularEval position bias."""
+    from relbench.data_root import resolve_data_root
+    from relbench.metrics.relation_judge.check import run_judge_check
+    from relbench.metrics.relation_judge.judge_set import build_triplet_set, load_judge_set
+
+    root = resolve_data_root(data_root)
+    judge_set = load_judge_set(set_file) if set_file is not None else build_triplet_set(root)
+    result = run_judge_check(_judge_refs(model), judge_set, root, output, profile=profile, device=device,
+                             judge_options=_parse_judge_options(judge_option), n_bins=bins, use_cache=not no_cache,
+                             echo=typer.echo)
+    typer.echo(f"check: {', '.join(str(path) for path in result.written)}")
+
+
+@judge_app.command("build-set")
+def judge_build_set(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Judge set file to write (.yaml or .json).")],
+    data_root: DataRootOption = None,
+    relation: Annotated[Optional[list[str]], typer.Option("--relation", help="Only these DreamRelation relation folders (default: hug, shake when present).")] = None,
+    absent: Annotated[int, typer.Option("--absent", help="Absent-class presence questions per motion image.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the absent classes and option orders.")] = 0,
+) -> None:
+    """Write the default judge set (from the DreamRelation triplets) as a file to extend with your own labelled images."""
+    from relbench.data_root import resolve_data_root
+    from relbench.metrics.relation_judge.judge_set import build_triplet_set, write_judge_set
+
+    if absent < 0:
+        raise RelbenchError(f"--absent: expected 0 or more, got {absent}")
+    judge_set = build_triplet_set(resolve_data_root(data_root), relations=_names(relation, "--relation"), absent_per_image=absent, seed=seed)
+    path = write_judge_set(judge_set, output)
+    counts = judge_set.counts()
+    typer.echo(f"{path}: {counts['items']} images, {counts['yes']} yes and {counts['no']} no questions, {counts['choice']} choice questions")
+
+
 def main() -> None:
     """Console-script entry: user errors -> one line on stderr and exit 2 (130 when interrupted)."""
     import warnings
