@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 PROFILES = ("tiny", "full")
+DEFAULT_PROFILE = "tiny"  # of every command: evaluate, generate, train (offline, CPU, seconds)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ A trainer (``methods/<name>/train.py``) owns its model, data and loss; this modu
   clipping, a progress bar whose loss terms are read back from the device only every
   ``--log-every`` steps, checkpoints every ``--checkpointing-steps`` (at most
   ``--checkpoints-total-limit``), ``--resume-from-checkpoint latest``, and the final weights.
+  The same read-back logs the loss terms: to ``<output>/metrics.jsonl`` (always) and to
+  Accelerate's trackers (``--report-to tensorboard|wandb|none``; TensorBoard event files under
+  ``<output>/logs/``);
   A trainer's ``main`` is ``parse_args``, ``make_accelerator``, its job, ``run_training``;
 * randomness: micro-step ``n`` of process ``p`` draws from generators seeded with
   ``step_seed(seed, n, p)`` only, so a resumed run computes exactly what an uninterrupted one does;
@@ -20,11 +23,18 @@ A trainer (``methods/<name>/train.py``) owns its model, data and loss; this modu
 Checkpoints are ``<output>/checkpoint-<step>/`` written by ``accelerator.save_state`` (hooks save
 only the trainer's weight files, never whole models) followed by ``trainer_state.json``; that file
 is written last, so a checkpoint cut short while saving is never resumed from.
+
+``metrics.jsonl`` holds one line per logged step, ``{"step": N, "<term>": mean over the main
+process's micro-batches since the last line, ...}``. A resumed run first drops the lines after
+its checkpoint's step (they are logged again, with the same values), so the file holds each step
+once; TensorBoard hides the events after it likewise (``purge_step``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
 import math
 import re
@@ -37,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from relbench.atomic import atomic_write_text
 from relbench.errors import RelbenchError
-from relbench.profiles import PROFILES
+from relbench.profiles import DEFAULT_PROFILE, PROFILES
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +55,10 @@ if TYPE_CHECKING:
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 TRAINING_CONFIG = "training_config.json"
+METRICS_LOG = "metrics.jsonl"
+TRACKER_LOGS = "logs"  # <output>/logs/<project>/: TensorBoard event files
 MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("tensorboard", "wandb", "none")
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,6 +70,31 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         raise RelbenchError(f"{self.prog}: {message}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: argparse's own formatter skips options without a
+    help text and appends "(default: None)" to a text that already explains its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS or default == []  # (0 is a default)
+        if not action.option_strings or unset or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._get_help_string(action):
+            action = copy.copy(action)  # an option without help text still shows its default
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
+
+
+def default_report_to() -> str:
+    """``--report-to``'s default: TensorBoard when it is installed, else none (wandb needs an
+    account, so it is never the default)."""
+    return "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,38 +126,48 @@ class TrainingDefaults:
 
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainingDefaults) -> dict[str, Any]:
     """Add the shared arguments; returns their groups (output, models, optimisation, misc) for
-    the trainer's own options."""
+    the trainer's own options. Sets the parser's formatter to ``HelpFormatter`` so that every
+    trainer's ``--help`` shows every default."""
+    parser.formatter_class = HelpFormatter
     out = parser.add_argument_group("output")
-    out.add_argument("--output", "--output-dir", dest="output", type=Path, default=None, help=defaults.output_help)
-    out.add_argument("--checkpointing-steps", type=int, default=defaults.checkpointing_steps, help="save a resumable checkpoint every N optimizer steps")
-    out.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep at most this many checkpoints")
+    out.add_argument("--output", "--output-dir", dest="output", type=Path, default=None, metavar="DIR", help=defaults.output_help)
+    out.add_argument("--checkpointing-steps", type=int, default=defaults.checkpointing_steps, metavar="N", help="save a resumable checkpoint every N optimizer steps")
+    out.add_argument("--checkpoints-total-limit", type=int, default=None, metavar="N", help="keep at most this many checkpoints (default: all)")
     out.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder, or 'latest' (starts from step 0 when there is none)")
     models = parser.add_argument_group("models")
-    models.add_argument("--profile", choices=PROFILES, default="full", help="'tiny': random tiny models from configs (CPU, offline)")
+    models.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                        help="'tiny': random tiny models from configs (CPU, offline); 'full': the pretrained models")
     models.add_argument("--model", action="append", default=[], metavar="KEY=ID_OR_PATH[@REVISION]", help=defaults.model_help)
-    models.add_argument("--variant", default=defaults.variant, help="weight files variant of the model folder, e.g. fp16")
+    models.add_argument("--variant", default=defaults.variant,
+                        help="weight files variant of the model folder, e.g. fp16" + ("" if defaults.variant else " (default: the full-precision files)"))
     if defaults.tiny_seed:
         models.add_argument("--tiny-seed", type=int, default=0, help="seed of the tiny profile's random weights (must match the generating run's)")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--resolution", type=int, default=None, help=f"training resolution (default: {defaults.full_resolution} full, 64 tiny)")
-    opt.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size)
-    opt.add_argument("--gradient-accumulation-steps", type=int, default=defaults.gradient_accumulation_steps)
-    opt.add_argument("--max-train-steps", type=int, default=defaults.max_train_steps, help=defaults.steps_help)
-    opt.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    opt.add_argument("--adam-beta1", type=float, default=0.9)
-    opt.add_argument("--adam-beta2", type=float, default=0.999)
-    opt.add_argument("--adam-weight-decay", type=float, default=defaults.adam_weight_decay)
-    opt.add_argument("--adam-epsilon", type=float, default=1e-8)
+    opt.add_argument("--train-batch-size", type=int, default=defaults.train_batch_size, metavar="N", help="examples per micro-batch and process")
+    opt.add_argument("--gradient-accumulation-steps", type=int, default=defaults.gradient_accumulation_steps, metavar="N",
+                     help="micro-batches per optimizer step")
+    opt.add_argument("--max-train-steps", type=int, default=defaults.max_train_steps, metavar="N", help=defaults.steps_help)
+    opt.add_argument("--learning-rate", type=float, default=defaults.learning_rate, metavar="LR", help="AdamW learning rate (constant)")
+    opt.add_argument("--adam-beta1", type=float, default=0.9, metavar="B1", help="AdamW beta1")
+    opt.add_argument("--adam-beta2", type=float, default=0.999, metavar="B2", help="AdamW beta2")
+    opt.add_argument("--adam-weight-decay", type=float, default=defaults.adam_weight_decay, metavar="W", help="AdamW weight decay")
+    opt.add_argument("--adam-epsilon", type=float, default=1e-8, metavar="EPS", help="AdamW epsilon")
     if defaults.clipping:
         opt.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
     opt.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=defaults.mixed_precision,
                      help="default: fp16 on a GPU, 'no' on the CPU" if defaults.mixed_precision is None else None)
     if defaults.gradient_checkpointing:
-        opt.add_argument("--gradient-checkpointing", action="store_true")
-    opt.add_argument("--seed", type=int, default=defaults.seed)
+        opt.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass (less memory, slower)")
+    opt.add_argument("--seed", type=int, default=defaults.seed, help="seed of every step's batch, noise and timesteps")
     misc = parser.add_argument_group("misc")
-    misc.add_argument("--device", default="auto", help="used without accelerate launch: auto, cpu, cuda")
-    misc.add_argument("--log-every", type=int, default=10, help="update the progress bar's loss terms every N steps")
+    misc.add_argument("--device", default="auto", help="used without accelerate launch: auto, cpu, cuda, cuda:N")
+    misc.add_argument("--log-every", type=int, default=10, metavar="N",
+                      help=f"every N optimizer steps, log the mean loss terms: progress bar, <output>/{METRICS_LOG}, --report-to")
+    misc.add_argument("--report-to", choices=REPORT_TO, default=default_report_to(),
+                      help=f"tracker of the logged loss terms besides {METRICS_LOG}: TensorBoard (event files under "
+                           f"<output>/{TRACKER_LOGS}/; pip install 'relbench[tensorboard]'), Weights & Biases (pip install "
+                           "'relbench[wandb]'), or none (default: tensorboard when it is installed, else none)")
     misc.add_argument("--quiet", action="store_true", help="no progress bar")
     return {"output": out, "models": models, "optimisation": opt, "misc": misc}
 
@@ -160,8 +208,16 @@ def validate_training_arguments(args: argparse.Namespace, defaults: TrainingDefa
         if not 0 <= getattr(args, name) < 1:
             raise RelbenchError(f"--{name.replace('_', '-')}: expected a number in [0, 1), got {getattr(args, name)}")
     check_device(args.device)
+    check_report_to(args.report_to)
     args.model_overrides = parse_model_overrides(args.model)
     check_output_and_resume(args.output, args.resume_from_checkpoint)
+
+
+def check_report_to(report_to: str) -> None:
+    """The tracker ``--report-to`` names must be installed (checked before any model loads)."""
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        raise RelbenchError(f"--report-to {report_to}: {report_to} is not installed; pip install 'relbench[{report_to}]', "
+                            "or --report-to none (the loss terms still go to metrics.jsonl)")
 
 
 def check_output_and_resume(output: Path, resume_from: str | None) -> None:
@@ -280,7 +336,9 @@ def make_accelerator(args: argparse.Namespace) -> Any:
         raise RelbenchError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed, cpu=not on_gpu,
-        project_config=ProjectConfiguration(project_dir=str(args.output), automatic_checkpoint_naming=False),
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(args.output), logging_dir=str(args.output / TRACKER_LOGS),
+                                            automatic_checkpoint_naming=False),
     )
 
 
@@ -323,6 +381,8 @@ def run_training(accelerator: Any, args: argparse.Namespace, job: TrainingJob, d
     first_step = resume(accelerator, args.resume_from_checkpoint, args.output, args.quiet)
 
     args.output.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(args.output / METRICS_LOG, first_step) if accelerator.is_main_process else None
+    start_trackers(accelerator, args, desc, first_step)
     bar = tqdm(range(first_step, args.max_train_steps), initial=first_step, total=args.max_train_steps, desc=desc,
                disable=args.quiet or not accelerator.is_local_main_process, dynamic_ncols=True)
     sums: dict[str, Any] = {}
@@ -348,17 +408,74 @@ def run_training(accelerator: Any, args: argparse.Namespace, job: TrainingJob, d
         last = global_step == args.max_train_steps
         if global_step % args.log_every == 0 or last:
             # The only device -> host reads of the loop, once per --log-every steps.
-            bar.set_postfix({key: f"{float(value) / logged:.4g}" for key, value in sums.items()})
+            means = {key: float(value) / logged for key, value in sums.items()}
+            bar.set_postfix({key: f"{value:.4g}" for key, value in means.items()})
+            if log is not None:
+                log.append(global_step, means)
+            accelerator.log(means, step=global_step)  # the trackers (main process only)
             sums, logged = {}, 0
         bar.update(1)
         if (global_step % args.checkpointing_steps == 0 and not last) or (last and job.checkpoint_last_step):
             save_checkpoint(accelerator, args.output, global_step, args.checkpoints_total_limit)
     bar.close()
+    if log is not None:
+        log.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         job.save_final()
     accelerator.end_training()
     return job.output
+
+
+# --------------------------------------------------------------------------------------------
+# Logged loss terms
+
+
+class MetricsLog:
+    """``<output>/metrics.jsonl``: one line per logged step, appended as the run goes.
+
+    Opened at ``first_step`` (0, or the step a resumed run starts from), it first keeps only the
+    lines of earlier steps (and drops a line a kill cut short), so a resumed run, which logs the
+    following steps again, leaves each step in the file once.
+    """
+
+    def __init__(self, path: Path, first_step: int):
+        self.path = path
+        kept = [line for line in self._lines() if line["step"] <= first_step]
+        atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in kept))
+        self._handle = open(path, "a", encoding="utf-8")
+
+    def _lines(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        lines = []
+        for text in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                continue  # the last line of a killed run, cut short
+            if isinstance(line, dict) and isinstance(line.get("step"), int):
+                lines.append(line)
+        return lines
+
+    def append(self, step: int, values: dict[str, float]) -> None:
+        self._handle.write(json.dumps({"step": step, **values}) + "\n")
+        self._handle.flush()  # readable while the run goes on (tail -f, a notebook)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def start_trackers(accelerator: Any, args: argparse.Namespace, project: str, first_step: int) -> None:
+    """Start the ``--report-to`` tracker: TensorBoard under ``<output>/logs/<project>/`` (a resumed
+    run hides the events its checkpoint's successors logged: they are logged again), wandb with
+    its files under ``<output>``."""
+    if args.report_to == "none":
+        return
+    init_kwargs: dict[str, dict[str, Any]] = {"wandb": {"dir": str(args.output)}}
+    if first_step > 0:
+        init_kwargs["tensorboard"] = {"purge_step": first_step + 1}
+    accelerator.init_trackers(project.replace(" ", "-"), init_kwargs=init_kwargs)
 
 
 # --------------------------------------------------------------------------------------------

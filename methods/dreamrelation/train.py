@@ -37,7 +37,7 @@ from typing import Any
 
 from relbench.errors import RelbenchError
 from relbench.training import (
-    TrainingDefaults, TrainingJob, add_training_arguments, make_accelerator, require_non_negative, require_positive, run_cli,
+    HelpFormatter, TrainingDefaults, TrainingJob, add_training_arguments, make_accelerator, require_non_negative, require_positive, run_cli,
     run_training, step_generator, validate_training_arguments, weight_dtype_name, write_training_config,
 )
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="relbench train dreamrelation",
         description="Train a DreamRelation relation LoRA on DreamRelation-format triplets.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument("--data-root", type=Path, default=None,
@@ -75,16 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     groups = add_training_arguments(p, DEFAULTS)
     groups["models"].add_argument("--scale", type=float, default=0.6, help="adapter image-attention scale")
     lora = p.add_argument_group("LoRA and what trains")
-    lora.add_argument("--rank", type=int, default=4)
-    lora.add_argument("--lora-alpha", type=float, default=4.0)
+    lora.add_argument("--rank", type=int, default=4, help="LoRA rank")
+    lora.add_argument("--lora-alpha", type=float, default=4.0, help="LoRA alpha (the update is scaled by alpha / rank)")
     lora.add_argument("--train-resampler", action="store_true", help="also train the grounding resampler (needed for local features)")
     lora.add_argument("--local-features", action="store_true",
                       help="16 dense local tokens per subject (DreamRelation's fix for confusion); needs --train-resampler and, "
                            "in the full profile, a dense image encoder (--model dense_encoder=DIR)")
     loss = p.add_argument_group("losses")
-    loss.add_argument("--kml-weight", type=float, default=0.1)
-    loss.add_argument("--kml-max-timestep", type=int, default=333)
-    loss.add_argument("--attn-weight", type=float, default=0.001)
+    loss.add_argument("--kml-weight", type=float, default=0.1, help="weight of the keypoint matching loss (KML)")
+    loss.add_argument("--kml-max-timestep", type=int, default=333, help="KML only for samples with a timestep up to this")
+    loss.add_argument("--attn-weight", type=float, default=0.001, help="weight of the attention loss (L_attn)")
     loss.add_argument("--attn-max-queries", type=int, default=None, help="layers with at most this many positions give attention maps (default: the UNet's deepest cross-attention level, 32x32 for SDXL at 1024 px)")
     return p
 
