@@ -541,11 +541,11 @@ def judge_check(
     from relbench.metrics.relation_judge.check import run_judge_check
     from relbench.metrics.relation_judge.judge_set import build_triplet_set, load_judge_set
 
+    refs, options = _judge_refs(model), _parse_judge_options(judge_option)  # checked before any image is read
     root = resolve_data_root(data_root)
     judge_set = load_judge_set(set_file) if set_file is not None else build_triplet_set(root)
-    result = run_judge_check(_judge_refs(model), judge_set, root, output, profile=profile, device=device,
-                             judge_options=_parse_judge_options(judge_option), n_bins=bins, use_cache=not no_cache,
-                             echo=typer.echo)
+    result = run_judge_check(refs, judge_set, root, output, profile=profile, device=device, judge_options=options,
+                             n_bins=bins, use_cache=not no_cache, echo=typer.echo)
     typer.echo(f"check: {', '.join(str(path) for path in result.written)}")
 
 

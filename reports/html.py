@@ -45,6 +45,7 @@ import pandas as pd
 
 from relbench.errors import RelbenchError, output_errors
 from relbench.reports import plots
+from relbench.reports.judge_check import judge_check_section
 from relbench.reports.leaderboard import (
     RunSet, best_mask, board_notes, build_leaderboard, case_set_note, load_runs, save_csv,
 )
@@ -647,6 +648,7 @@ def render_report(data: ReportData, page_dir: Path, leaderboard_link: str) -> st
         _plots_section(data),
         _paper_section(data),
         _breakdown_section(data, data.per_relation, "relation", "Per relation", "relations"),
+        judge_check_section(data.run_set.metric_info()),
         _breakdown_section(data, data.per_category, "category", "Per subject category", "categories"),
         _settings_section(data),
         _cases_section(data, page_dir),

@@ -209,6 +209,8 @@ def write_judge_set(judge_set: JudgeSet, path: str | Path) -> Path:
 def load_judge_set(path: str | Path) -> JudgeSet:
     """Read and check a judge set file; every problem found is reported (``SpecError``)."""
     path = Path(path)
+    if not path.is_file():
+        raise RelbenchError(f"{path}: judge set file not found (`relbench judge build-set -o FILE` writes one)")
     judge_set, problems = parse_judge_set(read_spec_file(path), str(path), path)
     if problems or judge_set is None:
         raise SpecError(problems)
