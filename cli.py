@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -252,9 +252,11 @@ def report(
 ) -> None:
     """Write the HTML report and leaderboard CSV of one or more runs."""
     from relbench.reports.html import build_report
+    from relbench.sweep_launch import partial_notes
 
-    files = build_report(_expand_run_dirs(list(run_dirs)), output, formats, headline, "common" if common_cases else "all")
-    for note in files.notes:
+    found = _expand_run_dirs(list(run_dirs))
+    files = build_report(found, output, formats, headline, "common" if common_cases else "all")
+    for note in [*files.notes, *partial_notes(found)]:  # runs a sweep's jobs are still filling
         typer.echo(note)
     typer.echo(f"leaderboard: {files.leaderboard}")
     typer.echo(f"report: {files.page}")
@@ -264,19 +266,38 @@ def report(
 
 @app.command()
 def sweep(
-    sweep_file: Annotated[Path, typer.Argument(help="A sweep YAML/JSON file (see `relbench.sweep`).")],
+    sweep_file: Annotated[Path, typer.Argument(help="A sweep YAML/JSON file (see `relbench.sweep`); `relbench sweep status FILE` shows each grid point's state.")],
+    status_file: Annotated[Optional[Path], typer.Argument(hidden=True)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and their size; run nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    launcher: Annotated[Optional[str], typer.Option("--launcher", help="local (this machine) or slurm (submit with submitit; the sweep file's slurm: section). Default: the sweep file's launcher, else local.")] = None,
+    max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", min=1, help="Local launcher: grid points run at once, one GPU each (default: the sweep file's max_parallel, else 1).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Start again only the grid points whose job failed or was cancelled.")] = False,
 ) -> None:
     """Run a grid of evaluations (methods x settings x benchmarks) into one output tree; resumable."""
     from relbench.sweep import load_sweep, plan, run_sweep
+    from relbench import sweep_launch
 
+    if status_file is not None:
+        if sweep_file != Path("status"):
+            raise RelbenchError(f"{status_file}: unexpected argument; `relbench sweep FILE` or `relbench sweep status FILE`")
+        spec = load_sweep(status_file)
+        for line in sweep_launch.format_status(sweep_launch.sweep_status(spec, plan(spec))):
+            typer.echo(line)
+        return
     spec = load_sweep(sweep_file)
     runs = plan(spec)
+    chosen = launcher or spec.launcher
+    if chosen not in sweep_launch.LAUNCHERS:
+        raise RelbenchError(f"--launcher: expected one of {', '.join(sweep_launch.LAUNCHERS)}, got {chosen!r}")
+    parallel = max_parallel or spec.max_parallel
     for run in runs:
         typer.echo(f"{run.output}: {run.label()}: {run.n_cases} cases x {run.n_seeds} seeds = {run.n_images} images")
     typer.echo(f"{len(runs)} runs, {sum(r.n_images for r in runs)} images, profile {spec.profile}, output {spec.output}")
     if dry_run:
+        return
+    if chosen == "slurm" or parallel > 1 or retry_failed:
+        _launch_sweep(spec, runs, chosen, parallel, retry_failed, sweep_file)
         return
     try:
         summaries = run_sweep(spec, runs, progress=not quiet)
@@ -284,6 +305,33 @@ def sweep(
         raise Interrupted(f"interrupted; run the same command again to resume {sweep_file}") from None
     if summaries and summaries[0].rank == 0:
         typer.echo(f"{spec.output}: {sum(s.generated for s in summaries)} images generated; `relbench report {spec.output}` merges the runs")
+
+
+def _launch_sweep(spec: Any, runs: list[Any], launcher: str, parallel: int, retry_failed: bool, sweep_file: Path) -> None:
+    """The sweep's jobs (relbench.sweep_launch) submitted to Slurm or run in local workers."""
+    from relbench import sweep_launch
+
+    try:
+        spec.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RelbenchError(f"{sweep_file}: output: cannot create {spec.output}: {exc.strerror or exc}") from exc
+    jobs = sweep_launch.select_jobs(spec, runs, sweep_launch.sweep_jobs(spec, runs), retry_failed)
+    if not jobs:
+        typer.echo(f"nothing to start: every grid point is done{'' if retry_failed else ', queued or running'} (`relbench sweep status {sweep_file}`)")
+        return
+    if launcher == "slurm":
+        submitted = sweep_launch.launch_slurm(spec, spec.slurm, jobs)
+        for key, job_id in submitted.items():
+            typer.echo(f"submitted {key}: job {job_id}")
+        typer.echo(f"{len(submitted)} jobs submitted; `relbench sweep status {sweep_file}` follows them, `relbench report {spec.output}` merges the done rows")
+        return
+    try:
+        failures = sweep_launch.launch_local(spec, jobs, parallel)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; run the same command again to resume {sweep_file}") from None
+    if failures:
+        raise RelbenchError(f"{len(failures)} of {len(jobs)} jobs failed ({failures[0]}); `relbench sweep status {sweep_file}` lists them, --retry-failed starts them again")
+    typer.echo(f"{spec.output}: {len(jobs)} jobs done; `relbench report {spec.output}` merges the runs")
 
 
 def _expand_run_dirs(paths: list[Path]) -> list[Path]:

@@ -542,6 +542,15 @@ class SubjectFinetuneMethod(Method):
         key = subject_set_key(subjects, self.digest)
         return ensure_trained(self.name, self.training_settings(), key, lambda folder: self._train_into(folder, subjects))
 
+    def train_ahead(self, requests: Sequence[GenerationRequest]) -> None:
+        """Every subject set of ``requests`` trained (or found in the cache), in request order."""
+        seen: set[tuple[str, ...]] = set()
+        for request in requests:
+            subjects = subject_set(request.subjects)
+            if tuple(s.id for s in subjects) not in seen:
+                seen.add(tuple(s.id for s in subjects))
+                self.train(subjects)
+
     def _train_into(self, folder: Path, subjects: Sequence[SubjectInput]) -> None:
         import importlib
 

@@ -135,6 +135,10 @@ class Method(ABC):
     def generate(self, requests: Sequence[GenerationRequest]) -> list["Image.Image"]:
         """One RGB image per request, of the requested size, deterministic given the seed."""
 
+    def train_ahead(self, requests: Sequence[GenerationRequest]) -> None:
+        """Train now what ``generate`` would train on first need for these requests (a sweep's
+        training job, ``relbench.sweep_launch``); methods that train nothing on demand keep this."""
+
 
 # The values a settings field accepts: declared on the field, checked by check_setting_ranges.
 RANGE = "range"

@@ -24,6 +24,9 @@ ordinary ``relbench evaluate`` into ``<output>/<benchmark>/<method>[-<k>]`` (``k
 points; ``<benchmark>`` is ``NAME@VERSION`` where the sweep names a built-in's version), so it
 resumes as any run does; a multi-process launch shards every run over the processes.
 ``--dry-run`` prints the plan and its size without loading any model.
+
+``launcher: local | slurm`` (or ``--launcher``), ``max_parallel: N`` (local) and a ``slurm:``
+section say where the runs go: ``relbench.sweep_launch``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from typing import Any
 from relbench.errors import RelbenchError
 from relbench.options import check_resolution, check_seeds, size_multiple
 
-TOP_KEYS = {"output", "profile", "benchmarks", "seeds", "metrics", "relations", "limit", "resolution", "models", "methods", "device"}
+TOP_KEYS = {"output", "profile", "benchmarks", "seeds", "metrics", "relations", "limit", "resolution", "models", "methods", "device",
+            "launcher", "max_parallel", "slurm"}
 METHOD_KEYS = {"method", "set", "grid"}
 
 
@@ -73,6 +77,9 @@ class Sweep:
     models: dict[str, str]
     device: str
     methods: list[dict[str, Any]] = field(default_factory=list)
+    launcher: str = "local"  # relbench.sweep_launch.LAUNCHERS
+    max_parallel: int = 1  # local launcher: jobs at once
+    slurm: Any = None  # relbench.sweep_launch.SlurmSettings
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -115,13 +122,27 @@ def load_sweep(path: Path) -> Sweep:
     output = Path(str(data["output"])).expanduser()
     if not output.is_absolute():
         output = path.parent / output
+    launch = _launch_settings(data, where)
     return Sweep(
         path=path, output=output, profile=str(data.get("profile", "tiny")), benchmarks=benchmarks, seeds=list(seeds),
         metrics=_str_list(data["metrics"], f"{where}: metrics") if data.get("metrics") is not None else None,
         relations=_str_list(data["relations"], f"{where}: relations") if data.get("relations") is not None else None,
         limit=data.get("limit"), resolution=data.get("resolution"), models={str(k): str(v) for k, v in models.items()},
-        device=str(data.get("device", "auto")), methods=methods,
+        device=str(data.get("device", "auto")), methods=methods, **launch,
     )
+
+
+def _launch_settings(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """launcher, max_parallel and slurm (``relbench.sweep_launch``), checked."""
+    from relbench.sweep_launch import LAUNCHERS, parse_slurm
+
+    launcher = data.get("launcher", "local")
+    if launcher not in LAUNCHERS:
+        raise RelbenchError(f"{where}: launcher: expected one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    max_parallel = data.get("max_parallel", 1)
+    if not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1:
+        raise RelbenchError(f"{where}: max_parallel: expected an integer >= 1, got {max_parallel!r}")
+    return {"launcher": launcher, "max_parallel": max_parallel, "slurm": parse_slurm(data.get("slurm"), f"{where}: slurm")}
 
 
 def _str_list(value: Any, where: str) -> list[str]:
@@ -178,7 +199,7 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
 
 
 def run_sweep(sweep: Sweep, runs: list[PlannedRun], progress: bool = True) -> list[Any]:
-    from relbench.runner import EvaluateOptions, evaluate
+    from relbench.runner import evaluate
 
     try:  # before the first run, not when a later one (hours in) would find out
         sweep.output.mkdir(parents=True, exist_ok=True)
@@ -186,10 +207,17 @@ def run_sweep(sweep: Sweep, runs: list[PlannedRun], progress: bool = True) -> li
         raise RelbenchError(f"{sweep.path}: output: cannot create {sweep.output}: {exc.strerror or exc}") from exc
     summaries = []
     for run in runs:
-        summaries.append(evaluate(EvaluateOptions(
-            benchmark=run.benchmark, output=run.output, methods=[run.method], metrics=sweep.metrics, profile=sweep.profile,
-            seeds=tuple(sweep.seeds), resolution=sweep.resolution, device=sweep.device, model_overrides=dict(sweep.models),
-            method_overrides={run.method: dict(run.settings)} if run.settings else {}, limit=sweep.limit,
-            relations=sweep.relations, progress=progress,
-        )))
+        summaries.append(evaluate(evaluate_options(sweep, run, progress)))
     return summaries
+
+
+def evaluate_options(sweep: Sweep, run: PlannedRun, progress: bool = False) -> Any:
+    """The ``relbench evaluate`` of one grid point (an ``EvaluateOptions``)."""
+    from relbench.runner import EvaluateOptions
+
+    return EvaluateOptions(
+        benchmark=run.benchmark, output=run.output, methods=[run.method], metrics=sweep.metrics, profile=sweep.profile,
+        seeds=tuple(sweep.seeds), resolution=sweep.resolution, device=sweep.device, model_overrides=dict(sweep.models),
+        method_overrides={run.method: dict(run.settings)} if run.settings else {}, limit=sweep.limit,
+        relations=sweep.relations, progress=progress,
+    )

@@ -277,6 +277,11 @@ class ReVersion(Method):
         self.trained[relation] = {"source": source, "exemplars_sha256": digest, "embeds_sha256": file_sha256(path)}
         return path
 
+    def train_ahead(self, requests: Sequence[GenerationRequest]) -> None:
+        """The token of every relation of ``requests`` trained (or found in the cache)."""
+        for relation in dict.fromkeys(r.relation_id for r in requests if r.relation_id is not None):
+            self.trained_embedding(relation)
+
     def _train(self, relation: str, folder: Path) -> Path:
         from relbench.methods.reversion import train
 
