@@ -426,3 +426,22 @@ def test_a_set_file_with_problems_lists_them_all(tmp_path):
     with pytest.raises(SpecError) as caught:
         load_judge_set(tmp_path / "bad.yaml")
     assert len(caught.value.problems) == 2 and str(caught.value).startswith(f"{tmp_path / 'bad.yaml'}: items[astronaut]")
+
+
+def test_default_set_on_the_tiny_profile_through_the_command(shared_data, tmp_path, monkeypatch):
+    """No --set: the set is built from the triplets under --data-root; the tiny judge answers it."""
+    from typer.testing import CliRunner
+
+    import cli
+
+    monkeypatch.setenv("RELBENCH_JUDGE_CHECKS", str(tmp_path / "store"))
+    result = CliRunner().invoke(cli.app, ["judge", "check", "--data-root", str(shared_data), "-o", str(tmp_path / "out"),
+                                          "--device", "cpu", "--bins", "5"])
+    assert result.exit_code == 0, result.output
+    assert "on dreamrelation-triplets (20 images, 90 yes/no, 10 choice)" in result.output
+    [record] = json.loads((tmp_path / "out" / "check.json").read_text())["judges"]
+    assert record["identity"]["judge_id"] == "tiny:judge" and record["profile"] == "tiny"
+    assert {"all", "relation", "presence", "relation:hug", "relation:shake", "group:collage"} <= set(record["scopes"])
+    assert len(record["scopes"]["all"]["bins"]) == 5 and sum(b["n"] for b in record["scopes"]["all"]["bins"]) == 90
+    assert record["choice"]["all"]["n"] == 10 and record["choice"]["all"]["n_rotations"] == 20
+    assert len(list((tmp_path / "store").glob("*/*.json"))) == 1
