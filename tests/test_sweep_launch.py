@@ -325,3 +325,25 @@ def test_a_job_cancelled_mid_run_and_retried_ends_with_one_row_per_item(tmp_path
     assert sorted((r["case_id"], r["seed"]) for r in rows) == sorted({(r["case_id"], r["seed"]) for r in rows})
     assert len(rows) == 4
     assert relbench("sweep", "status", str(path), env=env).stdout.splitlines()[-1] == "1 done, 0 running, 0 pending, 0 failed"
+
+
+def test_the_training_job_trains_each_subject_set_once_and_evaluations_only_read_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relbench.benchmarks import load_benchmark
+    from relbench.methods.dreambooth_lora import train as db_train
+    from relbench.sweep_launch import run_job
+
+    monkeypatch.setenv("RELBENCH_TRAINED_CACHE", str(tmp_path / "trained"))
+    calls: list[list[str]] = []
+    real_main = db_train.main
+    monkeypatch.setattr(db_train, "main", lambda argv, **kw: calls.append(argv) or real_main(argv, **kw))
+    sweep = load_sweep(write_sweep(tmp_path, methods=[{"method": "dreambooth-lora", "grid": {"guidance_scale": [5, 7]}}]))
+    training, *evaluations = sweep_jobs(sweep, plan(sweep))
+    cases = load_benchmark("demo").cases[:2]
+    subject_sets = {tuple(sorted(case.subjects)) for case in cases}
+    run_job(training)  # both grid points: the same training settings, so each subject set once
+    assert len(calls) == len(subject_sets)
+    assert len(list((tmp_path / "trained" / "dreambooth-lora").glob("*/*/complete.json"))) == len(subject_sets)
+    for job in evaluations:
+        run_job(job)
+    assert len(calls) == len(subject_sets)  # the evaluation jobs found every subject set trained
+    assert [run_progress(sweep.output / "demo" / f"dreambooth-lora-{i}") for i in (0, 1)] == [{"dreambooth-lora": (2, 2)}] * 2
