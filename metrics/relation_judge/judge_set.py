@@ -55,13 +55,14 @@ import hashlib
 import json
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relbench.benchmark import Box
 from relbench.errors import Problem, RelbenchError, SpecError
 from relbench.metrics.relation_judge import templates
+# The spec reader's checker and box rule: judge sets report problems exactly as benchmark specs do.
 from relbench.spec import _Checker, _parse_box, read_spec_file
 
 if TYPE_CHECKING:
@@ -178,8 +179,6 @@ def _digest(data: Mapping[str, Any]) -> str:
 
 
 def with_digest(judge_set: JudgeSet) -> JudgeSet:
-    from dataclasses import replace
-
     return replace(judge_set, digest=_digest(set_data(judge_set)))
 
 
