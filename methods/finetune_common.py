@@ -36,6 +36,7 @@ from relbench.training import (  # noqa: F401  (MIXED_PRECISION, TRAINER_STATE, 
     CHECKPOINT_PREFIX, MIXED_PRECISION, TRAINER_STATE, TrainingDefaults, add_training_arguments, find_latest_checkpoint,
     require_non_negative, require_positive, validate_training_arguments,
 )
+from relbench.training import weight_dtype_name
 from relbench.training import write_training_config as write_config
 
 if TYPE_CHECKING:
@@ -287,6 +288,51 @@ def place(parts: dict[str, Any], device: Any, float32: Sequence[str] = ("vae",))
             module.to(device=device)
 
 
+TRAINED_MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
+# The frozen weights' dtype of each --mixed-precision (relbench.training.weight_dtype_name).
+WEIGHT_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@contextmanager
+def lend_parts(parts: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A method's resident SDXL modules lent to a trainer in the same process (no reload, no copy).
+
+    The trainer may move and upcast them (the VAE and custom-diffusion's text encoders train next
+    to float32), put them in training mode, patch their ``forward`` (Accelerate's mixed-precision
+    wrapper) and turn on gradient checkpointing; on exit each module is put back: its dtype and
+    device (an upcast and back is exact), eval mode, no gradients, its class's ``forward``, no
+    checkpointing. Tokenizers are private copies (custom-diffusion adds its tokens to them). What a
+    trainer adds inside a module (LoRA layers, attention processors, token rows) it takes out
+    itself: its ``main(argv, sdxl=...)``.
+    """
+    before = {name: (next(parts[name].parameters()).dtype, next(parts[name].parameters()).device) for name in TRAINED_MODULES}
+    lent = {**parts, "tokenizer": copy.deepcopy(parts["tokenizer"]), "tokenizer_2": copy.deepcopy(parts["tokenizer_2"])}
+    try:
+        yield lent
+    finally:
+        for name in TRAINED_MODULES:
+            module = parts[name]
+            module.__dict__.pop("forward", None)  # Accelerate's autocast wrapper (prepare) lives on the instance
+            module.__dict__.pop("_original_forward", None)
+            if getattr(module, "is_gradient_checkpointing", False):
+                module.disable_gradient_checkpointing()
+            dtype, device = before[name]
+            module.to(device=device, dtype=dtype)
+            module.requires_grad_(False)
+            module.eval()
+
+
+def training_sdxl(args: argparse.Namespace, accelerator: Any, resident: "tuple[dict[str, Any], str | None] | None") -> tuple[dict[str, Any], str | None]:
+    """The SDXL a trainer trains on, with the commit loaded: ``resident`` (parts, revision) when a
+    method lends its own (``lend_parts``), else loaded now in the mixed-precision dtype."""
+    if resident is not None:
+        if accelerator.num_processes > 1:
+            raise RelbenchError("a resident SDXL is lent to a training in one process only; run accelerate launch without it")
+        return resident
+    with accelerator.main_process_first():  # one process fills the HF cache, the others read it
+        return load_sdxl_parts(model_ref(args), weight_dtype_name(accelerator), args.variant, args.tiny_seed)
+
+
 def sdxl_pipeline(parts: dict[str, Any]) -> Any:
     from diffusers import StableDiffusionXLPipeline
 
@@ -455,9 +501,60 @@ def epoch_order(seed: int, draw: int, size: int) -> int:
     """Which of ``size`` items the ``draw``-th sample is: a fresh shuffle every epoch, as a shuffling
     DataLoader, but a pure function of (seed, draw) so that resumed runs see the same batches."""
     epoch, position = divmod(draw, size)
+    return _epoch_permutation(seed, epoch, size)[position]
+
+
+def _epoch_permutation(seed: int, epoch: int, size: int) -> list[int]:
     order = list(range(size))
     random.Random(seed * 7919 + epoch).shuffle(order)
-    return order[position]
+    return order
+
+
+def draw_schedule(seed: int, size: int, micro_steps: int, batch: int, processes: int, process: int, device: Any) -> "torch.Tensor":
+    """(micro_steps, batch) item indices on ``device``: row n holds the ``epoch_order`` draws of
+    micro-step n of ``process`` (draws (n x processes + process) x batch + b), computed once so
+    that a training step indexes its samples on the device without a host -> device copy."""
+    import torch
+
+    permutations: dict[int, list[int]] = {}
+    rows = []
+    for n in range(micro_steps):
+        first = (n * processes + process) * batch
+        row = []
+        for draw in range(first, first + batch):
+            epoch, position = divmod(draw, size)
+            if epoch not in permutations:
+                permutations[epoch] = _epoch_permutation(seed, epoch, size)
+            row.append(permutations[epoch][position])
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+class Prefetcher:
+    """``make(index)`` for the micro-steps index + 1 .. index + ``depth`` computed on a worker thread
+    while the training thread runs micro-step ``index`` (it asks for them in order; a resumed run
+    starts anywhere). Indices from ``end`` on are never made. The worker runs ``make`` one index at a
+    time, in order, so a ``make`` that reads shared state (tokenizers) sees no concurrent caller."""
+
+    def __init__(self, make: Callable[[int], Any], end: int, depth: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._make, self._end, self._depth = make, end, depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relbench-batches")
+        self._ahead: dict[int, Any] = {}  # index -> Future
+
+    def get(self, index: int) -> Any:
+        for stale in [i for i in self._ahead if i < index]:
+            self._ahead.pop(stale).cancel()
+        # Not made ahead (the first step, or a resumed run): queued first, before the next ones.
+        future = self._ahead.pop(index, None) or self._pool.submit(self._make, index)
+        for ahead in range(index + 1, min(index + 1 + self._depth, self._end)):
+            if ahead not in self._ahead:
+                self._ahead[ahead] = self._pool.submit(self._make, ahead)
+        return future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_training_config(args: argparse.Namespace, model: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -490,6 +587,7 @@ class SubjectFinetuneMethod(Method):
         self.model_ref = context.model("sdxl")
         self.device = context.torch_device()
         parts, self.resolved_revision = load_sdxl_parts(self.model_ref, self.config.dtype, self.config.variant or None, context.seed)
+        self.parts = parts  # the one SDXL of this method: sampled by self.pipe, lent to its trainings (lends_sdxl)
         self.pipe = sdxl_pipeline(parts).to(self.device)
         self.digest = DigestMemo()
         self.active: Path | None = None  # the weights folder now in the pipeline
@@ -561,16 +659,29 @@ class SubjectFinetuneMethod(Method):
             argv += ["--profile", "tiny", "--tiny-seed", str(self.context.seed)]
         else:
             revision = f"@{self.model_ref.revision}" if self.model_ref.revision else ""
-            argv += ["--model", f"sdxl={self.model_ref.id}{revision}"]
+            argv += ["--profile", "full", "--model", f"sdxl={self.model_ref.id}{revision}"]  # (train's default profile is tiny)
             if self.config.variant:
                 argv += ["--variant", self.config.variant]
         argv += ["--device", "cpu" if self.device.type == "cpu" else str(self.device)]
         trainer = importlib.import_module(str(self.info.trainer))
-        with self._pipeline_off_device():
-            trainer.main(argv)
+        if self.lends_sdxl():
+            # Train on the pipeline's own modules, back to the base model first: no second SDXL.
+            self.deactivate()
+            self.active = None
+            with lend_parts(self.parts) as lent:
+                trainer.main(argv, sdxl=(lent, self.resolved_revision))
+        else:
+            with self._pipeline_off_device():
+                trainer.main(argv)
         # Only the final weights are kept: checkpoints were for resuming, the images are in the key.
         for path in [data, *folder.glob(f"{CHECKPOINT_PREFIX}*")]:
             shutil.rmtree(path, ignore_errors=True)
+
+    def lends_sdxl(self) -> bool:
+        """Whether trainings use the resident SDXL: when their frozen weights' dtype (of
+        ``mixed_precision``) is the generation ``dtype``; otherwise the trainer loads its own copy in
+        its dtype while the pipeline waits in host memory (a cast in place would round the weights)."""
+        return WEIGHT_DTYPES.get(self.config.mixed_precision) == self.config.dtype
 
     @contextmanager
     def _pipeline_off_device(self) -> Iterator[None]:
@@ -596,6 +707,18 @@ class SubjectFinetuneMethod(Method):
     @abstractmethod
     def activate(self, folder: Path, subjects: Sequence[SubjectInput]) -> None:
         """Put the trained weights of ``folder`` into the pipeline (replacing the previous set's)."""
+
+    @abstractmethod
+    def deactivate(self) -> None:
+        """Take any trained weights out of the pipeline: the base SDXL again (before a training borrows it)."""
+
+    def batch_order(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        """Requests of one subject set and size next to each other (first appearance order, then
+        request order), so that one pipeline call samples a subject set's cases and seeds together."""
+        groups: dict[tuple[tuple[str, ...], int, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((tuple(sorted(s.id for s in r.subjects)), r.width, r.height), []).append(i)
+        return [i for indices in groups.values() for i in indices]
 
     def prompt_for(self, request: GenerationRequest) -> str:
         """The request's prompt with each subject's token before its class noun."""

@@ -131,6 +131,12 @@ class Method(ABC):
                 f"case {request.case_id}: method {self.name!r} supports {self.min_subjects} to {most} subjects, got {n}"
             )
 
+    def batch_order(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        """The order (indices into ``requests``) in which the runner hands these requests to
+        ``generate``, in batches of ``batch_size``: e.g. those one pipeline call can serve next to
+        each other. Called once with every request of a run before the first batch; default: as given."""
+        return list(range(len(requests)))
+
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list["Image.Image"]:
         """One RGB image per request, of the requested size, deterministic given the seed."""

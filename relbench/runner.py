@@ -603,11 +603,19 @@ def _generate(method: "Method", method_plan: MethodPlan, items: list[tuple[Case,
     method_settings = method.settings()
     bar = tqdm(total=len(items), desc=f"{method.name}", unit="img", disable=not plan.progress, dynamic_ncols=True)
     waiting: deque[tuple[list["Future[None]"], list[Row]]] = deque()  # batches whose rows wait for their images
+    all_requests = [scorer.inputs.request(case, seed, width, height) for case, seed in items]
+    # Train first, then sample (methods that train per subject set on first need), in the batches
+    # the method prefers (e.g. a subject set's cases together).
+    method.train_ahead(all_requests)
+    order = method.batch_order(all_requests)
+    if sorted(order) != list(range(len(items))):
+        raise RelbenchError(f"method {method.name!r}: batch_order returned {len(order)} indices, not an order of the {len(items)} requests")
+    items, all_requests = [items[i] for i in order], [all_requests[i] for i in order]
     try:
         with ImageSaver() as saver:
             for start in range(0, len(items), method.batch_size):
                 batch = items[start : start + method.batch_size]
-                requests = [scorer.inputs.request(case, seed, width, height) for case, seed in batch]
+                requests = all_requests[start : start + method.batch_size]
                 paths = [writer.image_path(method.name, case.id, seed) for case, seed in batch]
                 # Images a killed run saved before its row are reused, not generated again; a missing
                 # or unreadable one is generated (its stale row, if any, is replaced below).

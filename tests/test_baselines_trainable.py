@@ -83,9 +83,9 @@ class CountingTrainer:
         self._main = module.main
         monkeypatch.setattr(module, "main", self)
 
-    def __call__(self, argv: list[str]) -> Any:
+    def __call__(self, argv: list[str], **kwargs: Any) -> Any:
         self.calls += 1
-        return self._main(argv)
+        return self._main(argv, **kwargs)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -182,7 +182,7 @@ def test_training_arguments_are_checked_before_any_model_loads(trainer: Any, arg
     folder = tmp_path / "imgs"
     folder.mkdir()
     photo("astronaut").save(folder / "0.png")
-    monkeypatch.setattr(trainer, "load_sdxl_parts", lambda *a, **k: pytest.fail("a model loaded before the arguments were checked"))
+    monkeypatch.setattr(common, "load_sdxl_parts", lambda *a, **k: pytest.fail("a model loaded before the arguments were checked"))
     argv = [a.replace("{d}", str(folder)) for a in argv]
     with pytest.raises(RelbenchError, match=message):
         trainer.main([*argv, "--output", str(tmp_path / "out"), "--profile", "tiny", "--device", "cpu"])
@@ -594,3 +594,91 @@ def test_full_profile_trains_and_generates_from_a_local_sdxl_folder(name: str, t
     tiny = cls(TINY, cls.settings_from_overrides(TINY, overrides))
     other = tiny.generate([request("a dog hugging a stuffed animal", ("dog", "bear"))])[0]
     assert np.abs(pixels(image) - pixels(other)).max() <= 2
+
+
+# --------------------------------------------------------------------------------------------
+# One resident SDXL, train first, then sample in batches
+
+
+def count_unet_forwards(pipe: Any) -> list[int]:
+    calls: list[int] = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+def trained_weights(name: str, folder: Path) -> dict[str, torch.Tensor]:
+    if name == "dreambooth-lora":
+        return db_train.read_lora(folder / db_train.LORA_WEIGHT_NAME)
+    state = cd_train.read_weights(folder / cd_train.WEIGHT_NAME)
+    for token in ("<new1>", "<new2>"):
+        state.update({f"{token}.{k}": v for k, v in cd_train.read_embeddings(folder, token).items()})
+    return state
+
+
+@pytest.mark.parametrize("name", list(METHOD_CLASSES))
+def test_trainings_borrow_the_methods_sdxl_and_give_the_weights_and_images_of_a_fresh_load(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    module, attr, trainer_module = METHOD_CLASSES[name]
+    cls = getattr(importlib.import_module(module), attr)
+    loads: list[int] = []
+    real_load = common.load_sdxl_parts
+    monkeypatch.setattr(common, "load_sdxl_parts", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    trainer = CountingTrainer(trainer_module, monkeypatch)
+    requests = [request("a dog hugging a stuffed animal", ("dog", "bear")), request("a dog next to a cup", ("dog", "cup"), seed=1)]
+    sets = [common.subject_set(r.subjects) for r in requests]
+
+    monkeypatch.setenv("RELBENCH_TRAINED_CACHE", str(tmp_path / "resident"))
+    method = cls(TINY)
+    assert method.lends_sdxl()  # tiny: float32 weights, no mixed precision
+    vocabulary = len(method.pipe.tokenizer)
+    method.train_ahead(requests)
+    assert trainer.calls == 2 and len(loads) == 1  # two subject sets trained on the SDXL the method loaded
+    assert len(method.pipe.tokenizer) == vocabulary and not getattr(method.pipe.unet, "peft_config", None)
+    assert all(not isinstance(p, torch.nn.Module) for p in method.pipe.unet.attn_processors.values())  # the base model again
+    resident = [trained_weights(name, method.train(s)) for s in sets]
+    images = method.generate(requests)
+
+    # Today's path: each training loads its own SDXL.
+    monkeypatch.setenv("RELBENCH_TRAINED_CACHE", str(tmp_path / "loaded"))
+    old = cls(TINY)
+    monkeypatch.setattr(old, "lends_sdxl", lambda: False)
+    old_images = old.generate(requests)
+    assert trainer.calls == 4 and len(loads) == 2 + 2
+    for got, expected in zip(resident, [trained_weights(name, old.train(s)) for s in sets]):
+        assert got.keys() == expected.keys()
+        for key in got:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    for a, b in zip(images, old_images):
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
+
+
+@pytest.mark.parametrize("name", list(METHOD_CLASSES))
+def test_a_subject_sets_cases_and_seeds_share_a_pipeline_call(name: str, trained_cache: Path) -> None:
+    import importlib
+
+    module, attr, _ = METHOD_CLASSES[name]
+    method = getattr(importlib.import_module(module), attr)(TINY)
+    # Case-major, as the runner lists them: two cases of each of two subject sets, two seeds each.
+    cases = [("a dog hugging a stuffed animal", ("dog", "bear")), ("a dog next to a cup", ("dog", "cup")),
+             ("a stuffed animal on a dog", ("bear", "dog")), ("a cup under a dog", ("cup", "dog"))]
+    requests = [request(prompt, ids, seed=seed, case=f"c{i}") for i, (prompt, ids) in enumerate(cases) for seed in (0, 1)]
+    order = method.batch_order(requests)
+    assert order == [0, 1, 4, 5, 2, 3, 6, 7]  # (bear, dog) in either order, then (cup, dog)
+    method.train_ahead(requests)
+    calls = count_unet_forwards(method.pipe)
+    alone = [method.generate([r])[0] for r in requests]
+    assert len(calls) == 8 * 2  # one call per image, two steps each (guidance in the same forward)
+    del calls[:]
+    by_batch = {}
+    for start in range(0, len(order), method.batch_size):  # the runner's batches
+        batch = order[start : start + method.batch_size]
+        by_batch.update(zip(batch, method.generate([requests[i] for i in batch])))
+    assert len(calls) == 2 * 2  # one call per subject set (4 images each)
+    del calls[:]
+    for start in range(0, len(requests), method.batch_size):  # without the order: both sets in each batch
+        method.generate(requests[start : start + method.batch_size])
+    assert len(calls) == 4 * 2
+    for i, image in enumerate(alone):
+        assert np.abs(pixels(image) - pixels(by_batch[i])).max() <= 2  # the image of one call per request (float noise)

@@ -172,3 +172,34 @@ def test_generate_gives_reversion_the_benchmarks_exemplars(tmp_path: Path, monke
     assert Image.open(out).size == (64, 64)
     (texts,) = (tmp_path / "cache").rglob("exemplars/text.json")  # the token was trained on the benchmark's poses
     assert json.loads(texts.read_text()) == {"000.png": ["astronaut {} rocket"], "001.png": ["cup {} table"]}
+
+
+def test_evaluate_trains_ahead_then_generates_in_the_methods_batch_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relbench.methods.reference_collage.method import ReferenceCollage
+
+    seen: list[tuple[str, list[tuple[str, int]]]] = []
+    real = ReferenceCollage.generate
+    monkeypatch.setattr(ReferenceCollage, "batch_size", 3)
+    monkeypatch.setattr(ReferenceCollage, "train_ahead", lambda self, requests: seen.append(("train", [(r.case_id, r.seed) for r in requests])))
+    monkeypatch.setattr(ReferenceCollage, "batch_order", lambda self, requests: [i for i in range(len(requests)) if requests[i].seed == 1]
+                        + [i for i in range(len(requests)) if requests[i].seed == 0])
+    monkeypatch.setattr(ReferenceCollage, "generate", lambda self, requests: seen.append(("generate", [(r.case_id, r.seed) for r in requests]))
+                        or real(self, requests))
+    summary = evaluate(EvaluateOptions(benchmark="demo", output=tmp_path / "run", methods=["reference-collage"], metrics=["none"],
+                                       limit=2, seeds=(0, 1), progress=False))
+    cases = ["astronaut-hug-cat", "astronaut-carry-coffee"]
+    assert seen == [
+        ("train", [(c, s) for c in cases for s in (0, 1)]),  # every request first, in the runner's order
+        ("generate", [(cases[0], 1), (cases[1], 1), (cases[0], 0)]),  # then the method's order, in batches of its size
+        ("generate", [(cases[1], 0)]),
+    ]
+    assert summary.rows == 4
+
+
+def test_a_batch_order_that_is_not_a_permutation_is_one_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relbench.methods.reference_collage.method import ReferenceCollage
+
+    monkeypatch.setattr(ReferenceCollage, "batch_order", lambda self, requests: [0, 0])
+    with pytest.raises(RelbenchError, match="method 'reference-collage': batch_order returned 2 indices, not an order of the 2 requests"):
+        evaluate(EvaluateOptions(benchmark="demo", output=tmp_path / "run", methods=["reference-collage"], metrics=["none"],
+                                 limit=1, seeds=(0, 1), progress=False))

@@ -151,6 +151,14 @@ class CustomDiffusion(SubjectFinetuneMethod):
                      "--prior-loss-weight", repr(c.prior_loss_weight), "--class-data-dir", str(cache_root() / self.name / "class-images" / what)]
         return argv
 
+    def deactivate(self) -> None:
+        pipe = self.pipe
+        if self.loaded_tokens:
+            pipe.unload_textual_inversion(tokens=self.loaded_tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+            pipe.unload_textual_inversion(tokens=self.loaded_tokens, tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2)
+            self.loaded_tokens = []
+        pipe.unet.set_attn_processor(dict(self.base_processors))
+
     def activate(self, folder: Path, subjects: Sequence[SubjectInput]) -> None:
         import json
 
@@ -166,11 +174,7 @@ class CustomDiffusion(SubjectFinetuneMethod):
         if recorded != tokens:
             raise RelbenchError(f"{folder / TOKENS_FILE}: trained tokens {recorded} differ from {tokens}; delete the folder to retrain")
         pipe = self.pipe
-        if self.loaded_tokens:
-            pipe.unload_textual_inversion(tokens=self.loaded_tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
-            pipe.unload_textual_inversion(tokens=self.loaded_tokens, tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2)
-            self.loaded_tokens = []
-        pipe.unet.set_attn_processor(dict(self.base_processors))
+        self.deactivate()
         path = folder / WEIGHT_NAME
         procs = processors_from_state(pipe.unet, read_weights(path), path)
         install_processors(pipe.unet, {name: proc.to(dtype=pipe.unet.dtype) for name, proc in procs.items()})

@@ -46,17 +46,21 @@ import argparse
 import json
 import random
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from relbench.atomic import atomic_save_safetensors, atomic_write_text
 from relbench.errors import RelbenchError
 from relbench.methods.finetune_common import (
-    SubjectTrainingDefaults, add_common_arguments, check_prompt_templates, check_single_tokens, class_folder,
-    encode_sdxl_prompts, ensure_class_images, epoch_order, load_rgb, load_sdxl_parts, model_ref, place, split_list,
-    to_pixels, tokenize, validate_common_arguments, write_training_config,
+    Prefetcher, SubjectTrainingDefaults, add_common_arguments, check_prompt_templates, check_single_tokens, class_folder,
+    encode_sdxl_prompts, ensure_class_images, epoch_order, load_rgb, model_ref, place, split_list, to_pixels, tokenize,
+    training_sdxl, validate_common_arguments, write_training_config,
 )
-from relbench.training import ArgumentParser, TrainingJob, make_accelerator, run_cli, run_training, weight_dtype_name
+from relbench.training import (
+    ArgumentParser, MicroStep, TrainingJob, make_accelerator, run_cli, run_training, step_seed, weight_dtype_name,
+)
 
 DEFAULTS = SubjectTrainingDefaults(
     steps_per_subject=250, learning_rate=1e-5, train_batch_size=2, gradient_accumulation_steps=2,
@@ -337,16 +341,46 @@ def class_view(image: Any, size: int, rng: random.Random, hflip: bool) -> Any:
 # Training
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Train; returns the output folder (weights, one embedding file per token, tokens.json)."""
+def main(argv: list[str] | None = None, sdxl: "tuple[dict[str, Any], str | None] | None" = None) -> Path:
+    """Train; returns the output folder (weights, one embedding file per token, tokens.json).
+
+    ``sdxl``: (parts, revision) of an SDXL already in memory to train on instead of loading one
+    (``finetune_common.lend_parts``, the method's own); its UNet and text encoders are put back as
+    they were when done (``keep_base``)."""
     args = parse_args(argv)
     accelerator = make_accelerator(args)
-    return run_training(accelerator, args, training_job(args, accelerator), desc=f"custom-diffusion {'+'.join(c.class_noun for c in args.concepts)}")
+    with ExitStack() as stack:
+        if sdxl is not None:
+            stack.callback(keep_base(sdxl[0]))
+        return run_training(accelerator, args, training_job(args, accelerator, sdxl, stack),
+                            desc=f"custom-diffusion {'+'.join(c.class_noun for c in args.concepts)}")
 
 
-def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
+def keep_base(parts: dict[str, Any]) -> Callable[[], None]:
+    """A function that undoes what training adds inside lent SDXL modules: the UNet's attention
+    processors go back, the text encoders lose the new-token modules and the new rows of their
+    token tables (the kept rows are copied unchanged)."""
+    unet, encoders = parts["unet"], [parts["text_encoder"], parts["text_encoder_2"]]
+    processors = dict(unet.attn_processors)
+    sizes = [encoder.get_input_embeddings().num_embeddings for encoder in encoders]
+
+    def restore() -> None:
+        unet.set_attn_processor(dict(processors))
+        for encoder, size in zip(encoders, sizes):
+            module = encoder._modules.pop("relbench_new_tokens", None)
+            if module is not None:
+                module.handle.remove()
+            if encoder.get_input_embeddings().num_embeddings != size:
+                encoder.resize_token_embeddings(size, mean_resizing=False)
+
+    return restore
+
+
+def training_job(args: argparse.Namespace, accelerator: Any, sdxl: "tuple[dict[str, Any], str | None] | None" = None,
+                 stack: ExitStack | None = None) -> TrainingJob:
     """Cross-attention K/V (Q and out with ``--freeze-model crossattn``) and the modifier tokens'
-    embeddings, on freshly augmented images every step."""
+    embeddings, on freshly augmented images every step (made on a worker thread ahead of the step;
+    ``stack`` closes it, else it ends with the process)."""
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -355,8 +389,7 @@ def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
 
     device = accelerator.device
     ref = model_ref(args)
-    with accelerator.main_process_first():  # one process fills the HF cache, the others read it
-        parts, revision = load_sdxl_parts(ref, weight_dtype_name(accelerator), args.variant, args.tiny_seed)
+    parts, revision = training_sdxl(args, accelerator, sdxl)
     tokenizers = [parts["tokenizer"], parts["tokenizer_2"]]
     check_single_tokens(tokenizers, args.initializer_tokens, "--initializer-tokens")
     dtype = torch_dtype(weight_dtype_name(accelerator))
@@ -394,12 +427,15 @@ def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
     stamps = torch.tensor([[args.resolution, args.resolution, 0, 0, args.resolution, args.resolution]], device=device, dtype=dtype)
     batch = args.train_batch_size
 
-    def micro_step(modules: list[Any], stream: Any) -> tuple[Any, dict[str, Any]]:
-        model, te1, te2 = modules
-        generator = stream.generator(device)
+    def make_batch(index: int) -> tuple[Any, Any, list[Any]]:
+        """Micro-step ``index``'s augmented pixels, loss masks and token ids (both tokenizers), on
+        the host (pinned on a GPU): the PIL work, off the training thread."""
+        stream = MicroStep(index, accelerator.process_index, step_seed(args.seed, index, accelerator.process_index))
         first = (stream.index * accelerator.num_processes + stream.process) * batch
-        # The augmentation's randomness comes from the step's stream too: resumed runs see the same batches.
-        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator, device=device)))
+        # The augmentation's randomness comes from the step's stream too: resumed runs see the same
+        # batches. The value read here is the first draw of the step's generator (micro_step draws it
+        # again, unread, to keep its stream where it was).
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=stream.generator(device), device=device)))
         pixels, masks, prompts = [], [], []
         for b in range(batch):
             image, concept = instances[epoch_order(args.seed, first + b, len(instances))]
@@ -413,17 +449,31 @@ def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
                 pixels.append(class_view(image, args.resolution, rng, args.hflip))
                 masks.append(torch.ones_like(masks[0]))
                 prompts.append(class_prompts[concept])
+        host = [torch.stack(pixels), torch.stack(masks)[:, None], *(tokenize(t, prompts) for t in tokenizers)]
+        if device.type == "cuda":
+            host = [t.pin_memory() for t in host]  # so that the step's copies do not wait for the device
+        return host[0], host[1], host[2:]
+
+    prefetcher = Prefetcher(make_batch, end=args.max_train_steps * args.gradient_accumulation_steps)
+    if stack is not None:
+        stack.callback(prefetcher.close)
+
+    def micro_step(modules: list[Any], stream: Any) -> tuple[Any, dict[str, Any]]:
+        model, te1, te2 = modules
+        generator = stream.generator(device)
+        torch.randint(0, 2**62, (1,), generator=generator, device=device)  # make_batch's draw: the rest of the stream as before
+        host_pixels, host_mask, ids = prefetcher.get(stream.index)
         with torch.no_grad():
-            dist = vae.encode(torch.stack(pixels).to(device, vae.dtype)).latent_dist
+            dist = vae.encode(host_pixels.to(device, vae.dtype, non_blocking=True)).latent_dist
             latents = (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator, device=device)) * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator, device=device)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        embeds, pooled = encode_sdxl_prompts([te1, te2], [tokenize(t, prompts) for t in tokenizers])
+        embeds, pooled = encode_sdxl_prompts([te1, te2], [t.to(device, non_blocking=True) for t in ids])
         pred = model(noisy.to(dtype), timesteps, embeds.to(dtype),
                      added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": stamps.expand(latents.shape[0], -1)}).sample
         target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
-        mask = torch.stack(masks).to(device)[:, None]
+        mask = host_mask.to(device, non_blocking=True)
         # The examples' masked loss: squared error summed over the image's channels and cells, over
         # the mask's cell count (so 4x a per-element mean for 4 latent channels), then the batch mean.
         error = F.mse_loss(pred.float(), target.float(), reduction="none")

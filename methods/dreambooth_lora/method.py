@@ -163,5 +163,11 @@ class DreamBoothLoRA(SubjectFinetuneMethod):
         self.pipe.set_adapters([name], adapter_weights=[self.config.lora_scale])
         self.adapter = name
 
+    def deactivate(self) -> None:
+        # The LoRA layers themselves go (not only the adapter): a training's LoRA then starts on plain layers.
+        if self.adapter is not None:
+            self.pipe.unload_lora_weights()
+            self.adapter = None
+
     def negative_prompt(self) -> str | None:
         return self.config.negative_prompt or None

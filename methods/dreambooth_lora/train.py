@@ -36,8 +36,8 @@ from relbench.errors import RelbenchError
 from relbench.methods.dreamrelation.lora import read_lora_file as read_lora  # the one reader of diffusers' SDXL LoRA files
 from relbench.methods.finetune_common import (
     RARE_TOKENS, SubjectTrainingDefaults, add_common_arguments, check_prompt_templates, check_single_tokens, class_folder,
-    encode_sdxl_prompts, ensure_class_images, epoch_order, load_rgb, load_sdxl_parts, model_ref, place, resize_and_crop,
-    split_list, time_ids, to_pixels, tokenize, validate_common_arguments, write_training_config,
+    draw_schedule, encode_sdxl_prompts, ensure_class_images, load_rgb, model_ref, place, resize_and_crop, split_list,
+    time_ids, to_pixels, tokenize, training_sdxl, validate_common_arguments, write_training_config,
 )
 from relbench.training import ArgumentParser, TrainingJob, make_accelerator, run_cli, run_training, weight_dtype_name
 
@@ -190,14 +190,28 @@ def set_lora(unet: Any, path: Path) -> None:
 # Training
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Train; returns the path of the saved ``pytorch_lora_weights.safetensors``."""
+def main(argv: list[str] | None = None, sdxl: "tuple[dict[str, Any], str | None] | None" = None) -> Path:
+    """Train; returns the path of the saved ``pytorch_lora_weights.safetensors``.
+
+    ``sdxl``: (parts, revision) of an SDXL already in memory to train on instead of loading one
+    (``finetune_common.lend_parts``, the method's own); its UNet loses the LoRA layers when done."""
     args = parse_args(argv)
     accelerator = make_accelerator(args)
-    return run_training(accelerator, args, training_job(args, accelerator), desc=f"dreambooth-lora {'+'.join(c.class_noun for c in args.concepts)}")
+    try:
+        return run_training(accelerator, args, training_job(args, accelerator, sdxl),
+                            desc=f"dreambooth-lora {'+'.join(c.class_noun for c in args.concepts)}")
+    finally:
+        if sdxl is not None:
+            remove_lora(sdxl[0]["unet"])
 
 
-def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
+def remove_lora(unet: Any) -> None:
+    """The UNet without any peft LoRA layer (its original linear layers back in place)."""
+    if getattr(unet, "peft_config", None):
+        unet.unload_lora()
+
+
+def training_job(args: argparse.Namespace, accelerator: Any, sdxl: "tuple[dict[str, Any], str | None] | None" = None) -> TrainingJob:
     """The UNet LoRA on the concepts' cached latents (and class images' with prior preservation)."""
     import torch
     import torch.nn.functional as F
@@ -207,8 +221,7 @@ def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
 
     device = accelerator.device
     ref = model_ref(args)
-    with accelerator.main_process_first():  # one process fills the HF cache, the others read it
-        parts, revision = load_sdxl_parts(ref, weight_dtype_name(accelerator), args.variant, args.tiny_seed)
+    parts, revision = training_sdxl(args, accelerator, sdxl)
     check_single_tokens([parts["tokenizer"], parts["tokenizer_2"]], args.tokens, "--tokens")
     dtype = torch_dtype(weight_dtype_name(accelerator))
     place(parts, device)
@@ -234,10 +247,14 @@ def training_job(args: argparse.Namespace, accelerator: Any) -> TrainingJob:
     noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
     scaling = float(parts["vae"].config.scaling_factor)
     batch = args.train_batch_size
+    # Which samples each micro-step draws, for the whole run, on the device once: no host -> device
+    # copy (a stream sync) per step. Row n: micro-step n of this process.
+    micro_steps = args.max_train_steps * args.gradient_accumulation_steps
+    schedules = [draw_schedule(args.seed + order, encoded.size, micro_steps, batch, accelerator.num_processes,
+                               accelerator.process_index, device) for order, encoded in enumerate((instances, classes)) if encoded is not None]
 
     def draw(encoded: EncodedSet, stream: Any, generator: Any, order: int) -> tuple[Any, ...]:
-        first = (stream.index * accelerator.num_processes + stream.process) * batch
-        index = torch.tensor([epoch_order(args.seed + order, first + b, encoded.size) for b in range(batch)], device=device)
+        index = schedules[order][stream.index]
         mean, std = encoded.latent_mean[index], encoded.latent_std[index]
         latents = (mean + std * torch.randn(mean.shape, generator=generator, device=device)) * scaling
         prompt = encoded.prompt[index]
