@@ -235,12 +235,12 @@ def write_jobs(sweep: "Sweep", jobs: dict[str, dict[str, Any]]) -> None:
     atomic_write_json(sweep.output / JOBS_FILE, jobs)
 
 
-def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """Slurm job id (``123`` or ``123_4``) -> state, for the jobs still in the queue."""
+def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Slurm job id (``123`` or ``123_4``) -> (state, reason), for the jobs still in the queue."""
     if not job_ids:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "--jobs", ",".join(sorted({i.split('_')[0] for i in job_ids}))],
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T %r", "--jobs", ",".join(sorted({i.split('_')[0] for i in job_ids}))],
                              capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RelbenchError(f"squeue: cannot ask Slurm for the sweep's jobs ({exc})") from exc
@@ -248,9 +248,9 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
         raise RelbenchError(f"squeue: {out.stderr.strip() or 'failed'}")
     states = {}
     for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
+        parts = line.split(maxsplit=2)
+        if len(parts) >= 2:
+            states[parts[0]] = (parts[1], parts[2] if len(parts) == 3 else "")
     return states
 
 
@@ -282,9 +282,10 @@ def sweep_status(sweep: "Sweep", runs: list["PlannedRun"]) -> list[PointStatus]:
             continue
         job_id = str(entry.get("job_id"))
         if entry.get("launcher") == "slurm":
-            state = queue.get(job_id)
+            state, reason = queue.get(job_id, (None, ""))
             if state in ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"):
-                out.append(PointStatus(key, "pending", done, total, job_id, state.lower()))
+                shown = reason if reason and reason != "None" else ""  # e.g. Dependency, Resources, Priority
+                out.append(PointStatus(key, "pending", done, total, job_id, state.lower() if state != "PENDING" else shown))
             elif state is not None:
                 out.append(PointStatus(key, "running", done, total, job_id))
             else:

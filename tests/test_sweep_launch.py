@@ -163,12 +163,14 @@ def test_sbatch_scripts_and_submitit_calls(tmp_path: Path, fake_slurm: Path) -> 
     assert record["demo/reference-collage-2"]["stdout"].endswith("1002_2/1002_2_0_log.out")
 
     # Queued and running jobs are not submitted again; status reads them from squeue.
-    (fake_slurm / "queue").write_text("1001 RUNNING\n" + "".join(f"1002_{i} PENDING\n" for i in range(4)) +
-                                      "1003_0 PENDING\n1003_1 PENDING\n")
+    (fake_slurm / "queue").write_text("1001 RUNNING None\n" + "".join(f"1002_{i} PENDING Priority\n" for i in range(4)) +
+                                      "1003_0 PENDING Dependency\n1003_1 PENDING Dependency\n")
     assert select_jobs(sweep, runs, sweep_jobs(sweep, runs), retry_failed=False) == []
-    assert {p.key: (p.state, p.job) for p in sweep_status(sweep, runs)}["demo/reference-collage-1"] == ("pending", "1002_1")
+    status = {p.key: (p.state, p.job, p.detail) for p in sweep_status(sweep, runs)}
+    assert status["demo/reference-collage-1"] == ("pending", "1002_1", "Priority")
+    assert status["demo/dreambooth-lora-0"] == ("pending", "1003_0", "Dependency")
     # Gone from the queue without their rows: failed, with the last lines of the log.
-    (fake_slurm / "queue").write_text("1002_0 RUNNING\n")
+    (fake_slurm / "queue").write_text("1002_0 RUNNING None\n")
     log = Path(record["demo/reference-collage-3"]["stderr"])
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("loading\nTraceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
@@ -191,7 +193,8 @@ def test_sweep_status_and_retry_from_the_cli(tmp_path: Path, fake_slurm: Path) -
         "    | no log (the job did not start, or was cancelled before)",
         "0 done, 0 running, 0 pending, 1 failed",
     ]
-    (fake_slurm / "queue").write_text("1001 PENDING\n")
+    (fake_slurm / "queue").write_text("1001 PENDING Resources\n")
+    assert relbench("sweep", "status", str(path)).stdout.splitlines()[0] == "pending  demo/reference-collage: 0/2 items [1001] (Resources)"
     assert "nothing to start" in relbench("sweep", str(path), "-q").stdout
     (fake_slurm / "queue").write_text("")
     assert "submitted demo/reference-collage: job 1002" in relbench("sweep", str(path), "--retry-failed").stdout
