@@ -234,6 +234,35 @@ def test_epoch_order_shuffles_every_epoch_and_visits_each_item_once() -> None:
     assert [common.epoch_order(0, d, 5) for d in (7, 3, 7)] == [second[2], first[3], second[2]]  # a pure function of (seed, draw)
 
 
+def test_draw_schedule_holds_each_micro_steps_epoch_order_draws_and_micro_batches_draw_what_accumulation_draws() -> None:
+    # The draws the step loop used to make one at a time: micro-step n of process p draws (n x P + p) x batch + b.
+    schedule = common.draw_schedule(3, 5, micro_steps=8, batch=2, processes=2, process=1, device="cpu")
+    assert schedule.dtype == torch.long and tuple(schedule.shape) == (8, 2)
+    assert schedule.tolist() == [[common.epoch_order(3, (n * 2 + 1) * 2 + b, 5) for b in range(2)] for n in range(8)]
+    # One micro-batch of 4 per step draws the images of 4 accumulated micro-batches of 1 (the default 1 x 4).
+    one_by_four = common.draw_schedule(0, 7, micro_steps=12, batch=1, processes=1, process=0, device="cpu")
+    four_by_one = common.draw_schedule(0, 7, micro_steps=3, batch=4, processes=1, process=0, device="cpu")
+    assert torch.equal(one_by_four.reshape(3, 4), four_by_one)
+
+
+def test_prefetcher_makes_the_next_steps_on_one_worker_thread_in_order() -> None:
+    import threading
+
+    made: list[tuple[int, str]] = []
+
+    def make(index: int) -> int:
+        made.append((index, threading.current_thread().name))
+        return index * 10
+
+    prefetcher = common.Prefetcher(make, end=5, depth=2)
+    try:
+        assert [prefetcher.get(i) for i in (2, 3, 4)] == [20, 30, 40]  # a resumed run starts anywhere
+    finally:
+        prefetcher.close()
+    assert [i for i, _ in made] == [2, 3, 4]  # ahead up to the end, each once, in order
+    assert all(name.startswith("relbench-batches") for _, name in made)  # never on the training thread
+
+
 # --------------------------------------------------------------------------------------------
 # DreamBooth-LoRA
 
