@@ -249,13 +249,14 @@ def report(
     formats: Annotated[Optional[str], typer.Option("--format", help="Also write the tables next to the page: csv, parquet or csv,parquet.")] = None,
     headline: HeadlineOption = None,
     common_cases: CasesOption = True,
+    self_contained: Annotated[bool, typer.Option("--self-contained", help="Embed downscaled images in index.html: one file to mail or attach (default: link the run's images; move the report folder together with the run folder).")] = False,
 ) -> None:
     """Write the HTML report and leaderboard CSV of one or more runs."""
     from relbench.reports.html import build_report
     from relbench.sweep_launch import partial_notes
 
     found = _expand_run_dirs(list(run_dirs))
-    files = build_report(found, output, formats, headline, "common" if common_cases else "all")
+    files = build_report(found, output, formats, headline, "common" if common_cases else "all", self_contained=self_contained)
     for note in [*files.notes, *partial_notes(found)]:  # runs a sweep's jobs are still filling
         typer.echo(note)
     typer.echo(f"leaderboard: {files.leaderboard}")

@@ -46,12 +46,14 @@ import pandas as pd
 from relbench.errors import RelbenchError, output_errors
 from relbench.reports import plots
 from relbench.reports.judge_check import judge_check_section
+from relbench.reports.groups import MetricGroup, metric_groups
+from relbench.reports.pictures import REFERENCE_HEIGHT, THUMBNAIL_WIDTH, Layouts, Pictures, case_layouts
 from relbench.reports.leaderboard import (
     RunSet, best_mask, board_notes, build_leaderboard, case_set_note, load_runs, save_csv,
 )
 from relbench.reports.stats import (
     BOOTSTRAP_METHOD, COMMON, CONFIDENCE, DIFFER, GROUP_COLUMNS, MIN_CASES_FOR_BEST, N_RESAMPLES, SEED, Headline,
-    breakdown, overlapping_pairs,
+    breakdown, computed_metrics, overlapping_pairs,
 )
 from relbench.reports.tables import (
     FAILURE_FLAGS, FLAG_RULES, VERDICT_KEY, detail_number, failure_flags, judge_metrics,
@@ -61,9 +63,8 @@ from relbench.reports.tables import (
 REPORT_DIR = "report"
 PAGE = "index.html"
 LEADERBOARD_CSV = "leaderboard.csv"
-THUMBNAIL_WIDTH = 160  # px; the full-size image is one click away
 FORMATS = ("csv", "parquet")
-MAX_LISTED_PAIRS = 10  # overlapping pairs named in the warning; the rest are counted
+MAX_LISTED_PAIRS = 5  # overlapping pairs named in the warning; the rest are counted
 
 TINY_BANNER = (
     "Tiny profile: every score on this page comes from small models with random weights. "
@@ -92,37 +93,70 @@ IDENTITY_METRICS: tuple[str, ...] = ("identity_dino", "identity_clip", "dino", "
 RELATION_METRICS: tuple[str, ...] = ("clip_r",)
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
-h1 { margin-bottom: 0.2rem; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.5rem; vertical-align: top; text-align: left; }
-th { background: #f3f3f3; }
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; font-size: 15px; }
+h1 { margin-bottom: 0.2rem; font-size: 1.6rem; }
+h2 { margin: 1.6rem 0 0.4rem; }
+h3 { margin: 0.2rem 0; font-size: 1rem; }
+nav { margin: 0.3rem 0 0.8rem; } nav a { margin-right: 0.9rem; }
+table { border-collapse: collapse; margin: 0.3rem 0 1rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.45rem; vertical-align: top; text-align: left; }
+th { background: #f3f3f3; font-weight: 600; }
+th.headline { background: #dde8f7; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { font-weight: bold; background: #e3f5e1; }
-.ci { color: #555; font-weight: normal; font-size: 0.85em; }
+.ci, .n { color: #555; font-weight: normal; font-size: 0.8em; }
 code, .mono { font-family: ui-monospace, monospace; font-size: 0.9em; }
-.banner { border: 3px solid #c00; background: #fff0f0; color: #900; padding: 0.8rem 1rem;
-          font-size: 1.15rem; font-weight: bold; margin: 1rem 0; }
-.warning { border: 2px solid #b80; background: #fff8e0; color: #640; padding: 0.6rem 1rem; margin: 1rem 0; }
+.banner { border: 3px solid #c00; background: #fff0f0; color: #900; padding: 0.6rem 1rem;
+          font-size: 1.05rem; font-weight: bold; margin: 0.8rem 0; }
+.warning { border: 2px solid #b80; background: #fff8e0; color: #640; padding: 0.5rem 1rem; margin: 0.8rem 0; }
 .settings { margin: 0; padding: 0; list-style: none; }
 .muted { color: #777; font-size: 0.85em; }
+.groups { display: flex; flex-wrap: wrap; gap: 0 1.5rem; align-items: flex-start; }
+.groups > div { max-width: 100%%; overflow-x: auto; }
+details.section { margin: 0.6rem 0; border-top: 1px solid #ddd; padding-top: 0.3rem; }
+details.section > summary { cursor: pointer; }
+details.section > summary h2 { display: inline; font-size: 1.2rem; margin: 0; }
 tr.paper td { color: #555; }
-figure { display: inline-block; margin: 0 0.4rem 0.4rem 0; width: %dpx; }
-figure img { display: block; border: 1px solid #ddd; }
-figcaption { font-size: 0.8em; }
+.case { border-top: 1px solid #ccc; padding: 0.6rem 0 0.4rem; }
+.case[hidden] { display: none; }
+.case-head { display: flex; gap: 1rem; align-items: flex-start; margin-bottom: 0.4rem; }
+.case-text { max-width: 34rem; }
+.prompt { font-size: 1.05em; font-weight: 600; }
+.refs { display: flex; gap: 0.5rem; }
+.ref { font-size: 0.75em; text-align: center; }
+.ref img { display: block; height: %dpx; width: auto; border: 3px solid; }
+.cells { display: flex; flex-wrap: wrap; gap: 0.5rem 0.8rem; }
+.cell > .who { font-size: 0.8em; font-weight: 600; margin-bottom: 0.15rem; }
+figure { display: inline-block; margin: 0 0.3rem 0.3rem 0; width: %dpx; vertical-align: top; }
+.shot { position: relative; display: block; line-height: 0; }
+.shot img { display: block; border: 1px solid #ddd; max-width: 100%%; height: auto; }
+.box { display: none; position: absolute; border: 2px solid; box-sizing: border-box; pointer-events: none; }
+body.boxes .box { display: block; }
+figcaption { font-size: 0.78em; }
+figcaption details summary { cursor: pointer; color: #555; }
 .flag { color: #b00; font-weight: bold; }
-.missing { width: %dpx; height: %dpx; border: 1px dashed #c00; color: #c00; font-size: 0.8em; }
+.missing { width: %dpx; height: %dpx; border: 1px dashed #c00; color: #c00; font-size: 0.8em; line-height: 1.2; }
 #filters { margin: 0.5rem 0 1rem; }
-svg.plot { max-width: 100%%; height: auto; display: block; margin: 0.5rem 0 1rem; }
-""" % (THUMBNAIL_WIDTH, THUMBNAIL_WIDTH, THUMBNAIL_WIDTH) + plots.SVG_CSS
+.plots { display: flex; flex-wrap: wrap; gap: 0.5rem 1.5rem; align-items: flex-start; }
+.plots figure.chart { width: auto; max-width: 100%%; margin: 0; }
+.plots figure.chart figcaption { font-size: 0.85em; font-weight: 600; }
+.legend { font-size: 0.85em; margin: 0.2rem 0; } .key { margin-right: 1rem; white-space: nowrap; }
+.swatch { display: inline-block; width: 0.75em; height: 0.75em; border-radius: 50%%; margin-right: 0.3em; vertical-align: middle; }
+svg.plot { max-width: 100%%; height: auto; display: block; margin: 0.3rem 0 0.6rem; }
+""" % (REFERENCE_HEIGHT, THUMBNAIL_WIDTH, THUMBNAIL_WIDTH, THUMBNAIL_WIDTH) + plots.SVG_CSS
 
-# The failure filter. Cases are <tr class="case" data-flags="flag ...">; the page's URL may preselect
-# flags with "#only=flag,flag" (a link to the failures; also how the browser test drives it).
+# Colours of the layout boxes and of the matching reference thumbnails' borders, by subject position.
+BOX_COLORS: tuple[str, ...] = ("#e6194b", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+
+# The failure filters and the layout-box toggle. Cases are <div class="case" data-flags="flag ...">;
+# the page's URL may preselect flags with "#only=flag,flag" (a link to the failures; also how the
+# browser test drives it) and the boxes with "boxes" anywhere in the fragment ("#boxes").
 SCRIPT = """
 (function () {
-  var boxes = Array.prototype.slice.call(document.querySelectorAll('#filters input[type=checkbox]'));
-  var rows = Array.prototype.slice.call(document.querySelectorAll('tr.case'));
+  var boxes = Array.prototype.slice.call(document.querySelectorAll('#filters input[name=flag]'));
+  var rows = Array.prototype.slice.call(document.querySelectorAll('div.case'));
   var status = document.getElementById('filter-status');
+  var layout = document.getElementById('show-boxes');
   function apply() {
     var on = boxes.filter(function (b) { return b.checked; }).map(function (b) { return b.value; });
     var shown = 0;
@@ -135,14 +169,18 @@ SCRIPT = """
     status.textContent = 'showing ' + shown + ' of ' + rows.length + ' cases';
     document.body.setAttribute('data-filter', on.join(' '));
   }
+  function showBoxes() { document.body.classList.toggle('boxes', layout.checked); }
   var wanted = /only=([a-z_,]+)/.exec(window.location.hash);
   if (wanted) {
     wanted[1].split(',').forEach(function (flag) {
       boxes.forEach(function (b) { if (b.value === flag && !b.disabled) { b.checked = true; } });
     });
   }
+  if (/boxes/.test(window.location.hash)) { layout.checked = true; }
   boxes.forEach(function (b) { b.addEventListener('change', apply); });
+  layout.addEventListener('change', showBoxes);
   apply();
+  showBoxes();
   document.body.setAttribute('data-ready', 'yes');
 }());
 """
@@ -213,6 +251,21 @@ class ReportData:
     labels: dict[Key, str] = field(default_factory=dict)
     headline_reason: str = ""  # why ``headline`` is that metric (or none)
     cases: str = COMMON  # the case view (stats.CASE_VIEWS)
+    groups: list[MetricGroup] = field(default_factory=list)  # the metrics as the page groups them
+    layouts: Layouts | None = None  # the cases' subjects' reference files and layout boxes
+
+    def label_order(self) -> list[str]:
+        """Configuration labels in leaderboard order (best first on the headline)."""
+        return [self.labels.get(_key(r), str(r["method"])) for r in self.table.to_dict("records")]
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Per metric, its declared range from run.json (``metrics.<name>.range``), where numeric."""
+        out = {}
+        for name, entry in self.run_set.metric_info().items():
+            bounds = entry.get("range")
+            if isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+                out[name] = (float(bounds[0]), float(bounds[1]))
+        return out
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -249,6 +302,7 @@ def collect(run_dirs: Sequence[str | Path], headline: str | None = None, cases: 
     samples = run_set.samples
     metrics = metric_columns(samples)
     board = build_leaderboard(run_set, headline, cases)
+    judge = judge_metrics(samples) if not samples.empty else []
     return ReportData(
         run_set=run_set,
         summary=board.summary,
@@ -262,6 +316,8 @@ def collect(run_dirs: Sequence[str | Path], headline: str | None = None, cases: 
         labels=config_labels(board.table),
         headline_reason=board.headline.reason,
         cases=cases,
+        groups=metric_groups(computed_metrics(samples), judge, board.headline.metric),
+        layouts=case_layouts(run_set.runs),
     )
 
 
@@ -334,70 +390,122 @@ def _view_text(data: ReportData) -> str:
     return f"Case view: {view}." + (f' <span id="case-sets">{_e(note)}.</span>' if note else "")
 
 
-def _leaderboard_section(data: ReportData, leaderboard_link: str) -> str:
-    table, metrics = data.table, data.metrics
-    best = {metric: best_mask(table, metric, data.directions.get(metric)).tolist() for metric in metrics}
-    nan_counts = {(_key(r), r["metric"]): r["n_nan"] for r in data.summary.to_dict("records")}
-    head = "".join(
-        f"<th{HEADLINE_CLASS if metric == data.headline else ''}>{_e(metric)}{_arrow(data.directions.get(metric))}"
-        f"{_case_set_flag(table, metric)}</th>"
-        for metric in metrics
+def _lb_cell(record: dict[str, Any], metric: str, best: bool, n_nan: int) -> str:
+    note = f' <span class="muted">({n_nan} n/a)</span>' if n_nan else ""
+    return (
+        f'<td class="{"num best" if best else "num"}"><span class="mean">{_fmt(record[metric])}</span>'
+        f"{_ci_text(record[f'{metric}_ci_low'], record[f'{metric}_ci_high'])}"
+        f' <span class="n">n={int(record[f"{metric}_n"])}</span>{note}</td>'
     )
+
+
+def _metric_head(data: ReportData, metric: str) -> str:
+    cls = HEADLINE_CLASS if metric == data.headline else ""
+    return f"<th{cls}>{_e(metric)}{_arrow(data.directions.get(metric))}{_case_set_flag(data.table, metric)}</th>"
+
+
+def _leaderboard_section(data: ReportData, leaderboard_link: str) -> str:
+    table = data.table
+    nan_counts = {(_key(r), r["metric"]): r["n_nan"] for r in data.summary.to_dict("records")}
+    records = table.to_dict("records")
     parts = [
         '<h2 id="leaderboard">Leaderboard</h2>',
         f'<p id="headline">{_headline_text(data)}</p>',
         f'<p id="case-view">{_view_text(data)}</p>',
-        f'<p class="muted">Mean over cases (seeds averaged within a case first), its bootstrap {CONFIDENCE:.0%} '
-        f"confidence interval over cases [low, high] ({BOOTSTRAP_METHOD} method, {N_RESAMPLES} resamples, seed {SEED}) "
-        "and n, the number of cases it is over; "
+        f'<details class="muted"><summary>How to read these tables</summary>Each cell: the mean over cases (seeds '
+        f"averaged within a case first), its bootstrap {CONFIDENCE:.0%} confidence interval over cases [low, high] "
+        f"({BOOTSTRAP_METHOD} method, {N_RESAMPLES} resamples, seed {SEED}) and n, the number of cases it is over; "
         "best mean per column in bold, among the configurations of one benchmark and profile scored on the same cases "
         f"with n &ge; {MIN_CASES_FOR_BEST} (so that a CI exists); &uarr; higher is better, &darr; lower is better; "
-        "&ldquo;n/a&rdquo;: images the metric scored without a value (skipped). "
-        f'Also as <a href="{_e(leaderboard_link)}">{LEADERBOARD_CSV}</a>.</p>',
-        f'<table class="leaderboard"><tr><th>method</th><th>settings hash</th><th>images</th><th>scored</th>'
-        f"<th>cases</th>{head}</tr>",
+        "&ldquo;n/a&rdquo;: images the metric scored without a value (skipped). Metrics are grouped; every table "
+        "lists the configurations in the same order, sorted by the headline metric. Images, scored images, cases and "
+        'settings hashes per configuration: <a href="#runs">Runs and settings</a>.</details>',
+        '<div class="groups">',
     ]
-    for position, record in enumerate(table.to_dict("records")):
-        cells = []
-        for metric in metrics:
-            n_nan = nan_counts.get((_key(record), metric), 0)
-            note = f' <span class="muted">({n_nan} n/a)</span>' if n_nan else ""
-            cls = "num best" if best[metric][position] else "num"
-            cells.append(
-                f'<td class="{cls}"><span class="mean">{_fmt(record[metric])}</span>'
-                f"{_ci_text(record[f'{metric}_ci_low'], record[f'{metric}_ci_high'])}"
-                f' <span class="n">n={int(record[f"{metric}_n"])}</span>{note}</td>'
-            )
+    for group in data.groups or [MetricGroup("all", "Metrics", ())]:
+        best = {m: best_mask(table, m, data.directions.get(m)).tolist() for m in group.metrics}
+        head = "".join(_metric_head(data, m) for m in group.metrics)
+        rows = []
+        for position, record in enumerate(records):
+            cells = "".join(_lb_cell(record, m, best[m][position], nan_counts.get((_key(record), m), 0)) for m in group.metrics)
+            rows.append(f"<tr><td>{_e(data.labels.get(_key(record), record['method']))}</td>{cells}</tr>")
         parts.append(
-            f"<tr><td>{_e(data.labels.get(_key(record), record['method']))}</td><td><code>{_e(record['settings_hash'])}</code></td>"
-            f'<td class="num">{int(record["n_images"])}</td><td class="num">{int(record["n_scored"])}</td>'
-            f'<td class="num">{int(record["n_cases"])}</td>{"".join(cells)}</tr>'
+            f'<div id="group-{group.key}"><h3>{_e(group.title)}</h3>'
+            f'<table class="leaderboard group-{group.key}"><tr><th>method</th>{head}</tr>'
+            + "".join(rows) + "</table></div>"
         )
-    parts.append("</table>")
+    parts.append("</div>")
+    grouped = {m for group in data.groups for m in group.metrics}
+    empty = [m for m in data.metrics if m not in grouped]
+    if empty:
+        parts.append(f'<p class="muted" id="no-values">No values in these runs (not computed, or every image n/a): '
+                     f"{', '.join(_e(m) for m in empty)}.</p>")
+    parts.append(f'<p class="muted">Also as <a href="{_e(leaderboard_link)}">{LEADERBOARD_CSV}</a> (every column, one row per configuration).</p>')
     return "\n".join(parts)
+
+
+def _configurations_table(data: ReportData) -> str:
+    """Per configuration: its settings hash and how many images it has, scored, over how many cases."""
+    rows = "".join(
+        f"<tr><td>{_e(data.labels.get(_key(r), r['method']))}</td><td><code>{_e(r['settings_hash'])}</code></td>"
+        f'<td class="num">{int(r["n_images"])}</td><td class="num">{int(r["n_scored"])}</td><td class="num">{int(r["n_cases"])}</td></tr>'
+        for r in data.table.to_dict("records")
+    )
+    return ('<h3>Configurations</h3><table class="configurations"><tr><th>method</th><th>settings hash</th><th>images</th>'
+            f"<th>scored</th><th>cases</th></tr>{rows}</table>")
+
+
+def _chart(svg: str, caption: str) -> str:
+    return f'<figure class="chart"><figcaption>{caption}</figcaption>{svg}</figure>'
 
 
 def _plots_section(data: ReportData) -> str:
     if not data.metrics or data.summary.empty:
         return ""
     summary = _with_labels(data.summary, data.labels)
-    parts = ['<h2 id="plots">Plots</h2>']
-    bars = plots.metric_bars(summary, data.directions)
-    parts.append(bars if bars else '<p class="muted">No metric has a value yet: no bar chart.</p>')
+    labels = data.label_order()
+    ranges = data.ranges()
+    colors = plots.method_colors(labels)
+    legend = "".join(f'<span class="key"><span class="swatch" style="background:{colors[label]}"></span>{_e(label)}</span>'
+                     for label in labels)
+    parts = ['<h2 id="plots">Plots</h2>',
+             '<p class="muted">Mean (dot) and 95% confidence interval (whisker) per configuration, left to right in '
+             "leaderboard order; each axis is fitted to its metric's data (padded by 10% of its range): read the axis, "
+             "not the height.</p>", f'<p class="legend">{legend}</p>', '<div class="plots">']
+    flat: list[str] = []
+    for group in data.groups:
+        svg = plots.metric_dots(summary, group.metrics, labels, data.directions, ranges, f"dots-{group.key}", group.title)
+        if svg:
+            parts.append(_chart(svg, _e(group.title)))
+        flat += plots.spreadless(summary, group.metrics)
     heat = plots.relation_heatmap(_with_labels(data.per_relation, data.labels), data.headline)
-    parts.append(heat if heat else '<p class="muted">No per-relation values of the headline metric: no heat map.</p>')
+    if heat:
+        parts.append(_chart(heat, f"Headline metric per relation: {_e(data.headline)}"))
     with_values = set(data.summary.loc[data.summary["mean"].notna(), "metric"])
     identity = plots.first_present(IDENTITY_METRICS, [m for m in data.metrics if m in with_values])
-    relation = plots.first_present([*judge_metrics(data.samples), *RELATION_METRICS], [m for m in data.metrics if m in with_values])
-    scatter = plots.identity_relation_scatter(summary, identity, relation)
+    # A relation metric that varies (a constant one makes a flat line), the headline first when it is one.
+    judged = [*judge_metrics(data.samples), *RELATION_METRICS]
+    flat_anywhere = set(plots.spreadless(summary, data.metrics))
+    relation = plots.first_present(
+        [*([data.headline] if data.headline in judged else []), *judged],
+        [m for m in data.metrics if m in with_values and m not in flat_anywhere],
+    )
+    scatter = plots.identity_relation_scatter(summary, identity, relation, labels)
     if scatter:
-        parts.append(scatter)
-    else:
-        parts.append(
-            '<p class="muted">No identity-against-relation scatter: it needs an identity metric '
+        parts.append(_chart(scatter, "Identity against relation"))
+    parts.append("</div>")
+    notes = []
+    if flat:
+        notes.append(f"Not plotted, the same value for every configuration and case: {', '.join(_e(m) for m in flat)}.")
+    if not heat:
+        notes.append("No heat map: the headline metric has no per-relation values, or the same value in every cell.")
+    if not scatter:
+        notes.append(
+            "No identity-against-relation scatter: it needs an identity metric "
             f"({', '.join(IDENTITY_METRICS)}) and a relation metric (a relation judge, or {', '.join(RELATION_METRICS)}) "
-            "with values.</p>"
+            "with values."
         )
+    parts += [f'<p class="muted">{note}</p>' for note in notes]
     return "\n".join(parts)
 
 
@@ -409,6 +517,11 @@ def _paper_scale(entry: dict[str, Any]) -> float:
 
 
 def _paper_section(data: ReportData) -> str:
+    """The paper's numbers beside the full-profile configurations' (none in a tiny-only report: its
+    random numbers next to the paper's would invite a comparison, labelled or not)."""
+    full = [r for r in data.table.to_dict("records") if r["profile"] == "full"]
+    if not full:
+        return ""
     info = data.run_set.metric_info()
     head = "".join(f"<th>{name}</th>" for name, _ in PAPER_COLUMNS)
     parts = [
@@ -420,7 +533,7 @@ def _paper_section(data: ReportData) -> str:
     for name, *values in PAPER_RESULTS:
         cells = "".join(f'<td class="num">{value:.1f}</td>' for value in values)
         parts.append(f'<tr class="paper"><td>paper</td><td>{_e(name)}</td>{cells}</tr>')
-    for record in data.table.to_dict("records"):
+    for record in full:
         cells = []
         for _, metric in PAPER_COLUMNS:
             value = record.get(metric)
@@ -432,29 +545,46 @@ def _paper_section(data: ReportData) -> str:
     return "\n".join(parts)
 
 
+def _collapsed(anchor: str, title: str, summary: str, body: str, open_: bool = False) -> str:
+    """A section folded into ``<details>``: its heading and a one-line summary stay visible."""
+    return (
+        f'<details class="section" id="{anchor}"{" open" if open_ else ""}><summary><h2>{title}</h2> '
+        f'<span class="muted">{summary}</span></summary>\n{body}\n</details>'
+    )
+
+
 def _breakdown_section(data: ReportData, frame: pd.DataFrame, by: str, title: str, anchor: str) -> str:
     if frame.empty:
         return ""
     key_columns = ["relation", "relation_kind"] if by == "relation" else ["category"]
     head_keys = "".join(f"<th>{_e(column.replace('_', ' '))}</th>" for column in key_columns)
-    head = "".join(f"<th>{_e(metric)}{_arrow(data.directions.get(metric))}</th>" for metric in data.metrics)
     parts = [
-        f'<h2 id="{anchor}">{title}</h2>',
         '<p class="muted">Mean over cases (seeds averaged first) per method and n, the cases it is over, in the '
         "leaderboard's case view; a case with subjects of several categories counts in each.</p>" if by == "category" else
         '<p class="muted">Mean over cases (seeds averaged first) per method and n, the cases it is over, in the '
         "leaderboard's case view.</p>",
-        f'<table class="breakdown {anchor}"><tr>{head_keys}<th>method</th><th>cases</th>{head}</tr>',
+        '<div class="groups">',
     ]
-    for record in frame.to_dict("records"):
-        keys = "".join(f"<td>{'&ndash;' if _is_missing(record[c]) else _e(record[c])}</td>" for c in key_columns)
-        values = "".join(f'<td class="num">{_fmt(record[m])} <span class="n">n={int(record[f"{m}_n"])}</span></td>' for m in data.metrics)
+    records = frame.to_dict("records")
+    for group in data.groups:
+        head = "".join(f"<th>{_e(metric)}{_arrow(data.directions.get(metric))}</th>" for metric in group.metrics)
+        rows = []
+        for record in records:
+            keys = "".join(f"<td>{'&ndash;' if _is_missing(record[c]) else _e(record[c])}</td>" for c in key_columns)
+            values = "".join(f'<td class="num">{_fmt(record[m])} <span class="n">n={int(record[f"{m}_n"])}</span></td>'
+                             for m in group.metrics)
+            rows.append(
+                f"<tr>{keys}<td>{_e(data.labels.get(_key(record), record['method']))}</td>"
+                f'<td class="num">{int(record["n_cases"])}</td>{values}</tr>'
+            )
         parts.append(
-            f"<tr>{keys}<td>{_e(data.labels.get(_key(record), record['method']))}</td>"
-            f'<td class="num">{int(record["n_cases"])}</td>{values}</tr>'
+            f'<div><h3>{_e(group.title)}</h3><table class="breakdown {anchor} group-{group.key}">'
+            f"<tr>{head_keys}<th>method</th><th>cases</th>{head}</tr>" + "".join(rows) + "</table></div>"
         )
-    parts.append("</table>")
-    return "\n".join(parts)
+    parts.append("</div>")
+    n_keys = len({tuple(str(r[c]) for c in key_columns) for r in records})
+    return _collapsed(anchor, title, f"{n_keys} {anchor} &times; {len(data.labels)} configurations, one table per metric group",
+                      "\n".join(parts))
 
 
 def _settings_list(settings: dict[str, Any]) -> str:
@@ -490,10 +620,10 @@ def _run_table(run_dir: Path, info: dict[str, Any], heading: bool) -> str:
 
 def _settings_section(data: ReportData) -> str:
     runs = data.run_set.runs
-    parts = ['<h2 id="runs">Run' + ("s" if len(runs) > 1 else "") + "</h2>"]
+    parts = [_configurations_table(data), "<h3>Run" + ("s" if len(runs) > 1 else "") + "</h3>"]
     parts += [_run_table(run_dir, info, len(runs) > 1) for run_dir, info in runs]
 
-    parts.append("<h2>Methods</h2><table><tr><th>method</th><th>settings hash</th><th>settings</th></tr>")
+    parts.append("<h3>Methods</h3><table><tr><th>method</th><th>settings hash</th><th>settings</th></tr>")
     seen: set[tuple[str, Any]] = set()
     for _, info in runs:
         for name, entry in info.get("methods", {}).items():
@@ -509,7 +639,7 @@ def _settings_section(data: ReportData) -> str:
     parts.append("</table>")
 
     parts.append(
-        "<h2>Metrics</h2><table><tr><th>metric</th><th>better</th><th>range</th>"
+        "<h3>Metrics</h3><table><tr><th>metric</th><th>better</th><th>range</th>"
         "<th>models</th><th>other settings</th></tr>"
     )
     for name, entry in data.run_set.metric_info().items():
@@ -527,39 +657,67 @@ def _settings_section(data: ReportData) -> str:
             f"<td>{_settings_list(models)}</td><td>{_settings_list(others)}</td></tr>"
         )
     parts.append("</table>")
-    return "\n".join(parts)
-
-
-def _image_url(page_dir: Path, run_dir: str, image: str) -> str:
-    relative = os.path.relpath(Path(run_dir).resolve() / image, page_dir.resolve())
-    return quote(Path(relative).as_posix(), safe="/")
+    n_methods = len(seen)
+    return _collapsed("runs", "Runs and settings",
+                      f"{len(runs)} run{'s' if len(runs) > 1 else ''}, {n_methods} method settings, "
+                      f"{len(data.run_set.metric_info())} metrics: provenance, models and every setting",
+                      "\n".join(parts))
 
 
 def _verdicts(details: dict[str, Any]) -> list[str]:
-    """'judge (metric): relation shown / not shown' for each metric that gave a verdict."""
-    lines = []
+    """'relation shown (metric, ...)' and 'relation not shown (metric, ...)' from the judges' verdicts."""
+    shown: list[str] = []
+    not_shown: list[str] = []
     for name, metric_details in details.items():
         value = detail_number(metric_details.get(VERDICT_KEY)) if isinstance(metric_details, dict) else None
         if value is not None:
-            verdict = "relation shown" if value >= 0.5 else '<span class="flag">relation not shown</span>'
-            lines.append(f"judge ({_e(name)}): {verdict}")
+            (shown if value >= 0.5 else not_shown).append(_e(name))
+    lines = [f"judge: relation shown ({', '.join(shown)})"] if shown else []
+    if not_shown:
+        lines.append(f'judge: <span class="flag">relation not shown</span> ({", ".join(not_shown)})')
     return lines
 
 
-def _image_cell(page_dir: Path, sample: dict[str, Any], flags: dict[str, Any], metrics: list[str]) -> str:
+def _box_spans(layout: Any) -> str:
+    """The case's layout boxes over an image (shown with the toggle), coloured per subject."""
+    if layout is None:
+        return ""
+    spans = []
+    for position, (box, subject) in enumerate(zip(layout.boxes, layout.subjects)):
+        x0, y0, x1, y1 = (min(max(float(v), 0.0), 1.0) for v in box)
+        spans.append(
+            f'<span class="box" title="{_e(subject)}" style="left:{100 * x0:.2f}%;top:{100 * y0:.2f}%;'
+            f'width:{100 * (x1 - x0):.2f}%;height:{100 * (y1 - y0):.2f}%;border-color:{BOX_COLORS[position % len(BOX_COLORS)]}"></span>'
+        )
+    return "".join(spans)
+
+
+def _image_cell(pictures: Pictures, sample: dict[str, Any], flags: dict[str, Any], data: ReportData, layout: Any) -> str:
     image = sample["image"]
-    url = _e(_image_url(page_dir, sample["run_dir"], image))
     alt = _e(f"{sample['method']} {sample['case_id']} seed {sample['seed']}")
-    if (Path(sample["run_dir"]) / image).is_file():
-        picture = f'<a href="{url}"><img src="{url}" width="{THUMBNAIL_WIDTH}" alt="{alt}" loading="lazy"></a>'
-    else:
+    source = pictures.generated(Path(sample["run_dir"]) / image)
+    if source is None:
         picture = f'<div class="missing">image missing: <code>{_e(image)}</code></div>'
-    scores = [f"{_e(metric)} {_fmt(sample[metric])}" for metric in metrics if not _is_missing(sample[metric])]
-    lines = scores or ['<span class="muted">not scored</span>']
+    else:
+        src, link = source
+        width, height = sample.get("width"), sample.get("height")
+        size = ""
+        if not _is_missing(width) and not _is_missing(height) and int(width) > 0:
+            size = f' height="{round(THUMBNAIL_WIDTH * int(height) / int(width))}"'
+        img = f'<img src="{_e(src)}" width="{THUMBNAIL_WIDTH}"{size} alt="{alt}" loading="lazy">'
+        inner = f'<a href="{_e(link)}">{img}</a>' if link else img
+        picture = f'<span class="shot">{inner}{_box_spans(layout)}</span>'
+    headline = data.headline
+    first = (f"{_e(headline)} <strong>{_fmt(sample[headline])}</strong>"
+             if headline is not None and not _is_missing(sample[headline]) else "")
+    scores = [f"{_e(metric)} {_fmt(sample[metric])}" for metric in data.metrics if not _is_missing(sample[metric])]
+    lines = [first] if first else []
     details = sample.get("metric_details")
     lines += _verdicts(details if isinstance(details, dict) else {})
     raised = [flag for flag in FAILURE_FLAGS if _raised(flags.get(flag))]
     lines += [f'<span class="flag">&#9888; {_e(FAILURE_FLAGS[flag])}</span>' for flag in raised if flag != "relation_not_shown"]
+    lines.append(f'<details><summary>{len(scores)} scores</summary>{"<br>".join(scores)}</details>' if scores
+                 else '<span class="muted">not scored</span>')
     return (
         f'<figure data-flags="{" ".join(raised)}">{picture}<figcaption>seed {_e(sample["seed"])}<br>'
         f'{"<br>".join(lines)}</figcaption></figure>'
@@ -572,9 +730,9 @@ def _filters(data: ReportData, case_flags: dict[Key, set[str]]) -> str:
     for flag, text in FAILURE_FLAGS.items():
         count = sum(flag in flags for flags in case_flags.values())
         if measured[flag]:
-            boxes.append(f'<label><input type="checkbox" value="{flag}"> {_e(text)} ({count} cases)</label>')
+            boxes.append(f'<label><input type="checkbox" name="flag" value="{flag}"> {_e(text)} ({count} cases)</label>')
         else:
-            boxes.append(f'<label class="muted"><input type="checkbox" value="{flag}" disabled> {_e(text)} (not measured)</label>')
+            boxes.append(f'<label class="muted"><input type="checkbox" name="flag" value="{flag}" disabled> {_e(text)} (not measured)</label>')
     note = ""
     if not any(measured.values()):
         keys = ", ".join(dict.fromkeys(rule.key for rule in FLAG_RULES))
@@ -583,54 +741,87 @@ def _filters(data: ReportData, case_flags: dict[Key, set[str]]) -> str:
     return (
         '<fieldset id="filters"><legend>Show only cases where</legend>'
         + " ".join(boxes)
-        + ' <span id="filter-status" class="muted"></span></fieldset>'
+        + ' <span id="filter-status" class="muted"></span>'
+        + ' &nbsp; <label><input type="checkbox" id="show-boxes"> show layout boxes on the images</label></fieldset>'
         + note
     )
 
 
-def _cases_section(data: ReportData, page_dir: Path) -> str:
+def _references(pictures: Pictures, layout: Any) -> str:
+    if layout is None:
+        return ""
+    items = []
+    for position, (subject, path) in enumerate(zip(layout.subjects, layout.references)):
+        color = BOX_COLORS[position % len(BOX_COLORS)]
+        src = pictures.reference(path)
+        picture = (f'<img src="{_e(src)}" alt="reference of {_e(subject)}" style="border-color:{color}">' if src else
+                   f'<div class="missing" style="width:{REFERENCE_HEIGHT}px;height:{REFERENCE_HEIGHT}px">not found</div>')
+        items.append(f'<div class="ref">{picture}{_e(subject)}</div>')
+    return f'<div class="refs">{"".join(items)}</div>'
+
+
+def _cases_section(data: ReportData, pictures: Pictures) -> str:
     samples = data.samples
     configs = [_key(r) for r in data.table.to_dict("records")]
-    head = "".join(
-        f"<th>{_e(data.labels.get(key, key[0]))}<br><code class=\"muted\">{_e(key[1])}</code></th>" for key in configs
-    )
     records = samples.assign(_position=range(len(samples))).sort_values("seed", kind="stable").to_dict("records")
     flag_records = data.flags.to_dict("records")
     by_case: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for record in records:
         by_case.setdefault((record["benchmark"], record["benchmark_version"], record["case_id"]), []).append(record)
     several_benchmarks = len({case[:2] for case in by_case}) > 1
+    layouts = data.layouts or Layouts()
     rows = []
     case_flags: dict[Key, set[str]] = {}
     for case, case_samples in by_case.items():
         first = case_samples[0]
+        layout = layouts.get(*case)
         flags = {flag for r in case_samples for flag in FAILURE_FLAGS if _raised(flag_records[r["_position"]][flag])}
         case_flags[case] = flags
         subjects = ", ".join(_e(subject) for subject in first["subjects"])
         kind = f" ({_e(first['relation_kind'])})" if first["relation_kind"] else ""
-        where = f"{_e(case[0])} v{_e(case[1])}<br>" if several_benchmarks else ""
+        where = f"{_e(case[0])} v{_e(case[1])} &middot; " if several_benchmarks else ""
         cells = []
         for key in configs:
             mine = [r for r in case_samples if _key(r) == key]
-            figures = "".join(_image_cell(page_dir, r, flag_records[r["_position"]], data.metrics) for r in mine)
-            cells.append("<td>" + (figures or "&ndash;") + "</td>")
+            if not mine:
+                continue
+            figures = "".join(_image_cell(pictures, r, flag_records[r["_position"]], data, layout) for r in mine)
+            cells.append(f'<div class="cell"><div class="who">{_e(data.labels.get(key, key[0]))}</div>{figures}</div>')
         rows.append(
-            f'<tr class="case" data-flags="{" ".join(sorted(flags))}"><th><code>{_e(first["case_id"])}</code><br>{where}'
-            f"{_e(first['prompt'] or '')}<br>"
-            f'<span class="muted">relation: {_e(first["relation"] or "")}{kind}<br>subjects: {subjects}</span></th>'
-            f"{''.join(cells)}</tr>"
+            f'<div class="case" data-flags="{" ".join(sorted(flags))}"><div class="case-head">{_references(pictures, layout)}'
+            f'<div class="case-text"><div class="prompt">{_e(first["prompt"] or "")}</div>'
+            f'<span class="muted">{where}<code>{_e(first["case_id"])}</code> &middot; relation: {_e(first["relation"] or "")}{kind}'
+            f" &middot; subjects: {subjects}</span></div></div>"
+            f'<div class="cells">{"".join(cells)}</div></div>'
         )
+    problems = "".join(f'<p class="muted">No reference images or layout boxes: {_e(p)}.</p>' for p in layouts.problems)
     return "\n".join([
         '<h2 id="cases">Cases</h2>',
+        '<p class="muted">Each case: the subjects\' reference images (border colour = its layout box), the prompt, then '
+        "every configuration's images with the headline score, judge verdicts and failure flags; all scores fold out "
+        "under each image.</p>",
+        problems,
         _filters(data, case_flags),
-        f'<table class="cases"><tr><th>case</th>{head}</tr>',
         *rows,
-        "</table>",
     ])
 
 
-def render_report(data: ReportData, page_dir: Path, leaderboard_link: str) -> str:
-    """The report page as a string; image and CSV links are relative to ``page_dir``."""
+def _nav(data: ReportData, has_paper: bool) -> str:
+    links = [("leaderboard", "Leaderboard"), ("plots", "Plots"), ("cases", "Cases")]
+    if not data.per_relation.empty:
+        links.append(("relations", "Per relation"))
+    if not data.per_category.empty:
+        links.append(("categories", "Per category"))
+    if has_paper:
+        links.append(("paper", "Paper"))
+    links.append(("runs", "Runs and settings"))
+    return "<nav>" + "".join(f'<a href="#{anchor}">{text}</a>' for anchor, text in links) + "</nav>"
+
+
+def render_report(data: ReportData, page_dir: Path, leaderboard_link: str, pictures: Pictures | None = None) -> str:
+    """The report page as a string; image and CSV links are relative to ``page_dir``. ``pictures``:
+    where the case grid's pictures come from (default: linked files, ``Pictures(page_dir)``)."""
+    pictures = pictures if pictures is not None else Pictures(page_dir)
     runs = data.run_set.runs
     samples = data.samples
     benchmarks = ", ".join(dict.fromkeys(f"{info.get('benchmark', {}).get('name')} v{info.get('benchmark', {}).get('version')}" for _, info in runs))
@@ -638,20 +829,24 @@ def render_report(data: ReportData, page_dir: Path, leaderboard_link: str) -> st
     tiny = any(info.get("profile") == "tiny" for _, info in runs) or bool((samples["profile"] == "tiny").any())
     title = f"relbench report: {benchmarks} ({profiles})"
     directories = ", ".join(f"<code>{_e(run_dir.name)}</code>" for run_dir, _ in runs)
+    paper = _paper_section(data)
+    no_paper = ('<p class="muted" id="no-paper">The paper\'s table is shown for full-profile runs only (tiny-profile '
+                "numbers beside the paper's would invite a comparison they cannot support).</p>")
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="muted">Run director{"ies" if len(runs) > 1 else "y"}: {directories}</p>',
+        _nav(data, bool(paper)),
         f'<div class="banner" role="alert">{_e(TINY_BANNER)}</div>' if tiny else "",
         _overlap_warning(data),
         _judge_failures_note(data),
         _leaderboard_section(data, leaderboard_link),
         _plots_section(data),
-        _paper_section(data),
         _breakdown_section(data, data.per_relation, "relation", "Per relation", "relations"),
         judge_check_section(data.run_set.metric_info()),
         _breakdown_section(data, data.per_category, "category", "Per subject category", "categories"),
+        paper or (no_paper if len(data.table) else ""),
         _settings_section(data),
-        _cases_section(data, page_dir),
+        _cases_section(data, pictures),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -710,9 +905,11 @@ def build_report(
     formats: str | Sequence[str] | None = (),
     headline: str | None = None,
     cases: str = COMMON,
+    self_contained: bool = False,
 ) -> ReportFiles:
     """Write the report of one or more runs (locations in the module docstring); ``headline`` and
-    ``cases`` as ``--headline`` and ``--common-cases/--all-cases``."""
+    ``cases`` as ``--headline`` and ``--common-cases/--all-cases``; ``self_contained``
+    (``--self-contained``): every picture embedded, downscaled (``reports.pictures``)."""
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
     formats = parse_formats(formats)
     data = collect(dirs, headline, cases)
@@ -725,8 +922,9 @@ def build_report(
     save_csv(data.table, board)
     page = page_dir / PAGE
     link = quote(Path(os.path.relpath(board.resolve(), page_dir.resolve())).as_posix(), safe="/")
+    pictures = Pictures(page_dir, self_contained)
     with output_errors(page):
-        page.write_text(render_report(data, page_dir, link), encoding="utf-8")
+        page.write_text(render_report(data, page_dir, link, pictures), encoding="utf-8")
     exports = export_tables(page_dir, {
         "samples": samples_for_export(data.samples, data.flags),
         "leaderboard": data.table,

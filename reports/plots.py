@@ -13,16 +13,16 @@ Only ``matplotlib.figure.Figure`` is used (no pyplot): no global backend switch,
 from __future__ import annotations
 
 import io
-import math
+import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 RC = {"svg.fonttype": "none", "svg.hashsalt": "relbench", "font.size": 8, "font.family": "DejaVu Sans"}
-BAR_COLOR = "#4c72b0"
 # What matplotlib puts in each SVG's own <style>, scoped to the plots; the page includes it.
 SVG_CSS = "svg.plot * { stroke-linejoin: round; stroke-linecap: butt; }"
 
@@ -36,8 +36,9 @@ def _arrow(direction: bool | None) -> str:
     return " \u2191" if direction else " \u2193" if direction is False else ""
 
 
-def _svg(figure: Any, prefix: str, title: str) -> str:
-    """The figure as an ``<svg>`` element for inline use (prolog and metadata removed, ids prefixed)."""
+def _svg(figure: Any, prefix: str, title: str, panels: Sequence[Panel] = ()) -> str:
+    """The figure as an ``<svg>`` element for inline use (prolog and metadata removed, ids prefixed);
+    ``panels`` (value axes and data ranges) go into ``data-panels`` as JSON, for tests and readers."""
     import matplotlib
 
     buffer = io.StringIO()
@@ -54,7 +55,10 @@ def _svg(figure: Any, prefix: str, title: str) -> str:
     svg = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}-{m.group(1)}"' if m.group(1) in ids else m.group(0), svg)
     from html import escape
 
-    return svg.replace("<svg ", f'<svg role="img" aria-label="{escape(title, quote=True)}" class="plot" ', 1)
+    attributes = f'role="img" aria-label="{escape(title, quote=True)}" class="plot" '
+    if panels:
+        attributes += f'data-panels="{escape(json.dumps([p.as_json() for p in panels]), quote=True)}" '
+    return svg.replace("<svg ", f"<svg {attributes}", 1)
 
 
 def _figure(width: float, height: float) -> Any:
@@ -65,37 +69,117 @@ def _figure(width: float, height: float) -> Any:
         return Figure(figsize=(width, height))
 
 
-def metric_bars(summary: pd.DataFrame, directions: dict[str, bool | None]) -> str | None:
-    """One bar chart per metric: each configuration's mean with its 95% CI as error bars."""
+PAD = 0.1  # each side of a value axis: this fraction of the data's range (means and CI ends)
+MARKERS = "osD^vP*Xph"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One metric's axes: its value-axis limits and the data range they were fitted to."""
+
+    metric: str
+    ylim: tuple[float, float]
+    data: tuple[float, float]  # the smallest and largest mean or CI end plotted
+
+    def as_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "ylim": list(self.ylim), "data": list(self.data)}
+
+
+def method_colors(labels: Sequence[str]) -> dict[str, str]:
+    """One colour per configuration, the same in every plot (tab10, then tab20's light shades)."""
+    from matplotlib import colormaps
+
+    palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](2 * i + 1) for i in range(10)]
+    hexes = ["#%02x%02x%02x" % tuple(round(255 * c) for c in color[:3]) for color in palette]
+    return {label: hexes[i % len(hexes)] for i, label in enumerate(labels)}
+
+
+def data_range(rows: pd.DataFrame) -> tuple[float, float] | None:
+    """The smallest and largest of the means and CI ends in ``rows`` (summary rows); None without one."""
+    values = rows[["mean", "ci_low", "ci_high"]].to_numpy(dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    return (float(values.min()), float(values.max())) if len(values) else None
+
+
+def has_spread(low: float, high: float) -> bool:
+    """Whether a range is more than rounding: a metric whose every mean and CI is one value has none."""
+    return high - low > 1e-9 * max(1.0, abs(low), abs(high))
+
+
+def fitted_limits(low: float, high: float, bounds: Sequence[float] | None = None) -> tuple[float, float]:
+    """The value axis for data from ``low`` to ``high``: padded by ``PAD`` of the range each side,
+    never past the metric's declared range ``bounds`` (unless the data itself is)."""
+    pad = PAD * (high - low)
+    lower, upper = low - pad, high + pad
+    if bounds is not None and len(bounds) == 2:
+        lower = max(lower, min(float(bounds[0]), low))
+        upper = min(upper, max(float(bounds[1]), high))
+    return lower, upper
+
+
+def spreadless(summary: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """The metrics with values whose means and CIs are all one value: nothing to plot."""
+    out = []
+    for metric in metrics:
+        found = data_range(summary.loc[summary["metric"] == metric])
+        if found is not None and not has_spread(*found):
+            out.append(metric)
+    return out
+
+
+def metric_dots(
+    summary: pd.DataFrame,
+    metrics: Sequence[str],
+    labels: Sequence[str],
+    directions: dict[str, bool | None],
+    ranges: dict[str, Sequence[float]],
+    prefix: str,
+    title: str,
+) -> str | None:
+    """One panel per metric of a group: each configuration's mean (dot) with its 95% CI (whisker),
+    on a value axis fitted to the data (``fitted_limits``), left to right in the order of
+    ``labels`` (the leaderboard's), coloured by ``method_colors`` (the page shows the legend).
+    Metrics without a value or without spread get no panel; None when none is left."""
     import matplotlib
 
-    rows = summary.loc[summary["mean"].notna()]
-    metrics = list(dict.fromkeys(rows["metric"]))
-    if not metrics:
+    drawn = []
+    for metric in metrics:
+        found = data_range(summary.loc[summary["metric"] == metric])
+        if found is not None and has_spread(*found):
+            drawn.append((metric, found))
+    if not drawn:
         return None
-    labels = list(dict.fromkeys(summary["label"]))
-    ncols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
-    width = max(2.8, 0.55 * len(labels) + 1.4)
+    colors = method_colors(labels)
+    per_panel = max(1.2, 0.14 * len(labels) + 0.75)
+    panels: list[Panel] = []
     with matplotlib.rc_context(RC):
-        figure = _figure(width * ncols, 3.0 * nrows)
-        for i, metric in enumerate(metrics):
-            axes = figure.add_subplot(nrows, ncols, i + 1)
-            mine = summary.loc[summary["metric"] == metric].set_index("label").reindex(labels)
-            means = mine["mean"].to_numpy(dtype=float)
-            low = np.nan_to_num(means - mine["ci_low"].to_numpy(dtype=float), nan=0.0)
-            high = np.nan_to_num(mine["ci_high"].to_numpy(dtype=float) - means, nan=0.0)
-            x = np.arange(len(labels))
-            axes.bar(x, np.nan_to_num(means, nan=0.0), color=BAR_COLOR, yerr=[low, high], capsize=3, ecolor="#222")
-            axes.set_xticks(x, [_text(label) for label in labels], rotation=30, ha="right")
-            axes.set_title(_text(metric) + _arrow(directions.get(metric)))
+        figure = _figure(per_panel * len(drawn), 1.55)
+        for i, (metric, (low, high)) in enumerate(drawn):
+            axes = figure.add_subplot(1, len(drawn), i + 1)
+            mine = summary.loc[summary["metric"] == metric].set_index("label").reindex(list(labels))
+            for x, label in enumerate(labels):
+                mean = float(mine.at[label, "mean"])
+                if not np.isfinite(mean):
+                    continue
+                axes.errorbar([x], [mean], yerr=_err(mean, mine.at[label, "ci_low"], mine.at[label, "ci_high"]),
+                              fmt="o", color=colors[label], ecolor=colors[label], elinewidth=1.2, capsize=3, markersize=4)
+            ylim = fitted_limits(low, high, ranges.get(metric))
+            axes.set_ylim(*ylim)
+            axes.set_xlim(-0.6, len(labels) - 0.4)
+            # Configurations by colour (the page's legend), in leaderboard order: names under every
+            # panel would overlap.
+            axes.set_xticks([])
+            axes.set_title(_text(metric) + _arrow(directions.get(metric)), fontsize=8)
             axes.grid(axis="y", alpha=0.3)
-        figure.tight_layout()
-    return _svg(figure, "bars", "Mean of each metric per method with 95% confidence intervals")
+            axes.tick_params(axis="y", labelsize=7)
+            panels.append(Panel(metric, tuple(float(v) for v in axes.get_ylim()), (low, high)))
+        figure.tight_layout(w_pad=0.6)
+    return _svg(figure, prefix, f"{title}: mean of each metric per method with 95% confidence intervals", panels)
 
 
 def relation_heatmap(per_relation: pd.DataFrame, metric: str | None) -> str | None:
-    """Methods x relations, coloured and annotated with ``metric``'s mean; None without values."""
+    """Methods x relations, coloured and annotated with ``metric``'s mean; None without values or
+    when every cell holds the same value (one colour says nothing)."""
     import matplotlib
 
     if metric is None or metric not in per_relation.columns or per_relation[metric].notna().sum() == 0:
@@ -105,13 +189,15 @@ def relation_heatmap(per_relation: pd.DataFrame, metric: str | None) -> str | No
     grid = np.full((len(labels), len(relations)), np.nan)
     for record in per_relation.to_dict("records"):
         grid[labels.index(record["label"]), relations.index(str(record["relation"]))] = record[metric]
+    finite = grid[np.isfinite(grid)]
+    if not has_spread(float(finite.min()), float(finite.max())):
+        return None
     with matplotlib.rc_context(RC):
-        figure = _figure(max(4.0, 0.8 * len(relations) + 2.5), max(2.0, 0.45 * len(labels) + 1.5))
+        figure = _figure(max(3.0, 0.45 * len(relations) + 2.2), max(1.8, 0.22 * len(labels) + 1.0))
         axes = figure.add_subplot(1, 1, 1)
         image = axes.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis")
         axes.set_xticks(np.arange(len(relations)), [_text(r) for r in relations], rotation=45, ha="right")
         axes.set_yticks(np.arange(len(labels)), [_text(label) for label in labels])
-        finite = grid[np.isfinite(grid)]
         middle = (finite.min() + finite.max()) / 2
         for (row, column), value in np.ndenumerate(grid):
             if np.isfinite(value):
@@ -123,30 +209,38 @@ def relation_heatmap(per_relation: pd.DataFrame, metric: str | None) -> str | No
     return _svg(figure, "heat", f"{metric} per method and relation")
 
 
-def identity_relation_scatter(summary: pd.DataFrame, x_metric: str | None, y_metric: str | None) -> str | None:
-    """Each configuration at (identity metric, relation metric) with CI bars; None unless both exist."""
+def identity_relation_scatter(
+    summary: pd.DataFrame, x_metric: str | None, y_metric: str | None, labels: Sequence[str] | None = None,
+) -> str | None:
+    """Each configuration at (identity metric, relation metric) with CI bars, told apart by colour and
+    marker in a legend beside the axes (names at the points overlap when methods score alike);
+    None unless both metrics have values."""
     import matplotlib
 
     if x_metric is None or y_metric is None:
         return None
     x = summary.loc[summary["metric"] == x_metric].set_index("label")
     y = summary.loc[summary["metric"] == y_metric].set_index("label")
-    labels = [label for label in dict.fromkeys(summary["label"])
-              if label in x.index and label in y.index and np.isfinite(x.at[label, "mean"]) and np.isfinite(y.at[label, "mean"])]
-    if not labels:
+    order = list(labels) if labels is not None else list(dict.fromkeys(summary["label"]))
+    shown = [label for label in order
+             if label in x.index and label in y.index and np.isfinite(x.at[label, "mean"]) and np.isfinite(y.at[label, "mean"])]
+    if not shown:
         return None
+    colors = method_colors(order)
     with matplotlib.rc_context(RC):
-        figure = _figure(4.2, 3.4)
+        figure = _figure(4.4, 2.4)
         axes = figure.add_subplot(1, 1, 1)
-        for label in labels:
+        for i, label in enumerate(shown):
             xm, ym = float(x.at[label, "mean"]), float(y.at[label, "mean"])
             xerr = _err(xm, x.at[label, "ci_low"], x.at[label, "ci_high"])
             yerr = _err(ym, y.at[label, "ci_low"], y.at[label, "ci_high"])
-            axes.errorbar([xm], [ym], xerr=xerr, yerr=yerr, fmt="o", color=BAR_COLOR, ecolor="#888", capsize=2)
-            axes.annotate(_text(label), (xm, ym), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            axes.errorbar([xm], [ym], xerr=xerr, yerr=yerr, fmt=MARKERS[order.index(label) % len(MARKERS)],
+                          color=colors[label], ecolor=colors[label], alpha=0.9, capsize=2, markersize=5,
+                          label=_text(label))
         axes.set_xlabel(_text(f"identity: {x_metric}"))
         axes.set_ylabel(_text(f"relation: {y_metric}"))
         axes.grid(alpha=0.3)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
         figure.tight_layout()
     return _svg(figure, "scatter", f"identity ({x_metric}) against relation accuracy ({y_metric}) per method")
 

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import math
+import html as html_module
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -585,18 +586,21 @@ def test_report_has_leaderboard_with_cis_images_and_tiny_banner(run_dir: Path) -
     with (run_dir / "leaderboard.csv").open() as f:
         assert [row[0] for row in csv.reader(f)] == ["method", "sdxl", "reference-collage"]  # by clip_t, best first
 
+    # One table per metric group, the headline's group first (clip_t, clip_i: the paper's metrics).
     parser = _Cells()
     parser.feed(html)
-    header, sdxl, collage = parser.rows
-    assert [text for text, _ in header] == [
-        "method", "settings hash", "images", "scored", "cases",
-        "clip_t ↑ (common cases)", "clip_i ↑ (common cases)", "pose_error ↓ (common cases)",
-    ]
-    assert header[5][1] == "headline"
+    header, sdxl, collage, other_header, other_sdxl, other_collage = parser.rows
+    assert [text for text, _ in header] == ["method", "clip_t ↑ (common cases)", "clip_i ↑ (common cases)"]
+    assert [text for text, _ in other_header] == ["method", "pose_error ↓ (common cases)"]
+    assert header[1][1] == "headline"
+    assert '<table class="leaderboard group-paper">' in html and '<table class="leaderboard group-other">' in html
     # collage scored one case: both methods over that case (n=1, so no interval and no best).
-    assert [text for text, _ in sdxl] == ["sdxl", "aaaa1111", "2", "2", "2", "20 n=1", "60 n=1", "0.2 n=1"]
-    assert [text for text, _ in collage][5:] == ["10 n=1", "80 n=1", "0.5 n=1"]
-    assert not any("best" in cls for row in (sdxl, collage) for _, cls in row)
+    assert [text for text, _ in sdxl] == ["sdxl", "20 n=1", "60 n=1"]
+    assert [text for text, _ in collage][1:] == ["10 n=1", "80 n=1"]
+    assert [text for text, _ in other_sdxl] == ["sdxl", "0.2 n=1"] and other_collage[1][0] == "0.5 n=1"
+    assert not any("best" in cls for row in (sdxl, collage, other_sdxl, other_collage) for _, cls in row)
+    # Images, scored images and cases per configuration: with the runs' settings.
+    assert cells(html, "configurations")[1] == ["sdxl", "aaaa1111", "2", "2", "2"]
     assert '<p id="headline">Headline metric: <code>clip_t</code> (fallback: the default relation_vqa was not computed ' \
            "in these runs); rows sorted by it, best first" in html
     assert "clip_t, clip_i, pose_error: the configurations scored different cases; each mean is over the cases all of " \
@@ -635,11 +639,16 @@ def test_report_plots_are_inline_svg(run_dir: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
         html = build_report(run_dir).page.read_text()
     svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
-    assert len(svgs) == 2  # metric bars and the relation heat map; no judge metric: no scatter
-    bars, heat = svgs
-    assert 'aria-label="Mean of each metric per method with 95% confidence intervals"' in bars
-    for text in ("clip_t ↑", "pose_error ↓", "sdxl", "reference-collage"):
-        assert f">{text}</text>" in bars
+    assert len(svgs) == 3  # dots of the two metric groups and the relation heat map; no judge metric: no scatter
+    paper, other, heat = svgs
+    assert 'aria-label="Paper metrics (CLIP-T, CLIP-R, CLIP-I, DINO): mean of each metric per method with 95% ' \
+           'confidence intervals"' in paper
+    assert ">clip_t ↑</text>" in paper and ">clip_i ↑</text>" in paper and ">pose_error ↓</text>" in other
+    # Configurations by colour: the legend above the plots names them in leaderboard order.
+    assert re.search(r'<p class="legend">.*sdxl.*reference-collage.*</p>', html)
+    # Value axes fitted to the data: clip_t's means 20 and 10 (no CI with one case), padded by 1 each side.
+    panels = json.loads(html_module.unescape(re.search(r'data-panels="([^"]+)"', paper).group(1)))
+    assert panels[0] == {"metric": "clip_t", "ylim": [pytest.approx(9.0), pytest.approx(21.0)], "data": [10.0, 20.0]}
     assert ">hug</text>" in heat and ">on-top-of</text>" in heat
     # clip_t per relation, annotated, over the one case both methods scored (the common cases).
     assert ">20</text>" in heat and ">10</text>" in heat and ">30</text>" not in heat
@@ -657,10 +666,13 @@ def test_report_scatter_when_identity_and_judge_metrics_exist(tmp_path: Path) ->
     ]
     html = build_report(make_run(tmp_path / "run", rows)).page.read_text()
     svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
-    assert len(svgs) == 3
-    assert ">identity: clip_i</text>" in svgs[2] and ">relation: judge</text>" in svgs[2]
-    assert "judge (judge): relation shown" in html
-    assert html.count('judge (judge): <span class="flag">relation not shown</span>') == 3
+    assert len(svgs) == 4  # dots of the relation group and of clip_i (clip_t is constant: none), heat map, scatter
+    assert ">identity: clip_i</text>" in svgs[3] and ">relation: judge</text>" in svgs[3]
+    assert ">clip_t" not in svgs[1] and "Not plotted, the same value for every configuration and case: clip_t." in html
+    # Told apart by a legend, not by names at the points.
+    assert svgs[3].count(">sdxl</text>") == 1 and svgs[3].count(">reference-collage</text>") == 1
+    assert "judge: relation shown (judge)" in html
+    assert html.count('judge: <span class="flag">relation not shown</span> (judge)') == 3
 
 
 def test_scatter_metrics_are_registered_and_per_subject_identity_comes_first(tmp_path: Path) -> None:
@@ -723,47 +735,65 @@ def test_report_without_a_headline_says_so_and_sorts_by_method(tmp_path: Path) -
     assert "Headline metric: <code>pose_error</code> (chosen with --headline)" in chosen
 
 
-def test_paper_table_is_labelled_and_scaled(run_dir: Path) -> None:
+def test_paper_table_only_for_full_profile_runs(run_dir: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
-        html = build_report(run_dir).page.read_text()
+        tiny = build_report(run_dir).page.read_text()
+    assert cells(tiny, "paper") == [] and 'id="paper"' not in tiny
+    assert "The paper's table is shown for full-profile runs only" in tiny
+    # A tiny and a full run side by side: only the full configuration beside the paper's numbers.
+    full = make_run(tmp_path / "full", [{**s, "profile": "full", "seed": 1, "image": s["image"].replace("/0.png", "/1.png")}
+                                        for s in BASE_SAMPLES[:2]], profile="full")
+    with pytest.warns(UserWarning, match="truncated"):
+        both = build_report([run_dir, full], tmp_path / "both").page.read_text()
+    assert [row[:2] for row in cells(both, "paper")[8:]] == [["this report", "sdxl (demo v1, full) (full)"]]
+
+
+def test_paper_table_is_labelled_and_scaled(tmp_path: Path) -> None:
+    rows = [{**s, "profile": "full"} for s in BASE_SAMPLES]
+    html = build_report(make_run(tmp_path / "run", rows, profile="full")).page.read_text()
     assert "Settings may differ; not directly comparable." in html
     rows = cells(html, "paper")
     assert rows[0] == ["source", "method", "CLIP-T", "CLIP-R", "CLIP-I", "DINO"]
     assert rows[1:8] == [["paper", name, *(f"{v:.1f}" for v in values)] for name, *values in PAPER_RESULTS]
     assert rows[7] == ["paper", "DreamRelation", "28.9", "20.4", "75.4", "62.1"]
     # Ours: clip_t / clip_i are x100 already (range -100..100); no CLIP-R or DINO in this run.
-    assert rows[8] == ["this report", "sdxl (tiny)", "20.0", "–", "60.0", "–"]
+    assert rows[8] == ["this report", "sdxl (full)", "20.0", "–", "60.0", "–"]
 
 
 def test_paper_table_scales_a_plain_cosine_metric(tmp_path: Path) -> None:
     metrics = {**METRICS, "dino": {"model": None, "settings": {}, "higher_is_better": True, "range": [-1, 1]}}
-    html = build_report(make_run(tmp_path / "run", [sample("sdxl", "cat-on-rocket", 0, dino=0.621)], metrics=metrics)).page.read_text()
+    row = {**sample("sdxl", "cat-on-rocket", 0, dino=0.621), "profile": "full"}
+    html = build_report(make_run(tmp_path / "run", [row], metrics=metrics, profile="full")).page.read_text()
     assert cells(html, "paper")[-1][-1] == "62.1"
 
 
 def test_breakdown_tables_in_the_report(run_dir: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
         html = build_report(run_dir).page.read_text()
+    # One table per metric group (the paper's metrics, then the rest), folded in <details>.
     relations = cells(html, "relations")
-    assert relations[0] == ["relation", "relation kind", "method", "cases", "clip_t ↑", "clip_i ↑", "pose_error ↓"]
+    assert relations[0] == ["relation", "relation kind", "method", "cases", "clip_t ↑", "clip_i ↑"]
+    assert ["relation", "relation kind", "method", "cases", "pose_error ↓"] in relations
+    assert '<details class="section" id="relations"><summary><h2>Per relation</h2>' in html
     # The leaderboard's view: only astronaut-hug-cat, the one case both methods scored; n per cell.
-    assert ["hug", "interaction", "sdxl", "1", "20 n=1", "60 n=1", "0.2 n=1"] in relations
-    assert ["on-top-of", "spatial", "sdxl", "1", "– n=0", "– n=0", "– n=0"] in relations
-    assert ["on-top-of", "spatial", "reference-collage", "1", "– n=0", "– n=0", "– n=0"] in relations
+    assert ["hug", "interaction", "sdxl", "1", "20 n=1", "60 n=1"] in relations
+    assert ["hug", "interaction", "sdxl", "1", "0.2 n=1"] in relations
+    assert ["on-top-of", "spatial", "sdxl", "1", "– n=0", "– n=0"] in relations
+    assert ["on-top-of", "spatial", "reference-collage", "1", "– n=0", "– n=0"] in relations
     categories = cells(html, "categories")
-    assert ["animal", "sdxl", "2", "20 n=1", "60 n=1", "0.2 n=1"] in categories
-    assert ["person", "reference-collage", "1", "10 n=1", "80 n=1", "0.5 n=1"] in categories
+    assert ["animal", "sdxl", "2", "20 n=1", "60 n=1"] in categories and ["animal", "sdxl", "2", "0.2 n=1"] in categories
+    assert ["person", "reference-collage", "1", "10 n=1", "80 n=1"] in categories
     with pytest.warns(UserWarning, match="truncated"):
         every = build_report(run_dir, cases="all").page.read_text()
-    assert ["on-top-of", "spatial", "sdxl", "1", "30 n=1", "50 n=1", "0.4 n=1"] in cells(every, "relations")
-    assert ["animal", "sdxl", "2", "25 n=2", "55 n=2", "0.3 n=2"] in cells(every, "categories")
+    assert ["on-top-of", "spatial", "sdxl", "1", "30 n=1", "50 n=1"] in cells(every, "relations")
+    assert ["animal", "sdxl", "2", "25 n=2", "55 n=2"] in cells(every, "categories")
 
 
 def test_filters_are_disabled_without_flag_metrics_and_work_with_them(run_dir: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="truncated"):
         plain = build_report(run_dir).page.read_text()
     assert plain.count(" disabled>") == 3 and "there is nothing to filter" in plain
-    assert plain.count('<tr class="case" data-flags="">') == 2
+    assert plain.count('<div class="case" data-flags="">') == 2
 
     rows = [
         sample("sdxl", "astronaut-hug-cat", 0, details={"presence": {"n_missing": 1}}, presence=0.5),
@@ -771,11 +801,11 @@ def test_filters_are_disabled_without_flag_metrics_and_work_with_them(run_dir: P
         sample("reference-collage", "cat-on-rocket", 0, details={"presence": {"n_missing": 0}}, presence=1.0),
     ]
     html = build_report(make_run(tmp_path / "flags", rows)).page.read_text()
-    assert '<input type="checkbox" value="subject_missing"> a subject is missing (1 cases)' in html
-    assert '<input type="checkbox" value="subjects_confused"> subjects are confused (1 cases)' in html
-    assert '<input type="checkbox" value="relation_not_shown" disabled> the relation is not shown (not measured)' in html
-    assert '<tr class="case" data-flags="subject_missing">' in html
-    assert '<tr class="case" data-flags="subjects_confused">' in html
+    assert '<input type="checkbox" name="flag" value="subject_missing"> a subject is missing (1 cases)' in html
+    assert '<input type="checkbox" name="flag" value="subjects_confused"> subjects are confused (1 cases)' in html
+    assert '<input type="checkbox" name="flag" value="relation_not_shown" disabled> the relation is not shown (not measured)' in html
+    assert '<div class="case" data-flags="subject_missing">' in html
+    assert '<div class="case" data-flags="subjects_confused">' in html
     assert '<figure data-flags="subject_missing">' in html and "&#9888; a subject is missing" in html
 
 
@@ -787,22 +817,26 @@ def test_report_escapes_everything_from_run_files_including_plot_labels(tmp_path
                subjects=["<u>cat</u>"], subject_categories=["<s>animal</s>"], image="images/evil/0.png")
     row["metrics"][hostile_metric] = {"value": 2.0, "details": {}}
     other = sample("sdxl", "cat-on-rocket", 0, clip_t=3.0)
-    run = make_run(tmp_path / "run", [row, other])
+    other["metrics"][hostile_metric] = {"value": 5.0, "details": {}}  # a spread: a panel and a heat map to label
+    row["profile"] = other["profile"] = "full"  # the paper table names full-profile configurations only
+    run = make_run(tmp_path / "run", [row, other], profile="full")
     info = json.loads((run / "run.json").read_text())
     info["methods"][hostile_method]["settings"] = {"note": "<img src=y onerror=alert(2)>"}
     (run / "run.json").write_text(json.dumps(info))
-    html = build_report(run, headline=hostile_metric).page.read_text()  # its per-relation heat map names the relation
+    # Its per-relation heat map names the relation; each configuration's own cases (they share none).
+    html = build_report(run, headline=hostile_metric, cases="all").page.read_text()
     for raw in ("<script>alert(1)</script>", "<img src=x", "<img src=y", 'a"b<i>', "<b>hug</b>", "<u>cat</u>",
                 "<s>animal</s>", 'm"<i>'):
         assert raw not in html, raw
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a&quot;b&lt;i&gt;" in html
     assert "&lt;img src=y onerror=alert(2)&gt;" in html and "&lt;u&gt;cat&lt;/u&gt;" in html
     # In the leaderboard, the paper table, the breakdowns, the case grid and the plots' labels.
-    assert cells(html, "leaderboard")[1][0] == hostile_method
-    assert cells(html, "paper")[8][1] == f"{hostile_method} (tiny)"
-    # clip_t: no case both methods scored (common cases), so no value.
-    assert ["<b>hug</b>", "interaction", hostile_method, "1", "– n=0", "– n=0", "– n=0", "2 n=1"] in cells(html, "relations")
-    assert ["<s>animal</s>", hostile_method, "1", "– n=0", "– n=0", "– n=0", "2 n=1"] in cells(html, "categories")
+    assert [row[0] for row in cells(html, "leaderboard")[:3]] == ["method", "sdxl", hostile_method]  # by m"<i>: 5, 2
+    assert cells(html, "paper")[9][1] == f"{hostile_method} (full)"
+    assert ["<b>hug</b>", "interaction", hostile_method, "1", "2 n=1"] in cells(html, "relations")
+    assert ["<b>hug</b>", "interaction", hostile_method, "1", "1 n=1"] in cells(html, "relations")
+    assert '<span class="swatch" style="background:#ff7f0e"></span>&lt;img src=x onerror=alert(1)&gt;' in html  # the legend
+    assert ["<s>animal</s>", hostile_method, "1", "2 n=1"] in cells(html, "categories")
     svgs = "".join(re.findall(r"<svg .*?</svg>", html, flags=re.S))
     assert ">&lt;img src=x onerror=alert(1)&gt;</text>" in svgs
     assert ">m\"&lt;i&gt;</text>" in svgs and ">&lt;b&gt;hug&lt;/b&gt;</text>" in svgs
