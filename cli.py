@@ -337,14 +337,9 @@ def _launch_sweep(spec: Any, runs: list[Any], launcher: str, parallel: int, retr
 
 def _expand_run_dirs(paths: list[Path]) -> list[Path]:
     """A run directory stays; a folder holding runs (a sweep's output) gives every run below it."""
-    out: list[Path] = []
-    for path in paths:
-        if (path / "run.json").is_file() or not path.is_dir():
-            out.append(path)
-            continue
-        found = sorted(p.parent for p in path.rglob("run.json"))
-        out.extend(found or [path])
-    return out
+    from relbench.reports.tables import expand_run_dirs
+
+    return expand_run_dirs(paths)
 
 
 @app.command()
@@ -357,9 +352,10 @@ def compare(
     headline: HeadlineOption = None,
 ) -> None:
     """Compare two method configurations case by case (paired bootstrap CI, sign test)."""
-    from relbench.reports.compare import compare_runs, format_comparison, write_comparison_csv
+    from relbench.analysis import compare as compare_table, load_runs
+    from relbench.reports.compare import format_comparison, write_comparison_csv
 
-    result = compare_runs(_expand_run_dirs(list(run_dirs)), a, b, _split([metrics]) if metrics else None, headline)
+    result = compare_table(load_runs(*run_dirs, wide=True), a, b, metrics=_split([metrics]) if metrics else None, headline=headline)
     typer.echo(format_comparison(result))
     if output:
         write_comparison_csv(result, output)
@@ -374,9 +370,11 @@ def leaderboard(
     common_cases: CasesOption = True,
 ) -> None:
     """Merge several runs into one leaderboard CSV (one row per method and settings, sorted by the headline metric)."""
-    from relbench.reports.leaderboard import write_leaderboard_csv
+    from relbench.analysis import leaderboard_board, load_runs
+    from relbench.reports.leaderboard import save_csv
 
-    board = write_leaderboard_csv(_expand_run_dirs(list(run_dirs)), output, headline, "common" if common_cases else "all")
+    board = leaderboard_board(load_runs(*run_dirs, wide=True), headline, "common" if common_cases else "all")
+    save_csv(board.table, output)
     for note in board.notes():
         typer.echo(note)
     typer.echo(f"leaderboard: {output}")

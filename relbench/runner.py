@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from relbench.method import GenerationRequest, Method
-    from relbench.metrics.base import Metric, ScoringSample
+    from relbench.metrics.base import ScoringSample
 
 # Output size per profile when --resolution is not given.
 DEFAULT_RESOLUTION = {"tiny": 64, "full": 1024}
@@ -496,38 +496,24 @@ class SubjectInputs:
 
 
 class Scorer:
-    """The run's metrics, built on first use, and the scoring of rows that lack some of them."""
+    """The run's scoring: its cases' samples scored by the run's metrics (``relbench.scoring.Scorer``,
+    the one owner of building metrics and of a row's results, shared with ``relbench.score``), and
+    the scoring of rows that lack some of them."""
 
     def __init__(self, context: RunContext, metric_names: list[str], benchmark: Benchmark, data_root: Path, progress: bool):
+        from relbench.scoring import Scorer as MetricScorer
+
         self.context = context
         self.metric_names = metric_names
         self.benchmark = benchmark
         self.inputs = SubjectInputs(benchmark, data_root)
         self.progress = progress
-        self._metrics: list["Metric"] | None = None
-
-    @property
-    def metrics(self) -> list["Metric"]:
-        if self._metrics is None:
-            from relbench.metrics import METRICS
-
-            self._metrics = [METRICS.get(name)(self.context) for name in self.metric_names]
-        return self._metrics
+        self.scoring = MetricScorer.from_context(context, metric_names)
 
     def score(self, cases: Sequence[Case], images: Sequence["Image.Image"], only: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Per image, ``{metric: {value, details, settings, higher_is_better}}``."""
         samples = [self.inputs.scoring_sample(case, image) for case, image in zip(cases, images)]
-        out: list[dict[str, Any]] = [{} for _ in samples]
-        for metric in self.metrics:
-            if only is not None and metric.name not in only:
-                continue
-            settings = metric.settings()
-            for entry, result in zip(out, metric.score(samples)):
-                entry[metric.name] = {
-                    "value": result.value, "details": result.details, "settings": settings,
-                    "higher_is_better": metric.higher_is_better,
-                }
-        return out
+        return self.scoring.score_samples(samples, only)
 
     def score_missing(self, writer: RunWriter, case_ids: set[str], shard: "Shard | None" = None,
                       retry: set[RowKey] | None = None) -> tuple[int, list[Row]]:

@@ -320,21 +320,30 @@ def _parse_poses(check: _Checker, value: Any, where: str) -> tuple[ReferencePose
     return tuple(poses) if ok else None
 
 
-def _parse_box(check: _Checker, value: Any, where: str) -> tuple[float, float, float, float] | None:
+def box_problem(value: Any, kinds: tuple[type, ...] = (list, tuple)) -> str | None:
+    """What is wrong with a layout box (``[x0, y0, x1, y1]`` of one of ``kinds``, normalised to
+    [0, 1] with x0 < x1 and y0 < y1), None when it is fine; spec files (lists only) and
+    ``relbench.score`` share it."""
     if (
-        not isinstance(value, list)
+        not isinstance(value, kinds)
         or len(value) != 4
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     ):
-        check.add(where, f"expected [x0, y0, x1, y1] as 4 numbers, got {value!r}")
-        return None
+        return f"expected [x0, y0, x1, y1] as 4 numbers, got {value!r}"
     x0, y0, x1, y1 = (float(v) for v in value)
     if not all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
-        check.add(where, f"coordinates must be normalised to [0, 1], got {value!r}")
-        return None
+        return f"coordinates must be normalised to [0, 1], got {value!r}"
     if not (x0 < x1 and y0 < y1):
-        check.add(where, f"expected x0 < x1 and y0 < y1, got {value!r}")
+        return f"expected x0 < x1 and y0 < y1, got {value!r}"
+    return None
+
+
+def _parse_box(check: _Checker, value: Any, where: str) -> tuple[float, float, float, float] | None:
+    problem = box_problem(value, (list,))
+    if problem:
+        check.add(where, problem)
         return None
+    x0, y0, x1, y1 = (float(v) for v in value)
     return (x0, y0, x1, y1)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from relbench.errors import RelbenchError
-from relbench.reports.leaderboard import load_runs, save_csv
+from relbench.reports.leaderboard import RunSet, load_runs, save_csv
 from relbench.reports.stats import Comparison, compare, label
 
 
@@ -28,7 +28,13 @@ def compare_runs(
 ) -> Comparison:
     """Load and merge ``run_dirs`` and compare configurations ``a`` and ``b`` on ``metrics`` (all by
     default); ``headline`` as ``--headline`` (default: ``stats.choose_headline``)."""
-    run_set = load_runs(run_dirs)
+    return compare_run_set(load_runs(run_dirs), a, b, metrics, headline)
+
+
+def compare_run_set(
+    run_set: RunSet, a: str, b: str, metrics: Sequence[str] | None = None, headline: str | None = None
+) -> Comparison:
+    """``compare_runs`` on runs already read (``relbench.compare`` passes the runs of its table)."""
     if run_set.samples.empty:
         raise RelbenchError(f"{run_set.runs[0][0]}: no samples yet; run `relbench evaluate` first")
     return compare(run_set.samples, a, b, metrics=metrics, directions=run_set.directions(), headline=headline)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,3 +266,85 @@ def scored_mask(samples: pd.DataFrame, metric: str) -> pd.Series:
     if "metric_details" not in samples.columns:
         return samples[metric].notna()
     return samples["metric_details"].map(lambda d: isinstance(d, dict) and metric in d).astype(bool) | samples[metric].notna()
+
+
+# --------------------------------------------------------------------------------------------
+# Where runs are, and the tidy view (``relbench.load_runs``)
+
+
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """A run directory stays; a folder holding runs (a sweep's output) gives every run below it,
+    sorted. What the commands and ``relbench.load_runs`` read; a path that is neither stays, so
+    reading it names it in the error."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if (path / RUN_FILE).is_file() or not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p.parent for p in path.rglob(RUN_FILE))
+        out.extend(found or [path])
+    return out
+
+
+# The tidy table: the samples table's fixed columns (but ``metric_details``), the image's path
+# (``run_dir`` joined with ``image``), then one metric of the image per row.
+TIDY_VALUE_COLUMNS: tuple[str, ...] = ("metric", "value", "higher_is_better", "details")
+TIDY_COLUMNS: tuple[str, ...] = (
+    *(c for c in SAMPLE_COLUMNS if c != "metric_details"), "image_path", *TIDY_VALUE_COLUMNS,
+)
+_FIXED_COLUMNS: tuple[str, ...] = tuple(c for c in SAMPLE_COLUMNS if c != "metric_details")
+
+
+def is_tidy(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` is a tidy table (``tidy_samples``) rather than a samples table."""
+    return set(TIDY_VALUE_COLUMNS) <= set(frame.columns) and "metric_details" not in frame.columns
+
+
+def tidy_samples(samples: pd.DataFrame, directions: dict[str, bool | None]) -> pd.DataFrame:
+    """The samples table with one row per (image, metric it was scored with), ``TIDY_COLUMNS``.
+
+    ``value`` is the metric's value (NaN where it ran and gave none), ``higher_is_better`` its
+    direction from ``directions`` (<NA>: unknown), ``details`` its details. An image no metric has
+    scored yet keeps one row with ``metric`` empty, so that counts of images stay right.
+    ``wide_samples`` gives the samples table back.
+    """
+    metrics = metric_columns(samples)
+    records: list[dict[str, Any]] = []
+    for row in samples.to_dict("records"):
+        base = {column: row[column] for column in _FIXED_COLUMNS}
+        base["image_path"] = str(Path(row["run_dir"]) / row["image"])
+        details = row["metric_details"] if isinstance(row["metric_details"], dict) else {}
+        scored = [m for m in metrics if m in details or not math.isnan(row[m])]
+        if not scored:
+            records.append({**base, "metric": None, "value": math.nan, "higher_is_better": None, "details": {}})
+        for metric in scored:
+            records.append({**base, "metric": metric, "value": row[metric],
+                            "higher_is_better": directions.get(metric), "details": details.get(metric, {})})
+    frame = pd.DataFrame(records, columns=list(TIDY_COLUMNS))
+    frame["value"] = frame["value"].astype("float64")
+    frame["generation_seconds"] = frame["generation_seconds"].astype("float64")
+    frame["higher_is_better"] = frame["higher_is_better"].astype("boolean")
+    return frame
+
+
+def wide_samples(tidy: pd.DataFrame, metrics: Sequence[str] = ()) -> pd.DataFrame:
+    """The samples table of a tidy table (the inverse of ``tidy_samples``): one row per image in
+    order of first appearance, a column for each of ``metrics`` (then for any other metric the
+    rows name) with NaN where the image has no value."""
+    names = list(dict.fromkeys([*metrics, *(m for m in tidy["metric"] if isinstance(m, str))]))
+    images: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in tidy.to_dict("records"):
+        # An image is one per run and key; missing fields (NaN) compare as None.
+        key = tuple(None if pd.isna(record[c]) else record[c] for c in ("run_dir", "benchmark", "benchmark_version", *SAMPLE_KEY))
+        image = images.get(key)
+        if image is None:
+            image = images[key] = {**{c: record[c] for c in _FIXED_COLUMNS}, "metric_details": {}, **dict.fromkeys(names, math.nan)}
+        metric = record["metric"]
+        if isinstance(metric, str):
+            image[metric] = record["value"]
+            image["metric_details"][metric] = record["details"] if isinstance(record["details"], dict) else {}
+    frame = pd.DataFrame(list(images.values()), columns=[*SAMPLE_COLUMNS, *names])
+    for name in names:
+        frame[name] = frame[name].astype("float64")
+    frame["generation_seconds"] = frame["generation_seconds"].astype("float64")
+    return frame
