@@ -275,7 +275,7 @@ def sweep_status(sweep: "Sweep", runs: list["PlannedRun"]) -> list[PointStatus]:
         done, total = point_done(run)
         entry = record.get(key)
         if done >= total:
-            out.append(PointStatus(key, "done", done, total, entry and str(entry.get("job_id"))))
+            out.append(PointStatus(key, "done", done, total, _job_label(entry)))
             continue
         if entry is None:
             out.append(PointStatus(key, "pending", done, total, None, "not started"))
@@ -295,6 +295,12 @@ def sweep_status(sweep: "Sweep", runs: list["PlannedRun"]) -> list[PointStatus]:
         else:
             out.append(PointStatus(key, "failed", done, total, "local", entry.get("error") or "stopped before it finished"))
     return out
+
+
+def _job_label(entry: dict[str, Any] | None) -> str | None:
+    if entry is None:
+        return None
+    return str(entry.get("job_id")) if entry.get("launcher") == "slurm" else "local"
 
 
 def _alive(pid: Any) -> bool:

@@ -350,3 +350,22 @@ def test_the_training_job_trains_each_subject_set_once_and_evaluations_only_read
         run_job(job)
     assert len(calls) == len(subject_sets)  # the evaluation jobs found every subject set trained
     assert [run_progress(sweep.output / "demo" / f"dreambooth-lora-{i}") for i in (0, 1)] == [{"dreambooth-lora": (2, 2)}] * 2
+
+
+@pytest.mark.slow
+def test_a_failed_local_point_is_listed_and_retried_alone(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path)
+    blocked = tmp_path / "out" / "demo" / "reference-collage-1"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the point's run folder goes")  # its evaluation cannot write there
+    result = relbench("sweep", str(path), "--max-parallel", "2", "-q", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: 1 of 4 jobs failed (demo/reference-collage-1: "), result.stderr
+    lines = relbench("sweep", "status", str(path)).stdout.splitlines()
+    assert lines[-1] == "3 done, 0 running, 0 pending, 1 failed"
+    assert lines[0] == "done     demo/reference-collage-0: 2/2 items [local]"
+    assert lines[1] == "failed   demo/reference-collage-1: 0/2 items [local]", lines
+    assert lines[2] == f"    | {blocked}: --output exists and is not a directory"
+    blocked.unlink()
+    assert "1 jobs done" in relbench("sweep", str(path), "--retry-failed", "--max-parallel", "2", "-q").stdout
+    assert relbench("sweep", "status", str(path)).stdout.splitlines()[-1] == "4 done, 0 running, 0 pending, 0 failed"
