@@ -369,3 +369,25 @@ def test_a_failed_local_point_is_listed_and_retried_alone(tmp_path: Path) -> Non
     blocked.unlink()
     assert "1 jobs done" in relbench("sweep", str(path), "--retry-failed", "--max-parallel", "2", "-q").stdout
     assert relbench("sweep", "status", str(path)).stdout.splitlines()[-1] == "4 done, 0 running, 0 pending, 0 failed"
+
+
+@pytest.mark.slow
+def test_a_job_with_two_tasks_shards_its_run_over_them(tmp_path: Path, slurm_cluster, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # gpus_per_job: 2 gives two tasks (the sbatch test); here two CPU tasks, as this node has no GPU.
+    from relbench.sweep_launch import run_slurm_job, slurm_executor
+
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    sweep = load_sweep(write_sweep(tmp_path, seeds=[0, 1], methods=[{"method": "reference-collage"}], slurm={"gpus_per_job": 0}))
+    job = sweep_jobs(sweep, plan(sweep))[0]
+    executor = slurm_executor(sweep.output / "slurm" / "%j", sweep.slurm)
+    executor.update_parameters(ntasks_per_node=2)
+    handle = executor.submit(run_slurm_job, job)
+    wait_for_queue_empty(slurm_cluster.env)
+    assert handle.results() == ["demo/reference-collage"] * 2  # both tasks ran it
+    run = sweep.output / "demo" / "reference-collage"
+    assert (run / ".lock.rank-0").exists() and (run / ".lock.rank-1").exists()  # each task wrote its own shard
+    assert not list(run.glob("samples.rank-*.jsonl"))  # merged by task 0
+    single = tmp_path / "single"
+    relbench("evaluate", "-m", "reference-collage", "-b", "demo", "--seeds", "0,1", "--limit", "2", "--metrics", "none", "-q", "-o", str(single))
+    assert rows_by_point(sweep.output)["demo/reference-collage"] == rows_by_point(single)["."]
