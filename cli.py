@@ -14,7 +14,36 @@ from typing import Annotated, Any, Optional
 import typer
 
 from relbench.errors import MAX_LINE_CHARS, Interrupted, RelbenchError, clip
-from relbench.profiles import FULL_MODELS
+from relbench.profiles import DEFAULT_PROFILE, FULL_MODELS, PROFILES
+
+def _name_placeholders(command: object) -> None:
+    """Placeholders from names in ``--help``: ``--method METHOD``, ``relbench train METHOD``.
+
+    Typer shows a value's Python type (``--method <list[str]>``) and a required argument in braces
+    (``{method}``); an option or argument without its own ``metavar`` gets its name in capitals
+    instead (``...`` for an argument taking several). Applied to a command and every subcommand.
+    """
+    for param in getattr(command, "params", ()):
+        if param.metavar is not None or getattr(param, "is_flag", False) or param.name is None:
+            continue
+        name = param.name.rstrip("_").upper()
+        if param.param_type_name == "argument":
+            label = f"{name}..." if param.nargs != 1 else name
+            param.get_usage_pieces = lambda ctx, label=label: [label]  # not Typer's "{name}"
+            param.display_type_rich = lambda ctx: None  # the name alone, not "METHOD <str>"
+        param.metavar = name
+    for sub in getattr(command, "commands", {}).values():
+        _name_placeholders(sub)
+
+
+class _Group(typer.core.TyperGroup):
+    """The root command group: every command it hands out has named placeholders (``_name_placeholders``)."""
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> object:
+        command = super().get_command(ctx, cmd_name)
+        _name_placeholders(command)
+        return command
+
 
 app = typer.Typer(
     name="relbench",
@@ -23,6 +52,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    cls=_Group,
 )
 methods_app = typer.Typer(help="Generation methods.", no_args_is_help=True)
 metrics_app = typer.Typer(help="Metrics.", no_args_is_help=True)
@@ -37,6 +67,10 @@ DataRootOption = Annotated[
     Optional[Path],
     typer.Option("--data-root", help="Folder holding benchmark files (default: $RELBENCH_DATA_ROOT, else ~/.cache/relbench/data)."),
 ]
+
+PROFILE_METAVAR = "|".join(PROFILES)
+DEVICE_METAVAR = "auto|cpu|cuda|cuda:N|mps"  # what relbench.profiles.check_device accepts
+DEVICE_HELP = "'auto' (a GPU when there is one, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'."
 
 # The model keys come from their owner, relbench.profiles (keys without a pretrained default: README).
 MODEL_HELP = f"KEY=HUB_ID_OR_PATH[@REVISION] to replace a pretrained model (keys: {', '.join(FULL_MODELS)})."
@@ -82,15 +116,15 @@ def evaluate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Run directory (created; re-running resumes it).")],
     method: Annotated[list[str], typer.Option("--method", "-m", help="Method name(s), comma-separated or repeated, or 'all'.")] = ["all"],
     benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Built-in benchmark (NAME, its latest version, or NAME@VERSION: relationbench@1) or path to a spec file.")] = "demo",
-    profile: Annotated[str, typer.Option("--profile", "-p", help="'tiny' (random tiny models, offline) or 'full' (pretrained).")] = "tiny",
+    profile: Annotated[str, typer.Option("--profile", "-p", metavar=PROFILE_METAVAR, help="'tiny' (random tiny models, offline) or 'full' (pretrained).")] = DEFAULT_PROFILE,
     metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help="Metric name(s), 'all' (default: every metric the profile can run) or 'none'.")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; one image per (method, case, seed).")] = "0",
     resolution: Annotated[Optional[int], typer.Option("--resolution", help="Output width and height in pixels (default: 64 tiny, 1024 full).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N cases (after --relations).")] = None,
     relations: Annotated[Optional[list[str]], typer.Option("--relations", help="Only the cases of these relation ids (comma-separated or repeated).")] = None,
-    stage: Annotated[str, typer.Option("--stage", help="'all' (generate and score), 'generate' (images only) or 'score' (score stored images, e.g. with a new metric; never regenerates).")] = "all",
+    stage: Annotated[str, typer.Option("--stage", metavar="all|generate|score", help="'all' (generate and score), 'generate' (images only) or 'score' (score stored images, e.g. with a new metric; never regenerates).")] = "all",
     data_root: DataRootOption = None,
-    device: Annotated[str, typer.Option("--device", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar=DEVICE_METAVAR, help=DEVICE_HELP)] = "auto",
     model: Annotated[Optional[list[str]], typer.Option("--model", help=MODEL_HELP)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE, e.g. sdxl.num_inference_steps=50.")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's relation LoRA: FILE (every relation) or RELATION=FILE, repeatable.")] = None,
@@ -126,7 +160,9 @@ def evaluate(
         f"{summary.skipped} already done, {summary.scored} stored images scored); methods: {', '.join(summary.methods) or '-'}; "
         f"metrics: {', '.join(summary.metrics) or 'none'}"
     )
-    _echo_judge_failures(summary.output)
+    from relbench.reports.terminal import print_run_summary
+
+    print_run_summary(summary.output, typer.echo)  # the leaderboard table, failed items, the next command
 
 
 def _parse_judge_options(values: list[str] | None) -> dict[str, str]:
@@ -137,19 +173,6 @@ def _parse_judge_options(values: list[str] | None) -> dict[str, str]:
             raise RelbenchError(f"--judge-option {value!r}: expected KEY=VALUE, e.g. timeout=120")
         out[key.strip()] = raw.strip()
     return out
-
-
-def _echo_judge_failures(run_dir: Path) -> None:
-    """One line when judge answers failed (they are retried by running the same command again)."""
-    from relbench.metrics.relation_judge import count_failed_questions, failure_line
-    from relbench.runstore import RunStore, read_rows, row_key
-
-    path = RunStore(run_dir).samples_jsonl
-    rows = {row_key(row): row for row in (read_rows(path) if path.is_file() else [])}.values()  # newest version per key
-    details = ({name: result.get("details") for name, result in row.get("metrics", {}).items() if isinstance(result, dict)} for row in rows)
-    line = failure_line(count_failed_questions(details))
-    if line:
-        typer.echo(line)
 
 
 @app.command()
@@ -164,10 +187,10 @@ def generate(
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Without --case: the prompt.")] = None,
     relation: Annotated[Optional[str], typer.Option("--relation", help="Without --case: the relation id (selects a dreamrelation LoRA) and phrase.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    profile: Annotated[str, typer.Option("--profile", "-p")] = "tiny",
+    profile: Annotated[str, typer.Option("--profile", "-p", metavar=PROFILE_METAVAR, help="'tiny' (random tiny models, offline) or 'full' (pretrained).")] = DEFAULT_PROFILE,
     resolution: Annotated[Optional[int], typer.Option("--resolution")] = None,
     data_root: DataRootOption = None,
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar=DEVICE_METAVAR, help=DEVICE_HELP)] = "auto",
     model: Annotated[Optional[list[str]], typer.Option("--model", help=MODEL_HELP)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE.")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's LoRA: FILE or RELATION=FILE.")] = None,
@@ -267,7 +290,7 @@ def report(
 
 @app.command()
 def sweep(
-    sweep_file: Annotated[Path, typer.Argument(help="A sweep YAML/JSON file (see `relbench.sweep`); `relbench sweep status FILE` shows each grid point's state.")],
+    sweep_file: Annotated[Path, typer.Argument(help="A sweep YAML/JSON file (keys: README, Sweep files); `relbench sweep status FILE` shows each grid point's state.")],
     status_file: Annotated[Optional[Path], typer.Argument(hidden=True)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the runs and their size; run nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -420,6 +443,10 @@ def data_list() -> None:
             )
 
 
+SHOWN_PROBLEMS = 10  # `data validate` lists the first ones (a data root without images has hundreds)
+MISSING_FILE_PROBLEMS = ("image not found", "keypoint file not found")  # relbench.spec's messages for a missing file
+
+
 @data_app.command("validate")
 def data_validate(
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Built-in benchmark: NAME (its latest version) or NAME@VERSION.")] = None,
@@ -429,6 +456,7 @@ def data_validate(
     triplets: Annotated[Optional[Path], typer.Option("--triplets", help="Check DreamRelation training triplets under this folder instead (<dir>/<relation>/prompts.json, videos/, masks/).")] = None,
     relation: Annotated[Optional[list[str]], typer.Option("--relation", help="With --triplets: only these relation folders.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", help="Also check that the reference files of this run folder's cases still have the sha256 its run.json recorded (what a resume checks).")] = None,
+    all_problems: Annotated[bool, typer.Option("--all", help=f"List every problem (default: the first {SHOWN_PROBLEMS} and how many more).")] = False,
 ) -> None:
     """Check a spec and every file it names; each problem as `<file>: <field>: <problem>`, exit 2."""
     from relbench.benchmarks import builtin_spec_path
@@ -436,7 +464,7 @@ def data_validate(
     from relbench.spec import validate_spec
 
     if triplets is not None:
-        _validate_triplets(triplets, relation)
+        _validate_triplets(triplets, relation, all_problems)
         return
     if (benchmark is None) == (spec is None):
         raise RelbenchError("data validate: give exactly one of --benchmark NAME, --spec FILE or --triplets DIR")
@@ -449,27 +477,36 @@ def data_validate(
 
         run_problems, run_note = check_run_inputs(run, bench, root)
         problems = [*problems, *run_problems]
-    for problem in problems:
-        typer.echo(str(problem))
     if problems:
-        _echo_err(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+        _echo_problems(problems, path, all_problems)
+        if any(problem.message.startswith(MISSING_FILE_PROBLEMS) for problem in problems):
+            _echo_err(f"fix: fetch the benchmark files with `relbench data download`, or point --data-root (or $RELBENCH_DATA_ROOT) "
+                      f"at the folder that holds them (data root now: {root})")
         raise typer.Exit(2)
     assert bench is not None  # validate_spec reports a problem whenever it returns no benchmark
     checked = "files not checked" if no_files else f"{n_images} images checked in {root}"
     typer.echo(f"{bench.label}: {len(bench.cases)} cases, {len(bench.relations)} relations, {len(bench.subjects)} subjects, {checked}{run_note}")
 
 
-def _validate_triplets(root: Path, relations: list[str] | None) -> None:
+def _echo_problems(problems: list, source: Path, show_all: bool) -> None:
+    """The first SHOWN_PROBLEMS problems (every one with --all), how many more, and the count on stderr."""
+    shown = problems if show_all else problems[:SHOWN_PROBLEMS]
+    for problem in shown:
+        typer.echo(str(problem))
+    if len(problems) > len(shown):
+        typer.echo(f"... and {len(problems) - len(shown)} more (--all lists every one)")
+    _echo_err(f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+
+
+def _validate_triplets(root: Path, relations: list[str] | None, show_all: bool = False) -> None:
     from relbench.methods.dreamrelation.data import read_relation_dir, validate_relation_dir
 
     names = _split(relations) or sorted(p.name for p in root.iterdir() if (p / "prompts.json").is_file()) if root.is_dir() else []
     if not names:
         raise RelbenchError(f"{root}: no relation folder with a prompts.json found")
     problems = [problem for name in names for problem in validate_relation_dir(root, name)]
-    for problem in problems:
-        typer.echo(str(problem))
     if problems:
-        _echo_err(f"{root}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+        _echo_problems(problems, root, show_all)
         raise typer.Exit(2)
     counts = {name: len(read_relation_dir(root, name)) for name in names}
     typer.echo(f"{root}: " + ", ".join(f"{name}: {n} triplets" for name, n in counts.items()) + " checked")

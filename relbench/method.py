@@ -96,8 +96,10 @@ class Method(ABC):
         changes: dict[str, Any] = {}
         for key, raw in overrides.items():
             if key not in fields:
+                from relbench.registry import did_you_mean
+
                 raise RelbenchError(
-                    f"--set {cls.name}.{key}: unknown setting; expected one of {', '.join(sorted(fields))}"
+                    f"--set {cls.name}.{key}: unknown setting.{did_you_mean(key, sorted(fields))} Expected one of {', '.join(sorted(fields))}"
                 )
             changes[key] = _coerce(raw, getattr(base, key), f"--set {cls.name}.{key}")
         settings = dataclasses.replace(base, **changes)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -135,8 +136,12 @@ class Registry(Generic[T]):
         return unknown_name_message(self.kind, name, self.names())
 
 
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` Did you mean 'sdxl'?`` naming the known names close to ``name``; empty when none is."""
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def unknown_name_message(kind: str, name: str, names: list[str]) -> str:
     """``unknown <kind> 'sdxxl'. Did you mean 'sdxl'? Available: ...``: for any list of known names."""
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
+    return f"unknown {kind} {name!r}.{did_you_mean(name, names)} Available: {', '.join(names) or '(none)'}"

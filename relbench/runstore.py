@@ -361,8 +361,10 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path, stored: S
     """The config of a resumed run whose samples file holds the rows ``stored``.
 
     Settings bind the directory once results made with them are stored. Benchmark, profile, seeds,
-    resolution, cases and the reference files' sha256 (``inputs``; files not recorded yet are
-    added) must match once any row is stored. Methods and metrics may be added (a new method joins
+    resolution and the reference files' sha256 (``inputs``; files not recorded yet are added)
+    must match once any row is stored; the cases may be a subset of the run's (``--relations hug``:
+    one more method evaluated on some of the cases joins the run, which keeps its case list; the
+    reports show each method's coverage). Methods and metrics may be added (a new method joins
     the run; a new metric scores the stored images), but a method with a stored row must keep its
     settings hash, and a metric with a stored value its model. Until then they may change: a start
     that failed before storing anything (``--set sdxl.dtype=int8`` refused by the model) does not
@@ -370,15 +372,19 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path, stored: S
     """
     from relbench.input_files import changed_inputs, changed_message
 
+    cases = new.get("cases")
     if stored:
         for key in sorted(set(old) | set(new)):
             if key in ("methods", "metrics", "inputs"):
+                continue
+            if key == "cases" and _is_subset(new.get(key), old.get(key)):
+                cases = old.get(key)  # a command on some of the run's cases adds to the run
                 continue
             if old.get(key) != new.get(key):
                 raise RelbenchError(
                     f"{root}: this run was made with different settings ({key}: {_short(old.get(key))} != "
                     f"{_short(new.get(key))}); {_same_benchmark_hint(old, new) if key == 'benchmark' else ''}"
-                    "use a new --output directory"
+                    f"{_cases_hint(old, new) if key == 'cases' else ''}use a new --output directory"
                 )
     with_rows = {row.method for row in stored}
     with_values = {name for row in stored for name in row.metrics}
@@ -405,7 +411,20 @@ def merge_config(old: dict[str, Any], new: dict[str, Any], root: Path, stored: S
     if recorded is None and current and stored:
         warnings.warn(f"{root}: run.json records no sha256 of the reference files (written by an older relbench); "
                       "recording them now: a file replaced before this resume cannot be detected", stacklevel=2)
-    return {**new, "methods": methods, "metrics": metrics, "inputs": {**(recorded or {}), **current}}
+    return {**new, "cases": cases, "methods": methods, "metrics": metrics, "inputs": {**(recorded or {}), **current}}
+
+
+def _is_subset(cases: Any, of: Any) -> bool:
+    return isinstance(cases, list) and isinstance(of, list) and set(cases) <= set(of)
+
+
+def _cases_hint(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Which cases a command adds to a run (a subset of the run's cases may be added to it)."""
+    extra = [case for case in new.get("cases") or [] if case not in set(old.get("cases") or [])]
+    if not extra:
+        return ""
+    more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+    return f"case {extra[0]!r}{more} not in this run (a command may select some of the run's cases, not others), or "
 
 
 def _start_leftover(name: str) -> bool:

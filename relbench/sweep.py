@@ -39,6 +39,7 @@ from typing import Any
 
 from relbench.errors import RelbenchError
 from relbench.options import check_resolution, check_seeds, size_multiple
+from relbench.registry import did_you_mean
 
 TOP_KEYS = {"output", "profile", "benchmarks", "seeds", "metrics", "relations", "limit", "resolution", "models", "methods", "device",
             "launcher", "max_parallel", "slurm"}
@@ -91,7 +92,8 @@ def load_sweep(path: Path) -> Sweep:
         raise RelbenchError(f"{where}: expected a mapping with output, benchmarks, seeds, methods")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise RelbenchError(f"{where}: {unknown[0]}: unknown key; expected some of {', '.join(sorted(TOP_KEYS))}")
+        raise RelbenchError(f"{where}: {unknown[0]}: unknown key.{did_you_mean(unknown[0], sorted(TOP_KEYS))} "
+                            f"Expected some of: {', '.join(sorted(TOP_KEYS))}")
     for key in ("output", "benchmarks", "methods"):
         if key not in data:
             raise RelbenchError(f"{where}: {key}: missing")
@@ -109,7 +111,8 @@ def load_sweep(path: Path) -> Sweep:
             raise RelbenchError(f"{at}: expected a mapping with a 'method' name")
         unknown = sorted(set(entry) - METHOD_KEYS)
         if unknown:
-            raise RelbenchError(f"{at}: {unknown[0]}: unknown key; expected method, set, grid")
+            raise RelbenchError(f"{at}: {unknown[0]}: unknown key.{did_you_mean(unknown[0], sorted(METHOD_KEYS))} "
+                                "Expected some of: method, set, grid")
         for key in ("set", "grid"):
             if not isinstance(entry.get(key, {}), dict):
                 raise RelbenchError(f"{at}.{key}: expected a mapping of setting -> value")

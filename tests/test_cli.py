@@ -180,6 +180,27 @@ def test_user_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "Missing option" in usage.stderr and "Traceback" not in usage.stderr
 
 
+def test_data_validate_lists_the_first_10_missing_images_the_count_of_the_rest_and_the_fix(tmp_path: Path) -> None:
+    subjects = [{"id": f"s{i:02d}", "class_noun": "dog", "category": "animal", "images": [f"s{i:02d}.png"]} for i in range(13)]
+    spec = {"name": "mine", "version": "1", "subjects": subjects,
+            "relations": [{"id": "hug", "phrase": "hugging", "kind": "interaction", "fits": [["animal"], ["animal"]]}],
+            "cases": [{"id": "c", "subjects": ["s00", "s01"], "relation": "hug", "prompt": "a dog hugging a dog",
+                       "boxes": [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]}]}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    root = tmp_path / "root"
+    result = relbench("data", "validate", "--spec", str(path), "--data-root", str(root), check=False)
+    assert result.returncode == 2
+    lines = result.stdout.splitlines()
+    assert lines[:10] == [f"{path}: subjects[s{i:02d}].images[0]: image not found: {root / f's{i:02d}.png'} (data root {root})"
+                          for i in range(10)]
+    assert lines[10:] == ["... and 3 more (--all lists every one)"]
+    assert result.stderr.splitlines()[0] == f"{path}: 13 problems found"
+    assert "fix: fetch the benchmark files with `relbench data download`, or point --data-root" in result.stderr
+    every = relbench("data", "validate", "--spec", str(path), "--data-root", str(root), "--all", check=False)
+    assert len(every.stdout.splitlines()) == 13 and every.stdout.splitlines()[12].startswith(f"{path}: subjects[s12]")
+
+
 def test_data_validate_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
     spec = {
         "name": "mine", "version": "1",
@@ -195,6 +216,10 @@ def test_data_validate_reports_every_problem_and_exits_2(tmp_path: Path) -> None
     result = relbench("data", "validate", "--spec", str(path), "--data-root", str(tmp_path), check=False)
     assert result.returncode == 2
     assert result.stdout.splitlines() == [f"{path}: subjects[b].images[0]: image not found: {tmp_path / 'b.png'} (data root {tmp_path})"]
+    assert result.stderr.splitlines() == [
+        f"{path}: 1 problem found",
+        "fix: fetch the benchmark files with `relbench data download`, or point --data-root (or $RELBENCH_DATA_ROOT) at "
+        f"the folder that holds them (data root now: {tmp_path})"]
     Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
     ok = relbench("data", "validate", "--spec", str(path), "--data-root", str(tmp_path))
     assert ok.stdout.strip() == f"mine v1: 1 cases, 1 relations, 2 subjects, 2 images checked in {tmp_path}"

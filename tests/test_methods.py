@@ -112,7 +112,7 @@ def test_settings_overrides_are_typed_and_unknown_keys_refused() -> None:
     settings = SDXL.settings_from_overrides(context, {"num_inference_steps": "3", "guidance_scale": "7.5"})
     assert settings.num_inference_steps == 3 and settings.guidance_scale == 7.5
     assert settings.dtype == "float32"  # the tiny profile's default is kept
-    with pytest.raises(RelbenchError, match=r"--set sdxl.steps: unknown setting; expected one of .*num_inference_steps"):
+    with pytest.raises(RelbenchError, match=r"--set sdxl.steps: unknown setting. Expected one of .*num_inference_steps"):
         SDXL.settings_from_overrides(context, {"steps": "3"})
     with pytest.raises(RelbenchError, match="cannot read 'many' as int"):
         SDXL.settings_from_overrides(context, {"num_inference_steps": "many"})

@@ -1093,6 +1093,7 @@ def test_evaluate_with_a_failing_api_judge_agrees_then_a_rerun_retries_only_the_
     # Two waits per failed question, two for the 7th: 1 s then 2 s, each with jitter; never real.
     assert len(waits) == 14 and all(0.5 <= w <= 1.0 for w in waits[::2]) and all(1.0 <= w <= 2.0 for w in waits[1::2])
     assert "judge: 6 questions failed (HTTP 500 x6); run the same command again to retry them" in first.output
+    assert "failed: 2 of 4 items have a score that failed; run the same command again to retry them" in first.output
     assert "judge: 6 questions failed" in page_1
     nan_rows = set()
     for case_id, metrics in rows_1.items():
@@ -1109,7 +1110,7 @@ def test_evaluate_with_a_failing_api_judge_agrees_then_a_rerun_retries_only_the_
     # Run 2: exactly the failed questions were asked again (once each: the server answers now),
     # nothing else; every row now has a number for every metric, and they agree.
     assert sorted(request_keys(second_log)) == sorted(failed)
-    assert "judge:" not in second.output and "2 stored images scored" in second.output
+    assert "judge:" not in second.output and "failed:" not in second.output and "2 stored images scored" in second.output
     for case_id, metrics in rows_2.items():
         vqa, acc, mc = (metrics[name]["value"] for name in ("relation_vqa", "relation_acc", "relation_mc"))
         assert vqa in (0.0, 100.0) and acc == (100.0 if vqa >= 50 else 0.0) and mc in (0.0, 100.0)

@@ -102,7 +102,7 @@ def test_a_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path: Path) 
         ({"seeds": [0, 1]}, "seeds: [0] != [0, 1]"),
         ({"profile": "full"}, 'profile: "tiny" != "full"'),
         ({"metrics": {"clip_t": {"model": {"id": "openai/clip", "revision": None}}}}, "metric 'clip_t' was computed here with another model"),
-        ({"cases": ["a"]}, "cases:"),
+        ({"cases": ["a", "c"]}, "cases: [\"a\", \"b\"] != [\"a\", \"c\"]); case 'c' not in this run"),
         ({"resolution": [128, 128]}, "resolution"),
         # -b NAME now meaning a newer version than the run's: the message names the resuming option.
         ({"benchmark": {"name": "demo", "version": "2", "spec_sha256": "def"}}, "to resume it pass -b demo@1, or use"),
@@ -116,6 +116,23 @@ def test_reusing_an_output_with_other_settings_is_refused(tmp_path: Path, change
     with pytest.raises(RelbenchError) as info:
         store.open_for_writing(config(**changes), ENV)
     assert message in str(info.value) and "use a new --output directory" in str(info.value)
+
+
+def test_a_method_may_be_added_on_a_subset_of_the_runs_cases(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    with store.open_for_writing(config(), ENV) as writer:
+        writer.append(row(case="a"))
+        writer.append(row(case="b"))
+    # One more method on case "b" only (`--relations hug`): it joins; the run keeps its two cases.
+    subset = config(cases=["b"], methods={"m2": {"settings_hash": "h2", "settings": {}}})
+    with store.open_for_writing(subset, ENV) as writer:
+        writer.append(row(method="m2", case="b", shash="h2"))
+    run = json.loads(store.run_json.read_text())
+    assert run["cases"] == ["a", "b"] and set(run["methods"]) == {"m1", "m2"}
+    assert sorted((r.method, r.case_id) for r in store.rows()) == [("m1", "a"), ("m1", "b"), ("m2", "b")]
+    with store.open_for_writing(config(), ENV):  # the whole run's command still resumes it
+        pass
+    assert json.loads(store.run_json.read_text())["cases"] == ["a", "b"]
 
 
 def test_metrics_may_be_added_and_keep_what_was_recorded(tmp_path: Path) -> None:
