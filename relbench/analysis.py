@@ -9,8 +9,8 @@ counted once), ``reports.tables`` owns the samples table and its tidy view,
 
 A table from ``load_runs`` carries what the statistics need besides its rows in
 ``DataFrame.attrs["relbench"]`` (JSON, so ``to_parquet`` keeps it): per run its directory and the
-parts of its ``run.json`` the leaderboard reads (method settings, metric entries with their
-direction, version and commit), and the metrics in column order. pandas keeps ``attrs`` through
+parts of its ``run.json`` the leaderboard reads (``RUN_INFO_KEYS``, method settings, metric
+directions), and the metrics in column order. pandas keeps ``attrs`` through
 row filters (``df[df.relation == "hug"]``) and column selections; ``pd.concat`` of two loads drops
 it: load the runs together instead (``relbench.load_runs(a, b)``).
 """
@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     from relbench.reports.stats import Comparison
 
 ATTRS_KEY = "relbench"
-# The run.json fields a leaderboard or comparison reads (settings and provenance columns, metric
-# directions); the rest (inputs, cases, environment, stored settings) stays on disk.
-RUN_INFO_KEYS: tuple[str, ...] = ("benchmark", "profile", "methods", "metrics", "relbench_version", "git_commit")
+# What a leaderboard or comparison reads of a run.json: the methods' settings (settings column),
+# version and commit (provenance columns) and each metric's direction. Kept small: pandas deep-copies
+# ``attrs`` into the result of every operation on the table.
+RUN_INFO_KEYS: tuple[str, ...] = ("relbench_version", "git_commit")
 
 
 def load_runs(*paths: str | Path, wide: bool = False) -> pd.DataFrame:
@@ -63,7 +64,15 @@ def load_runs(*paths: str | Path, wide: bool = False) -> pd.DataFrame:
 def _run_attrs(run_set: RunSet) -> dict[str, Any]:
     from relbench.reports.tables import metric_columns
 
-    runs = [[str(path), {key: info[key] for key in RUN_INFO_KEYS if key in info}] for path, info in run_set.runs]
+    runs = []
+    for path, info in run_set.runs:
+        slim: dict[str, Any] = {key: info[key] for key in RUN_INFO_KEYS if key in info}
+        slim["methods"] = {
+            name: {key: entry[key] for key in ("settings_hash", "settings") if key in entry}
+            for name, entry in info.get("methods", {}).items() if isinstance(entry, dict)
+        }
+        slim["metrics"] = {name: {"higher_is_better": entry.get("higher_is_better")} for name, entry in info.get("metrics", {}).items()}
+        runs.append([str(path), slim])
     return {"runs": runs, "metrics": metric_columns(run_set.samples)}
 
 
@@ -86,7 +95,9 @@ def run_set(frame: pd.DataFrame) -> RunSet:
         if missing:
             raise RelbenchError(f"this table lacks the column(s) {', '.join(missing)}; pass a table of relbench.load_runs")
         samples = frame
-    return RunSet(runs, samples.reset_index(drop=True))
+    samples = samples.reset_index(drop=True)
+    samples.attrs = {}  # the statistics' many intermediate tables need no copy of it
+    return RunSet(runs, samples)
 
 
 def leaderboard_board(frame: pd.DataFrame, headline: str | None = None, cases: str = "common") -> Board:

@@ -162,12 +162,19 @@ def score(
       report how well each subject sits in its box).
     * ``ids``: a name per image for the table and error messages (default: its path, or
       ``image N``); ``relation_mc`` orders its choices by it (the case id in a run).
+    * ``benchmark``: a built-in name (``"demo"``, ``"relationbench@1"``), a spec path or a loaded
+      ``Benchmark``, whose subject ids and relation ids the inputs may then use; its image
+      references resolve against ``data_root`` (default as ``--data-root``).
+
+    ``metrics``, ``profile``, ``device`` and ``models`` are those of ``Scorer``. A metric scores
+    what it is given: ``clip_t`` without ``prompts`` compares the image with the empty text.
 
     Returns one row per image: ``id``, ``image`` (the path given, else empty), ``prompt``,
     ``relation``, ``subjects``, one float column per metric (NaN: no value, see its details) and
     ``metric_details`` (``{metric: details}``); ``attrs["relbench_scores"]`` holds each metric's
     direction and settings. With the images, inputs and profile of a run, the values are those
-    ``relbench evaluate`` stores.
+    ``relbench evaluate`` stores (float32 embeddings made in batches of another composition may
+    differ in the last bits, ~1e-7 relative).
     """
     scorer = Scorer(metrics, profile=profile, device=device, models=models)
     return scorer(images, prompts=prompts, subjects=subjects, relation=relation, boxes=boxes,

@@ -304,47 +304,61 @@ def tidy_samples(samples: pd.DataFrame, directions: dict[str, bool | None]) -> p
     """The samples table with one row per (image, metric it was scored with), ``TIDY_COLUMNS``.
 
     ``value`` is the metric's value (NaN where it ran and gave none), ``higher_is_better`` its
-    direction from ``directions`` (<NA>: unknown), ``details`` its details. An image no metric has
-    scored yet keeps one row with ``metric`` empty, so that counts of images stay right.
-    ``wide_samples`` gives the samples table back.
+    direction from ``directions`` (<NA>: unknown), ``details`` its details. Rows come image by
+    image, metrics in column order; an image no metric has scored yet keeps one row with
+    ``metric`` empty, so that counts of images stay right. ``wide_samples`` gives the samples
+    table back.
     """
+    import numpy as np
+
     metrics = metric_columns(samples)
-    records: list[dict[str, Any]] = []
-    for row in samples.to_dict("records"):
-        base = {column: row[column] for column in _FIXED_COLUMNS}
-        base["image_path"] = str(Path(row["run_dir"]) / row["image"])
-        details = row["metric_details"] if isinstance(row["metric_details"], dict) else {}
-        scored = [m for m in metrics if m in details or not math.isnan(row[m])]
-        if not scored:
-            records.append({**base, "metric": None, "value": math.nan, "higher_is_better": None, "details": {}})
-        for metric in scored:
-            records.append({**base, "metric": metric, "value": row[metric],
-                            "higher_is_better": directions.get(metric), "details": details.get(metric, {})})
-    frame = pd.DataFrame(records, columns=list(TIDY_COLUMNS))
-    frame["value"] = frame["value"].astype("float64")
+    details = [d if isinstance(d, dict) else {} for d in samples["metric_details"]]
+    values = samples[metrics].to_numpy(dtype="float64") if metrics else np.empty((len(samples), 0))
+    scored = np.array([[name in d for name in metrics] for d in details], dtype=bool).reshape(len(samples), len(metrics))
+    scored |= ~np.isnan(values)
+    image, column = np.nonzero(scored)  # row-major: image by image, metrics in column order
+    bare = np.flatnonzero(~scored.any(axis=1))
+    # One sequence: each image's metrics, an unscored image's single row at its place.
+    image = np.concatenate([image, bare])
+    column = np.concatenate([column, np.full(len(bare), -1)])
+    order = np.lexsort((column, image))
+    image, column = image[order], column[order]
+    names: list[str | None] = [metrics[j] if j >= 0 else None for j in column]
+    paths = np.array([str(Path(r) / i) for r, i in zip(samples["run_dir"], samples["image"])], dtype=object)
+    frame = samples.loc[:, list(_FIXED_COLUMNS)].iloc[image].reset_index(drop=True)
+    frame["image_path"] = paths[image] if len(paths) else []
+    frame["metric"] = names
+    frame["value"] = np.where(column >= 0, values[image, np.maximum(column, 0)] if metrics else np.nan, np.nan)
+    frame["higher_is_better"] = pd.array([directions.get(n) if n else None for n in names], dtype="boolean")
+    frame["details"] = [details[i].get(n, {}) if n else {} for i, n in zip(image, names)]
     frame["generation_seconds"] = frame["generation_seconds"].astype("float64")
-    frame["higher_is_better"] = frame["higher_is_better"].astype("boolean")
-    return frame
+    return frame[list(TIDY_COLUMNS)]
 
 
 def wide_samples(tidy: pd.DataFrame, metrics: Sequence[str] = ()) -> pd.DataFrame:
     """The samples table of a tidy table (the inverse of ``tidy_samples``): one row per image in
     order of first appearance, a column for each of ``metrics`` (then for any other metric the
     rows name) with NaN where the image has no value."""
-    names = list(dict.fromkeys([*metrics, *(m for m in tidy["metric"] if isinstance(m, str))]))
-    images: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for record in tidy.to_dict("records"):
-        # An image is one per run and key; missing fields (NaN) compare as None.
-        key = tuple(None if pd.isna(record[c]) else record[c] for c in ("run_dir", "benchmark", "benchmark_version", *SAMPLE_KEY))
-        image = images.get(key)
-        if image is None:
-            image = images[key] = {**{c: record[c] for c in _FIXED_COLUMNS}, "metric_details": {}, **dict.fromkeys(names, math.nan)}
-        metric = record["metric"]
-        if isinstance(metric, str):
-            image[metric] = record["value"]
-            image["metric_details"][metric] = record["details"] if isinstance(record["details"], dict) else {}
-    frame = pd.DataFrame(list(images.values()), columns=[*SAMPLE_COLUMNS, *names])
-    for name in names:
-        frame[name] = frame[name].astype("float64")
+    import numpy as np
+
+    names = list(dict.fromkeys([*metrics, *(m for m in tidy["metric"].dropna().unique() if isinstance(m, str))]))
+    if tidy.empty:
+        return pd.DataFrame(columns=[*SAMPLE_COLUMNS, *names]).astype(dict.fromkeys(names, "float64"))
+    # An image is one per run and key.
+    image = tidy.groupby(["run_dir", "benchmark", "benchmark_version", *SAMPLE_KEY], sort=False, dropna=False).ngroup().to_numpy()
+    first = ~pd.Series(image).duplicated().to_numpy()
+    frame = tidy.loc[first, list(_FIXED_COLUMNS)].reset_index(drop=True)
+    frame = frame.iloc[np.argsort(image[first], kind="stable")].reset_index(drop=True)
+    position = {name: j for j, name in enumerate(names)}
+    column = np.array([position.get(m, -1) if isinstance(m, str) else -1 for m in tidy["metric"]])
+    has = column >= 0
+    values = np.full((len(frame), len(names)), np.nan)
+    values[image[has], column[has]] = tidy["value"].to_numpy(dtype="float64")[has]
+    details: list[dict[str, Any]] = [{} for _ in range(len(frame))]
+    for i, j, d in zip(image[has], column[has], tidy["details"].to_numpy()[has]):
+        details[i][names[j]] = d if isinstance(d, dict) else {}
+    frame["metric_details"] = details
+    for j, name in enumerate(names):
+        frame[name] = values[:, j]
     frame["generation_seconds"] = frame["generation_seconds"].astype("float64")
-    return frame
+    return frame[[*SAMPLE_COLUMNS, *names]]
