@@ -1,8 +1,9 @@
 """A self-contained HTML report of one or more runs (``relbench report RUN_DIR...``).
 
 The page (``index.html``) has inline CSS, inline SVG plots and one small inline script (the
-failure filters); it fetches nothing from the network and links the runs' own images by relative
-path, so a run directory can be copied or served as it is. A Content-Security-Policy in the page
+failure filters and the layout-box toggle); it fetches nothing from the network and links the runs'
+own images by relative path, so the report folder works when moved together with the run folder
+(or, ``self_contained``, embeds downscaled copies: ``reports.pictures``). A Content-Security-Policy in the page
 enforces this: only that one script (by its hash) may run, and images load only from local files
 or the page's own origin. Every string that comes from run files (prompts, names, ids, settings, relation
 names) goes through ``html.escape``; plot labels are escaped by matplotlib's SVG writer.
@@ -18,13 +19,18 @@ Where things go (``build_report``):
 ``formats`` (``csv``, ``parquet``) also writes the report's tables next to the page:
 ``samples``, ``leaderboard``, ``per_relation``, ``per_category`` (``.csv`` / ``.parquet``).
 
-Sections: leaderboard (mean, 95% CI and n cases per cell, direction arrow, best per column under
-the rule of ``stats``; rows sorted by the headline metric, named on the page with why it is that
-one; the case view and any metric whose configurations scored different cases; a warning when two
-configurations' CIs overlap on the headline metric, see ``stats``), plots, the paper-comparable
-table, per-relation and per-category breakdowns, the runs' settings, and a grid of every case with
-every method side by side (scores, judge verdicts and failure flags under each image; checkboxes
-show only the cases with a failure, see ``tables.FLAG_RULES``).
+Sections, in reading order, sized so that at 1400 px nothing scrolls sideways and the first case
+is within three screens: leaderboard, one table per metric group (``reports.groups``; mean, 95% CI
+and n cases per cell, direction arrow, best per column under the rule of ``stats``; rows sorted by
+the headline metric, named on the page with why it is that one; the case view and any metric whose
+configurations scored different cases; a warning when two configurations' CIs overlap on the
+headline metric, see ``stats``); plots (``reports.plots``: dot-and-whisker per group, the headline
+per relation, identity against relation); folded in ``<details>``: per-relation and per-category
+breakdowns, the runs' settings and provenance; the paper-comparable table (full-profile
+configurations only); then every case: the subjects' reference thumbnails and the prompt, every
+configuration's images (layout boxes on a toggle; headline score, judge verdicts and failure flags
+under each image, all scores folded; checkboxes show only the cases with a failure, see
+``tables.FLAG_RULES``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,13 @@ escapes it for XML, and ``_text`` escapes ``$`` so that a name is never parsed a
 Output is deterministic: a fixed ``svg.hashsalt``, no date metadata, and element ids prefixed per
 plot so that several plots can share one page without id clashes.
 
+What is drawn, and what is not: a mean with its CI is a dot and a whisker on a value axis fitted to
+the data (``fitted_limits``: the range of the means and CI ends, padded by ``PAD`` of it each
+side, within the metric's declared range), not a bar from 0 that makes 90 and 93 look alike; a
+metric whose every mean and CI is one value (``has_spread``) gets no panel, a heat map whose every
+cell is one value is not drawn; configurations keep one colour (``method_colors``) in every plot.
+Each dot plot's ``<svg>`` carries ``data-panels`` (per panel: metric, axis limits, data range).
+
 Only ``matplotlib.figure.Figure`` is used (no pyplot): no global backend switch, no open figures.
 """
 
@@ -150,7 +157,7 @@ def metric_dots(
     if not drawn:
         return None
     colors = method_colors(labels)
-    per_panel = max(1.2, 0.14 * len(labels) + 0.75)
+    per_panel = max(1.1, 0.12 * len(labels) + 0.6)
     panels: list[Panel] = []
     with matplotlib.rc_context(RC):
         figure = _figure(per_panel * len(drawn), 1.55)
@@ -193,7 +200,7 @@ def relation_heatmap(per_relation: pd.DataFrame, metric: str | None) -> str | No
     if not has_spread(float(finite.min()), float(finite.max())):
         return None
     with matplotlib.rc_context(RC):
-        figure = _figure(max(3.0, 0.45 * len(relations) + 2.2), max(1.8, 0.22 * len(labels) + 1.0))
+        figure = _figure(max(3.0, 0.4 * len(relations) + 1.8), max(1.8, 0.2 * len(labels) + 0.9))
         axes = figure.add_subplot(1, 1, 1)
         image = axes.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis")
         axes.set_xticks(np.arange(len(relations)), [_text(r) for r in relations], rotation=45, ha="right")
@@ -228,7 +235,7 @@ def identity_relation_scatter(
         return None
     colors = method_colors(order)
     with matplotlib.rc_context(RC):
-        figure = _figure(4.4, 2.4)
+        figure = _figure(4.0, 2.2)
         axes = figure.add_subplot(1, 1, 1)
         for i, label in enumerate(shown):
             xm, ym = float(x.at[label, "mean"]), float(y.at[label, "mean"])

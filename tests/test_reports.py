@@ -6,9 +6,11 @@ import base64
 import csv
 import hashlib
 import json
-import math
 import html as html_module
+import io
+import math
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -1026,3 +1028,116 @@ def test_a_row_appended_after_run_json_was_read_resolves_by_the_run_json_of_now(
     _, samples = tables.load_run(new)
     assert len(reads) == 2 and samples["clip_t"].tolist()[:3] == [20.0, 30.0, 10.0]
     monkeypatch.setattr(tables, "read_run_info", real_read)
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures, groups and plot axes
+
+
+def demo_spec_run(run_dir: Path, rows: list[dict[str, Any]] | None = None) -> Path:
+    """A run whose run.json carries the demo spec's real digest: the report finds its layouts."""
+    from relbench.benchmarks import builtin_spec_path
+    from relbench.hashing import file_sha256
+
+    run = make_run(run_dir, rows if rows is not None else BASE_SAMPLES[:3])
+    info = json.loads((run / "run.json").read_text())
+    info["benchmark"]["spec_sha256"] = file_sha256(builtin_spec_path("demo@1"))[:16]
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def sources(html: str) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', html)
+
+
+def test_case_rows_show_reference_thumbnails_and_layout_boxes_from_the_spec(tmp_path: Path) -> None:
+    html = build_report(demo_spec_run(tmp_path / "run")).page.read_text()
+    # astronaut-hug-cat is a demo case: its two subjects' references and, over each of its 2 images, its 2 boxes
+    # ([0.0, 0.2, 0.55, 0.85] and [0.55, 0.26, 0.95, 0.9]); cat-on-rocket is not in the demo spec: neither.
+    assert html.count('alt="reference of astronaut"') == 1 and html.count('alt="reference of cat"') == 1
+    assert html.count('<span class="box" ') == 4
+    assert 'style="left:0.00%;top:20.00%;width:55.00%;height:65.00%;border-color:#e6194b"' in html
+    assert 'style="left:55.00%;top:26.00%;width:40.00%;height:64.00%;border-color:#1f77b4"' in html
+    assert '<input type="checkbox" id="show-boxes">' in html
+    refs = [src for src in sources(html) if src.startswith("references/")]
+    assert len(refs) == 2
+    with Image.open(Path(tmp_path / "run" / "report" / refs[0])) as thumb:
+        assert thumb.format == "JPEG" and thumb.height == 144  # 2 x 72 px
+
+
+def test_a_changed_or_unknown_spec_shows_no_references_and_says_why(tmp_path: Path) -> None:
+    html = build_report(make_run(tmp_path / "run", BASE_SAMPLES[:2])).page.read_text()  # spec_sha256 "5eed"
+    assert "reference of" not in html and '<span class="box"' not in html
+    assert "No reference images or layout boxes: benchmark demo v1: " in html and "has changed since the run" in html
+
+
+def test_the_default_report_works_when_moved_with_its_run(tmp_path: Path) -> None:
+    run = demo_spec_run(tmp_path / "run")
+    elsewhere = demo_spec_run(tmp_path / "other", [sample("sdxl", "cat-on-rocket", 1, clip_t=1.0)])
+    build_report(run)
+    build_report([run, elsewhere], tmp_path / "site")  # -o outside the runs: moved together with them
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("run", "other", "site"):
+        shutil.move(str(tmp_path / name), str(moved / name))
+    for page in (moved / "run" / "report" / "index.html", moved / "site" / "index.html"):
+        found = sources(page.read_text())
+        assert len(found) >= 5 and not any(src.startswith(("/", "data:", "file:")) for src in found)
+        for src in found:
+            assert (page.parent / src).resolve().is_file(), (page, src)
+
+
+def test_self_contained_embeds_downscaled_pictures_and_links_no_file(tmp_path: Path) -> None:
+    rows = [sample("sdxl", "astronaut-hug-cat", 0, clip_t=20.0), sample("sdxl", "cat-on-rocket", 0, clip_t=30.0)]
+    run = demo_spec_run(tmp_path / "run", rows)
+    Image.new("RGB", (640, 480), (200, 10, 10)).save(run / rows[0]["image"])  # a larger generated image
+    page = build_report(run, tmp_path / "mail", self_contained=True).page
+    html = page.read_text()
+    found = sources(html)
+    assert len(found) == 4  # 2 generated images, 2 references
+    assert all(src.startswith("data:image/jpeg;base64,") for src in found)
+    assert not (tmp_path / "mail" / "references").exists()
+    assert "../" not in html and "<a href=\"images" not in html
+    sizes = []
+    for src in found:
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            sizes.append(image.size)
+    assert (160, 120) in sizes  # the 640 x 480 image at the thumbnail width
+    assert all(width <= 160 or height == 144 for width, height in sizes)
+
+
+def test_metric_groups_fit_a_screen_and_put_the_headline_first() -> None:
+    from relbench.reports.groups import metric_groups
+
+    metrics = ["clip_t", "clip_i", "dino", "pose", "clip_r", "identity_clip", "identity_dino", "presence", "confusion",
+               "swap", "blend", "relation_vqa", "relation_acc", "relation_mc", "mine"]
+    groups = metric_groups(metrics, judge=["my_judge"], headline="relation_acc")
+    assert [(g.key, g.metrics) for g in groups] == [
+        ("relation", ("relation_acc", "relation_vqa", "relation_mc")),
+        ("identity", ("identity_dino", "identity_clip", "presence", "confusion", "swap", "blend")),
+        ("pose", ("pose",)),
+        ("paper", ("clip_t", "clip_r", "clip_i", "dino")),
+        ("other", ("mine",)),
+    ]
+    assert [g.key for g in metric_groups(["clip_t", "pose"], [], headline="pose")] == ["pose", "paper"]
+    many = metric_groups([f"m{i}" for i in range(8)] + ["my_judge"], judge=["my_judge"])
+    assert [(g.key, len(g.metrics)) for g in many] == [("relation", 1), ("other", 6), ("other-2", 2)]
+
+
+def test_value_axes_are_fitted_to_the_data() -> None:
+    from relbench.reports.plots import fitted_limits, has_spread
+
+    assert fitted_limits(90.0, 95.0) == pytest.approx((89.5, 95.5))  # not from 0
+    assert fitted_limits(0.2, 1.0, (0.0, 1.0)) == pytest.approx((0.12, 1.0))  # not past the metric's range
+    assert fitted_limits(-0.1, 0.5, (0.0, 1.0)) == pytest.approx((-0.1, 0.56))  # unless the data is
+    assert not has_spread(100.0, 100.0) and has_spread(0.0, 1e-6)
+
+
+def test_constant_metrics_get_no_panel_and_a_constant_heat_map_is_left_out(tmp_path: Path) -> None:
+    rows = [sample(m, c, 0, clip_t=25.0, clip_i=60.0 + 10 * i) for i, (m, c) in
+            enumerate((m, c) for m in HASHES for c in CASES)]
+    html = build_report(make_run(tmp_path / "run", rows)).page.read_text()
+    svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
+    assert len(svgs) == 1 and ">clip_i ↑</text>" in svgs[0] and ">clip_t" not in svgs[0]
+    assert "Not plotted, the same value for every configuration and case: clip_t." in html
+    assert "No heat map: the headline metric has no per-relation values, or the same value in every cell." in html
