@@ -711,3 +711,42 @@ def test_a_subject_sets_cases_and_seeds_share_a_pipeline_call(name: str, trained
     assert len(calls) == 4 * 2
     for i, image in enumerate(alone):
         assert np.abs(pixels(image) - pixels(by_batch[i])).max() <= 2  # the image of one call per request (float noise)
+
+
+@pytest.mark.parametrize("trainer", [db_train, cd_train], ids=["dreambooth-lora", "custom-diffusion"])
+def test_training_steps_make_no_host_reads_or_host_tensors_on_the_training_thread(trainer: Any, concepts: list[str], tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU each of these waits for the device (a read back, or a copy from pageable host memory)."""
+    import threading
+
+    in_step: list[bool] = [False]
+    seen: list[str] = []
+
+    def watch(owner: Any, name: str) -> None:
+        real = getattr(owner, name)
+
+        def watched(*a: Any, **k: Any) -> Any:
+            if in_step[0] and threading.current_thread() is threading.main_thread():
+                seen.append(name)
+            return real(*a, **k)
+
+        monkeypatch.setattr(owner, name, watched)
+
+    for name in ("item", "tolist", "cpu", "numpy", "__int__", "__float__", "__bool__"):
+        watch(torch.Tensor, name)
+    watch(torch, "tensor")
+    real_run = trainer.run_training
+
+    def run(accelerator: Any, args: Any, job: Any, desc: str) -> Any:
+        def step(*a: Any) -> Any:
+            in_step[0] = True
+            try:
+                return job.micro_step(*a)
+            finally:
+                in_step[0] = False
+
+        return real_run(accelerator, args, dataclasses.replace(job, micro_step=step), desc)
+
+    monkeypatch.setattr(trainer, "run_training", run)
+    trainer.main(tiny_argv(concepts, tmp_path / "out", "--max-train-steps", "3", "--train-batch-size", "2", "--log-every", "100"))
+    assert seen == []
