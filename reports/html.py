@@ -678,9 +678,10 @@ def _verdicts(details: dict[str, Any]) -> list[str]:
         value = detail_number(metric_details.get(VERDICT_KEY)) if isinstance(metric_details, dict) else None
         if value is not None:
             (shown if value >= 0.5 else not_shown).append(_e(name))
-    lines = [f"judge: relation shown ({', '.join(shown)})"] if shown else []
+    # The metrics that gave the verdict in a tooltip: the line stays one line under a thumbnail.
+    lines = [f'<span title="{", ".join(shown)}">judge: relation shown</span>'] if shown else []
     if not_shown:
-        lines.append(f'judge: <span class="flag">relation not shown</span> ({", ".join(not_shown)})')
+        lines.append(f'<span class="flag" title="{", ".join(not_shown)}">judge: relation not shown</span>')
     return lines
 
 
@@ -714,10 +715,10 @@ def _image_cell(pictures: Pictures, sample: dict[str, Any], flags: dict[str, Any
         inner = f'<a href="{_e(link)}">{img}</a>' if link else img
         picture = f'<span class="shot">{inner}{_box_spans(layout)}</span>'
     headline = data.headline
-    first = (f"{_e(headline)} <strong>{_fmt(sample[headline])}</strong>"
-             if headline is not None and not _is_missing(sample[headline]) else "")
+    lines = [f"seed {_e(sample['seed'])}"]
+    if headline is not None and not _is_missing(sample[headline]):
+        lines.append(f"{_e(headline)} <strong>{_fmt(sample[headline])}</strong>")
     scores = [f"{_e(metric)} {_fmt(sample[metric])}" for metric in data.metrics if not _is_missing(sample[metric])]
-    lines = [first] if first else []
     details = sample.get("metric_details")
     lines += _verdicts(details if isinstance(details, dict) else {})
     raised = [flag for flag in FAILURE_FLAGS if _raised(flags.get(flag))]
@@ -725,8 +726,7 @@ def _image_cell(pictures: Pictures, sample: dict[str, Any], flags: dict[str, Any
     lines.append(f'<details><summary>{len(scores)} scores</summary>{"<br>".join(scores)}</details>' if scores
                  else '<span class="muted">not scored</span>')
     return (
-        f'<figure data-flags="{" ".join(raised)}">{picture}<figcaption>seed {_e(sample["seed"])}<br>'
-        f'{"<br>".join(lines)}</figcaption></figure>'
+        f'<figure data-flags="{" ".join(raised)}">{picture}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
     )
 
 

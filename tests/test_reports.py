@@ -673,8 +673,9 @@ def test_report_scatter_when_identity_and_judge_metrics_exist(tmp_path: Path) ->
     assert ">clip_t" not in svgs[1] and "Not plotted, the same value for every configuration and case: clip_t." in html
     # Told apart by a legend, not by names at the points.
     assert svgs[3].count(">sdxl</text>") == 1 and svgs[3].count(">reference-collage</text>") == 1
-    assert "judge: relation shown (judge)" in html
-    assert html.count('judge: <span class="flag">relation not shown</span> (judge)') == 3
+    assert '<span title="judge">judge: relation shown</span>' in html
+    assert html.count('<span class="flag" title="judge">judge: relation not shown</span>') == 3
+    assert "seed 0<br>judge <strong>0.9</strong><br>" in html  # the headline score under each image
 
 
 def test_scatter_metrics_are_registered_and_per_subject_identity_comes_first(tmp_path: Path) -> None:
