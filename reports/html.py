@@ -53,7 +53,7 @@ from relbench.errors import RelbenchError, output_errors
 from relbench.reports import plots
 from relbench.reports.judge_check import judge_check_section
 from relbench.reports.groups import MetricGroup, metric_groups
-from relbench.reports.pictures import REFERENCE_HEIGHT, THUMBNAIL_WIDTH, Layouts, Pictures, case_layouts
+from relbench.reports.pictures import REFERENCE_HEIGHT, THUMBNAIL_WIDTH, Layouts, Pictures, case_layouts, thumbnail_width
 from relbench.reports.leaderboard import (
     RunSet, best_mask, board_notes, build_leaderboard, case_set_note, load_runs, save_csv,
 )
@@ -531,7 +531,6 @@ def _paper_section(data: ReportData) -> str:
     info = data.run_set.metric_info()
     head = "".join(f"<th>{name}</th>" for name, _ in PAPER_COLUMNS)
     parts = [
-        '<h2 id="paper">Compared with the paper\'s numbers</h2>',
         f'<p class="warning"><strong>{NOT_COMPARABLE.capitalize()}.</strong> The paper does not publish its CLIP '
         "variant, pooling, prompts or image counts; these runs' settings are listed below. Scores x100.</p>",
         f'<table class="paper"><tr><th>source</th><th>method</th>{head}</tr>',
@@ -548,7 +547,9 @@ def _paper_section(data: ReportData) -> str:
         label = data.labels.get(_key(record), record["method"])
         parts.append(f'<tr><td>this report</td><td>{_e(label)} <span class="muted">({_e(record["profile"])})</span></td>{"".join(cells)}</tr>')
     parts.append(f'</table><p class="muted">Source: {_e(PAPER_SOURCE)}.</p>')
-    return "\n".join(parts)
+    return _collapsed("paper", "Compared with the paper's numbers",
+                      f"CLIP-T, CLIP-R, CLIP-I, DINO of {len(full)} full-profile configuration{'s' if len(full) > 1 else ''} "
+                      f"beside the paper's {len(PAPER_RESULTS)} methods; {NOT_COMPARABLE}", "\n".join(parts))
 
 
 def _collapsed(anchor: str, title: str, summary: str, body: str, open_: bool = False) -> str:
@@ -699,19 +700,20 @@ def _box_spans(layout: Any) -> str:
     return "".join(spans)
 
 
-def _image_cell(pictures: Pictures, sample: dict[str, Any], flags: dict[str, Any], data: ReportData, layout: Any) -> str:
+def _image_cell(pictures: Pictures, sample: dict[str, Any], flags: dict[str, Any], data: ReportData, layout: Any,
+                width_px: int = THUMBNAIL_WIDTH) -> str:
     image = sample["image"]
     alt = _e(f"{sample['method']} {sample['case_id']} seed {sample['seed']}")
     source = pictures.generated(Path(sample["run_dir"]) / image)
     if source is None:
-        picture = f'<div class="missing">image missing: <code>{_e(image)}</code></div>'
+        picture = f'<div class="missing" style="width:{width_px}px;height:{width_px}px">image missing: <code>{_e(image)}</code></div>'
     else:
         src, link = source
         width, height = sample.get("width"), sample.get("height")
         size = ""
         if not _is_missing(width) and not _is_missing(height) and int(width) > 0:
-            size = f' height="{round(THUMBNAIL_WIDTH * int(height) / int(width))}"'
-        img = f'<img src="{_e(src)}" width="{THUMBNAIL_WIDTH}"{size} alt="{alt}" loading="lazy">'
+            size = f' height="{round(width_px * int(height) / int(width))}"'
+        img = f'<img src="{_e(src)}" width="{width_px}"{size} alt="{alt}" loading="lazy">'
         inner = f'<a href="{_e(link)}">{img}</a>' if link else img
         picture = f'<span class="shot">{inner}{_box_spans(layout)}</span>'
     headline = data.headline
@@ -726,7 +728,7 @@ def _image_cell(pictures: Pictures, sample: dict[str, Any], flags: dict[str, Any
     lines.append(f'<details><summary>{len(scores)} scores</summary>{"<br>".join(scores)}</details>' if scores
                  else '<span class="muted">not scored</span>')
     return (
-        f'<figure data-flags="{" ".join(raised)}">{picture}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
+        f'<figure data-flags="{" ".join(raised)}" style="width:{width_px}px">{picture}<figcaption>{"<br>".join(lines)}</figcaption></figure>'
     )
 
 
@@ -776,6 +778,7 @@ def _cases_section(data: ReportData, pictures: Pictures) -> str:
         by_case.setdefault((record["benchmark"], record["benchmark_version"], record["case_id"]), []).append(record)
     several_benchmarks = len({case[:2] for case in by_case}) > 1
     layouts = data.layouts or Layouts()
+    width_px = thumbnail_width(int(samples["seed"].nunique()) if len(samples) else 1)
     rows = []
     case_flags: dict[Key, set[str]] = {}
     for case, case_samples in by_case.items():
@@ -791,7 +794,7 @@ def _cases_section(data: ReportData, pictures: Pictures) -> str:
             mine = [r for r in case_samples if _key(r) == key]
             if not mine:
                 continue
-            figures = "".join(_image_cell(pictures, r, flag_records[r["_position"]], data, layout) for r in mine)
+            figures = "".join(_image_cell(pictures, r, flag_records[r["_position"]], data, layout, width_px) for r in mine)
             cells.append(f'<div class="cell"><div class="who">{_e(data.labels.get(key, key[0]))}</div>{figures}</div>')
         rows.append(
             f'<div class="case" data-flags="{" ".join(sorted(flags))}"><div class="case-head">{_references(pictures, layout)}'

@@ -33,7 +33,16 @@ from urllib.parse import quote
 
 from relbench.errors import RelbenchError, output_errors
 
-THUMBNAIL_WIDTH = 160  # px: a generated image in the grid
+THUMBNAIL_WIDTH = 160  # px: a generated image in the grid (one seed per case)
+# With several seeds a method's images sit side by side: narrower, so a case row stays short
+# (4 seeds x 100 px: three methods per row at 1400 px instead of two).
+SEED_WIDTHS: dict[int, int] = {1: THUMBNAIL_WIDTH, 2: 128}
+MANY_SEEDS_WIDTH = 100
+
+
+def thumbnail_width(n_seeds: int) -> int:
+    """The grid's image width (px) for runs with ``n_seeds`` seeds per case."""
+    return SEED_WIDTHS.get(max(n_seeds, 1), MANY_SEEDS_WIDTH)
 REFERENCE_HEIGHT = 72  # px: a subject's reference thumbnail in a case row
 EMBED_QUALITY = 80  # JPEG quality of every downscaled copy
 REFERENCES_DIR = "references"  # beside the page: a linked report's reference thumbnails

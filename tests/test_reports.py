@@ -809,7 +809,7 @@ def test_filters_are_disabled_without_flag_metrics_and_work_with_them(run_dir: P
     assert '<input type="checkbox" name="flag" value="relation_not_shown" disabled> the relation is not shown (not measured)' in html
     assert '<div class="case" data-flags="subject_missing">' in html
     assert '<div class="case" data-flags="subjects_confused">' in html
-    assert '<figure data-flags="subject_missing">' in html and "&#9888; a subject is missing" in html
+    assert '<figure data-flags="subject_missing" style="width:160px">' in html and "&#9888; a subject is missing" in html
 
 
 def test_report_escapes_everything_from_run_files_including_plot_labels(tmp_path: Path) -> None:
@@ -1142,3 +1142,11 @@ def test_constant_metrics_get_no_panel_and_a_constant_heat_map_is_left_out(tmp_p
     assert len(svgs) == 1 and ">clip_i ↑</text>" in svgs[0] and ">clip_t" not in svgs[0]
     assert "Not plotted, the same value for every configuration and case: clip_t." in html
     assert "No heat map: the headline metric has no per-relation values, or the same value in every cell." in html
+
+
+def test_several_seeds_get_narrower_thumbnails(tmp_path: Path) -> None:
+    one = build_report(make_run(tmp_path / "one", BASE_SAMPLES[:2])).page.read_text()
+    rows = [sample("sdxl", "cat-on-rocket", seed, clip_t=1.0 + seed) for seed in range(3)]
+    three = build_report(make_run(tmp_path / "three", rows)).page.read_text()
+    assert one.count('<img src="../images/') == 2 and one.count('width="160" height="160"') == 2
+    assert three.count('width="100" height="100"') == 3 and three.count('style="width:100px"') == 3
