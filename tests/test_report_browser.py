@@ -118,6 +118,12 @@ window.addEventListener('load', function () {
   });
   var image = document.querySelector('div.case figure img');
   out.first_image = image ? box(image)[2] : null;
+  // Then with every folded section open: the per-relation and per-category tables.
+  [].forEach.call(document.querySelectorAll('details'), function (d) { d.open = true; });
+  out.breakdowns = [].map.call(document.querySelectorAll('table.breakdown'), function (t) {
+    return {box: box(t), scroll: t.parentElement.scrollWidth, client: t.parentElement.clientWidth};
+  });
+  out.open_page_width = document.documentElement.scrollWidth;
   out.panels = [].concat.apply([], [].map.call(document.querySelectorAll('svg.plot[data-panels]'), function (s) {
     return JSON.parse(s.getAttribute('data-panels'));
   }));
@@ -194,6 +200,12 @@ def test_at_1400_px_the_leaderboard_fits_cases_come_early_and_plot_axes_fit_the_
         left, right, _ = table["box"]
         assert 0 <= left and right <= width and table["scroll"] <= table["client"], table
     assert layout["page_width"] <= width
+    # Nor the per-relation and per-category tables (one per metric group), once unfolded.
+    assert len(layout["breakdowns"]) == 2 * len(layout["tables"])
+    for table in layout["breakdowns"]:
+        left, right, _ = table["box"]
+        assert 0 <= left and right <= width and table["scroll"] <= table["client"], table
+    assert layout["open_page_width"] <= width
     # The first generated image of the case grid within the first 3 screen heights.
     assert layout["first_image"] is not None and layout["first_image"] <= 3 * height
     # Every plotted metric's value axis: the data's range (from the leaderboard's numbers, 4 digits)
