@@ -36,7 +36,7 @@ from relbench.training import (  # noqa: F401  (MIXED_PRECISION, TRAINER_STATE, 
     CHECKPOINT_PREFIX, MIXED_PRECISION, TRAINER_STATE, TrainingDefaults, add_training_arguments, find_latest_checkpoint,
     require_non_negative, require_positive, validate_training_arguments,
 )
-from relbench.training import weight_dtype_name
+from relbench.training import WEIGHT_DTYPES, weight_dtype_name
 from relbench.training import write_training_config as write_config
 
 if TYPE_CHECKING:
@@ -289,8 +289,6 @@ def place(parts: dict[str, Any], device: Any, float32: Sequence[str] = ("vae",))
 
 
 TRAINED_MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
-# The frozen weights' dtype of each --mixed-precision (relbench.training.weight_dtype_name).
-WEIGHT_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 @contextmanager

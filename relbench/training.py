@@ -342,9 +342,13 @@ def make_accelerator(args: argparse.Namespace) -> Any:
     )
 
 
+# The frozen weights' dtype of each --mixed-precision (trainable ones stay float32).
+WEIGHT_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
 def weight_dtype_name(accelerator: Any) -> str:
     """Frozen weights in the mixed-precision dtype (trainable ones stay float32)."""
-    return {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[str(accelerator.mixed_precision)]
+    return WEIGHT_DTYPES[str(accelerator.mixed_precision)]
 
 
 def run_training(accelerator: Any, args: argparse.Namespace, job: TrainingJob, desc: str) -> Path:
