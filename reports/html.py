@@ -484,7 +484,7 @@ def _plots_section(data: ReportData) -> str:
         if svg:
             parts.append(_chart(svg, _e(group.title)))
         flat += plots.spreadless(summary, group.metrics)
-    heat = plots.relation_heatmap(_with_labels(data.per_relation, data.labels), data.headline)
+    heat = plots.relation_heatmap(_with_labels(data.per_relation, data.labels), data.headline, labels)
     if heat:
         parts.append(_chart(heat, f"Headline metric per relation: {_e(data.headline)}"))
     with_values = set(data.summary.loc[data.summary["mean"].notna(), "metric"])

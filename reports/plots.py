@@ -12,7 +12,8 @@ the data (``fitted_limits``: the range of the means and CI ends, padded by ``PAD
 side, within the metric's declared range), not a bar from 0 that makes 90 and 93 look alike; a
 metric whose every mean and CI is one value (``has_spread``) gets no panel, a heat map whose every
 cell is one value is not drawn; configurations keep one colour (``method_colors``) in every plot.
-Each dot plot's ``<svg>`` carries ``data-panels`` (per panel: metric, axis limits, data range).
+Each dot plot's ``<svg>`` (and the scatter's, for its y axis) carries ``data-panels`` (per panel:
+metric, axis limits, data range).
 
 Only ``matplotlib.figure.Figure`` is used (no pyplot): no global backend switch, no open figures.
 """
@@ -184,19 +185,24 @@ def metric_dots(
     return _svg(figure, prefix, f"{title}: mean of each metric per method with 95% confidence intervals", panels)
 
 
-def relation_heatmap(per_relation: pd.DataFrame, metric: str | None) -> str | None:
+def relation_heatmap(per_relation: pd.DataFrame, metric: str | None, labels: Sequence[str] | None = None) -> str | None:
     """Methods x relations, coloured and annotated with ``metric``'s mean; None without values or
-    when every cell holds the same value (one colour says nothing)."""
+    when every cell holds the same value (one colour says nothing). Rows in the order of
+    ``labels`` (the leaderboard's) when given."""
     import matplotlib
 
     if metric is None or metric not in per_relation.columns or per_relation[metric].notna().sum() == 0:
         return None
     relations = [str(r) for r in dict.fromkeys(per_relation["relation"])]
-    labels = list(dict.fromkeys(per_relation["label"]))
+    present = list(dict.fromkeys(per_relation["label"]))
+    labels = [label for label in labels if label in present] if labels is not None else present
     grid = np.full((len(labels), len(relations)), np.nan)
     for record in per_relation.to_dict("records"):
-        grid[labels.index(record["label"]), relations.index(str(record["relation"]))] = record[metric]
+        if record["label"] in labels:
+            grid[labels.index(record["label"]), relations.index(str(record["relation"]))] = record[metric]
     finite = grid[np.isfinite(grid)]
+    if not len(finite):
+        return None
     if not has_spread(float(finite.min()), float(finite.max())):
         return None
     with matplotlib.rc_context(RC):
@@ -248,8 +254,17 @@ def identity_relation_scatter(
         axes.set_ylabel(_text(f"relation: {y_metric}"))
         axes.grid(alpha=0.3)
         axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+        # Both axes fitted to the plotted means and CIs, like the dot plots.
+        panels = []
+        for frame, set_limits, get_limits, metric in ((x, axes.set_xlim, axes.get_xlim, x_metric),
+                                                      (y, axes.set_ylim, axes.get_ylim, y_metric)):
+            found = data_range(frame.loc[shown])
+            if found is not None and has_spread(*found):
+                set_limits(*fitted_limits(*found))
+                if metric == y_metric:
+                    panels.append(Panel(metric, tuple(float(v) for v in get_limits()), found))
         figure.tight_layout()
-    return _svg(figure, "scatter", f"identity ({x_metric}) against relation accuracy ({y_metric}) per method")
+    return _svg(figure, "scatter", f"identity ({x_metric}) against relation accuracy ({y_metric}) per method", panels)
 
 
 def _err(mean: float, low: float, high: float) -> list[list[float]]:
