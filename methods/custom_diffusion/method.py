@@ -6,8 +6,9 @@ sorted by id) are trained jointly on all their reference images with the authors
 ``train.py``). SDXL rather than SD 1.x: the authors' repository trains SDXL as well
 (``src/diffusers_training_sdxl.py``; the diffusers example and the paper use SD 1.4), and every
 other method here is SDXL at 1024 px, so the comparison isolates the customization method.
-The training runs in this process on first need and lands in ``relbench.trained_cache``, so a
-sweep trains each subject set once. Generation puts each subject's token before its class noun
+The training runs in this process (in a run, every subject set before the first image; else on
+first need), on the method's own SDXL when the dtypes agree (``finetune_common.lend_parts``), and
+lands in ``relbench.trained_cache``, so a sweep trains each subject set once. Generation puts each subject's token before its class noun
 ("a <new1> dog hugging a <new2> stuffed animal") and samples as the authors' inference: the
 model's own scheduler (Euler for SDXL), 100 steps, guidance 6.0, no negative prompt.
 """

@@ -32,6 +32,10 @@ zero every other row's gradient; Adam is per element, so only the weight decay o
 rows differs), and the masked loss is the diffusers example's (the SDXL script reduces the loss
 to a mean before masking, so its mask has no effect).
 
+Speed: each micro-step's augmentation (PIL), masks and tokenization are made on a worker thread
+(``finetune_common.Prefetcher``) two steps ahead, into pinned host memory on a GPU, so the step
+only copies them over without waiting; the values are those the step made itself before.
+
 Output, in diffusers' formats: ``pytorch_custom_diffusion_weights.safetensors`` (the layout of
 ``UNet2DConditionModel.save_attn_procs``: ``<processor>.to_k_custom_diffusion.weight`` ...) and one
 ``<newN>.safetensors`` per token with its ``clip_l`` and ``clip_g`` embeddings (SDXL's textual

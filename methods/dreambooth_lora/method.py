@@ -4,8 +4,9 @@ Per subject set (a case's two or three subjects, in either order), a LoRA is tra
 their reference images, each subject with its own rare token and instance prompt ("a photo of sks
 dog"), with the recipe of diffusers' ``train_dreambooth_lora_sdxl.py`` (see ``train.py``: rank 4,
 lr 1e-4, batch 1 x 4 accumulation, 500 steps per subject, 1024 px, no prior preservation). The
-training runs in this process on first need and lands in ``relbench.trained_cache``, so a sweep
-trains each subject set once. Generation gives each subject's class noun its token ("a sks dog
+training runs in this process (in a run, every subject set before the first image; else on first
+need), on the method's own SDXL when the dtypes agree (``finetune_common.lend_parts``), and lands
+in ``relbench.trained_cache``, so a sweep trains each subject set once. Generation gives each subject's class noun its token ("a sks dog
 hugging a ohwx stuffed animal": tokens go to the subjects sorted by id) and samples like the
 ``sdxl`` control (Euler, 30 steps, guidance 5.0, DreamRelation's negative prompt), so that the two
 differ only in the fine-tuning.

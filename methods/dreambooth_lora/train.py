@@ -13,7 +13,10 @@ gets each image's original size and crop, as the script does.
 Speed: prompts are encoded once (the text encoders are frozen, as the script does) and every
 image goes through the VAE once (the latent distribution is cached and sampled each step, the
 script's ``--cache_latents``); the VAE runs in float32 (SDXL's VAE overflows in float16; the
-README swaps in ``madebyollin/sdxl-vae-fp16-fix`` for the same reason).
+README swaps in ``madebyollin/sdxl-vae-fp16-fix`` for the same reason). Which images each
+micro-step draws is a tensor made once on the device (``draw_schedule``): a step copies nothing
+from the host. ``--train-batch-size 4 --gradient-accumulation-steps 1`` draws the images of the
+default 1 x 4 per optimizer step in one UNet pass, where memory allows.
 
 Output: ``pytorch_lora_weights.safetensors`` in diffusers' format (``unet.``-prefixed
 ``lora.down``/``lora.up`` keys, what ``StableDiffusionXLPipeline.save_lora_weights`` writes and
