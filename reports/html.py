@@ -446,7 +446,9 @@ def _leaderboard_section(data: ReportData, leaderboard_link: str) -> str:
     if empty:
         parts.append(f'<p class="muted" id="no-values">No values in these runs (not computed, or every image n/a): '
                      f"{', '.join(_e(m) for m in empty)}.</p>")
-    parts.append(f'<p class="muted">Also as <a href="{_e(leaderboard_link)}">{LEADERBOARD_CSV}</a> (every column, one row per configuration).</p>')
+    download = f' download="{LEADERBOARD_CSV}"' if leaderboard_link.startswith("data:") else ""
+    parts.append(f'<p class="muted">Also as <a href="{_e(leaderboard_link)}"{download}>{LEADERBOARD_CSV}</a> '
+                 "(every column, one row per configuration).</p>")
     return "\n".join(parts)
 
 
@@ -931,6 +933,8 @@ def build_report(
     save_csv(data.table, board)
     page = page_dir / PAGE
     link = quote(Path(os.path.relpath(board.resolve(), page_dir.resolve())).as_posix(), safe="/")
+    if self_contained:  # the CSV travels inside the page too
+        link = "data:text/csv;base64," + base64.b64encode(board.read_bytes()).decode("ascii")
     pictures = Pictures(page_dir, self_contained)
     with output_errors(page):
         page.write_text(render_report(data, page_dir, link, pictures), encoding="utf-8")

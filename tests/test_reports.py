@@ -1105,6 +1105,9 @@ def test_self_contained_embeds_downscaled_pictures_and_links_no_file(tmp_path: P
             sizes.append(image.size)
     assert (160, 120) in sizes  # the 640 x 480 image at the thumbnail width
     assert all(width <= 160 or height == 144 for width, height in sizes)
+    # The leaderboard CSV inside the page, as a download.
+    csv_link = re.search(r'<a href="data:text/csv;base64,([^"]+)" download="leaderboard.csv">', html)
+    assert base64.b64decode(csv_link.group(1)) == (tmp_path / "mail" / "leaderboard.csv").read_bytes()
 
 
 def test_metric_groups_fit_a_screen_and_put_the_headline_first() -> None:
