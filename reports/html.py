@@ -101,7 +101,7 @@ RELATION_METRICS: tuple[str, ...] = ("clip_r",)
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; font-size: 15px; }
 h1 { margin-bottom: 0.2rem; font-size: 1.6rem; }
-h2 { margin: 1.6rem 0 0.4rem; }
+h2 { margin: 1.3rem 0 0.4rem; }
 h3 { margin: 0.2rem 0; font-size: 1rem; }
 nav { margin: 0.3rem 0 0.8rem; } nav a { margin-right: 0.9rem; }
 table { border-collapse: collapse; margin: 0.3rem 0 1rem; }
@@ -119,6 +119,7 @@ code, .mono { font-family: ui-monospace, monospace; font-size: 0.9em; }
 .muted { color: #777; font-size: 0.85em; }
 .groups { display: flex; flex-wrap: wrap; gap: 0 1.5rem; align-items: flex-start; }
 .groups > div { max-width: 100%%; overflow-x: auto; }
+.groups h3 { margin: 0.5rem 0 0.2rem; }
 details.section { margin: 0.6rem 0; border-top: 1px solid #ddd; padding-top: 0.3rem; }
 details.section > summary { cursor: pointer; }
 details.section > summary h2 { display: inline; font-size: 1.2rem; margin: 0; }
@@ -386,8 +387,8 @@ def _headline_text(data: ReportData) -> str:
 
 def _view_text(data: ReportData) -> str:
     view = (
-        "common cases: where the configurations scored different cases for a metric, every mean in that column is over "
-        "the cases all of them scored (<code>--all-cases</code> shows each one's own cases)"
+        "common cases (where configurations scored different cases, a column's means are over the cases all of them "
+        "scored; <code>--all-cases</code>: each one's own)"
         if data.cases == COMMON else
         "all cases (<code>--all-cases</code>): every mean is over the configuration's own cases; a column marked "
         "(different cases) compares different cases and has no best"
@@ -411,13 +412,15 @@ def _metric_head(data: ReportData, metric: str) -> str:
 
 
 def _leaderboard_section(data: ReportData, leaderboard_link: str) -> str:
+    download = f' download="{LEADERBOARD_CSV}"' if leaderboard_link.startswith("data:") else ""
     table = data.table
     nan_counts = {(_key(r), r["metric"]): r["n_nan"] for r in data.summary.to_dict("records")}
     records = table.to_dict("records")
     parts = [
         '<h2 id="leaderboard">Leaderboard</h2>',
         f'<p id="headline">{_headline_text(data)}</p>',
-        f'<p id="case-view">{_view_text(data)}</p>',
+        f'<p id="case-view">{_view_text(data)} <span class="muted">Every column, one row per configuration: '
+        f'<a href="{_e(leaderboard_link)}"{download}>{LEADERBOARD_CSV}</a>.</span></p>',
         f'<details class="muted"><summary>How to read these tables</summary>Each cell: the mean over cases (seeds '
         f"averaged within a case first), its bootstrap {CONFIDENCE:.0%} confidence interval over cases [low, high] "
         f"({BOOTSTRAP_METHOD} method, {N_RESAMPLES} resamples, seed {SEED}) and n, the number of cases it is over; "
@@ -446,9 +449,6 @@ def _leaderboard_section(data: ReportData, leaderboard_link: str) -> str:
     if empty:
         parts.append(f'<p class="muted" id="no-values">No values in these runs (not computed, or every image n/a): '
                      f"{', '.join(_e(m) for m in empty)}.</p>")
-    download = f' download="{LEADERBOARD_CSV}"' if leaderboard_link.startswith("data:") else ""
-    parts.append(f'<p class="muted">Also as <a href="{_e(leaderboard_link)}"{download}>{LEADERBOARD_CSV}</a> '
-                 "(every column, one row per configuration).</p>")
     return "\n".join(parts)
 
 
@@ -808,9 +808,8 @@ def _cases_section(data: ReportData, pictures: Pictures) -> str:
     problems = "".join(f'<p class="muted">No reference images or layout boxes: {_e(p)}.</p>' for p in layouts.problems)
     return "\n".join([
         '<h2 id="cases">Cases</h2>',
-        '<p class="muted">Each case: the subjects\' reference images (border colour = its layout box), the prompt, then '
-        "every configuration's images with the headline score, judge verdicts and failure flags; all scores fold out "
-        "under each image.</p>",
+        '<p class="muted">Per case: the subjects\' reference images (border colour = their layout box), the prompt, '
+        "each configuration's images with the headline score, judge verdict and failure flags (all scores fold out).</p>",
         problems,
         _filters(data, case_flags),
         *rows,
