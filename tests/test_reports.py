@@ -1153,3 +1153,20 @@ def test_several_seeds_get_narrower_thumbnails(tmp_path: Path) -> None:
     three = build_report(make_run(tmp_path / "three", rows)).page.read_text()
     assert one.count('<img src="../images/') == 2 and one.count('width="160" height="160"') == 2
     assert three.count('width="100" height="100"') == 3 and three.count('style="width:100px"') == 3
+
+
+def test_relbench_report_self_contained_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    import cli
+
+    run = demo_spec_run(tmp_path / "run")
+    monkeypatch.setattr(sys, "argv", ["relbench", "report", str(run), "--self-contained", "-o", str(tmp_path / "mail")])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert exc.code in (None, 0)
+    assert f"report: {tmp_path / 'mail' / 'index.html'}" in capsys.readouterr().out
+    found = sources((tmp_path / "mail" / "index.html").read_text())
+    assert len(found) == 5 and all(src.startswith("data:image/jpeg;base64,") for src in found)
