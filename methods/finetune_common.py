@@ -652,7 +652,9 @@ class SubjectFinetuneMethod(Method):
 
         data = folder / "data"
         argv = [*write_concept_folders(subjects, data), "--output", str(folder), "--resume-from-checkpoint", "latest",
-                "--checkpoints-total-limit", "1", "--quiet", *self.training_arguments(subjects)]
+                "--checkpoints-total-limit", "1", "--quiet", *self.training_arguments(subjects),
+                # The loss history stays in the cache folder's metrics.jsonl; no tracker run per subject set.
+                "--report-to", "none"]
         if self.model_ref.is_tiny:
             argv += ["--profile", "tiny", "--tiny-seed", str(self.context.seed)]
         else:

@@ -51,6 +51,7 @@ from typing import Any
 
 import pandas as pd
 
+from relbench.atomic import atomic_write_text
 from relbench.errors import RelbenchError, output_errors
 from relbench.reports.stats import (
     COMMON, COMPARISON_COLUMNS, DIFFER, GROUP_COLUMNS, MIN_CASES_FOR_BEST, SAME, Headline, choose_headline,
@@ -324,15 +325,19 @@ def spreadsheet_safe(value: object) -> object:
 
 
 def save_csv(table: pd.DataFrame, output: str | Path) -> Path:
-    """Write a table as CSV; numbers with 10 significant digits (0.3, not 0.30000000000000004);
-    text cells and headers through ``spreadsheet_safe``."""
+    """Write a table as CSV (atomically); numbers with 10 significant digits (0.3, not
+    0.30000000000000004); text cells and headers through ``spreadsheet_safe``.
+
+    Records end in CRLF, as RFC 4180 says: Python's csv module (3.11) quotes a cell holding a
+    carriage return only when the record separator contains one, and an unquoted bare CR in a cell
+    splits its row for every reader."""
     output = Path(output)
     safe = table.copy()
     safe.columns = [spreadsheet_safe(column) for column in table.columns]
     for position, dtype in enumerate(safe.dtypes):
         if not pd.api.types.is_numeric_dtype(dtype):  # numbers are never escaped
             safe.isetitem(position, safe.iloc[:, position].map(spreadsheet_safe))
+    text = safe.to_csv(index=False, float_format="%.10g", lineterminator="\r\n")
     with output_errors(output):  # a full disk or a folder that cannot be written: one line
-        output.parent.mkdir(parents=True, exist_ok=True)
-        safe.to_csv(output, index=False, float_format="%.10g")
+        atomic_write_text(output, text)
     return output

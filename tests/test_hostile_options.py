@@ -201,6 +201,11 @@ def test_csv_text_cells_cannot_run_as_spreadsheet_formulas(tmp_path: Path, monke
     assert [row[0] for row in rows[1:]] == ["'=1+1", "'+1", "'-x", "'@SUM(A1)", "'\tx", "plain", "a=b"]
     assert [row[1] for row in rows[1:]][:3] == ["-0.5", "1", "-2"] and rows[-1][2] == "-8"
     assert (spreadsheet_safe("\rx"), spreadsheet_safe(-0.5), spreadsheet_safe(None)) == ("'\rx", -0.5, None)
+    # A carriage return inside a cell stays inside it (quoted; records end in CRLF).
+    save_csv(pd.DataFrame({"name": ["a\rb", "c\nd", "e"], "value": [1.0, 2.0, 3.0]}), tmp_path / "cr.csv")
+    with (tmp_path / "cr.csv").open(newline="") as f:
+        assert list(csv.reader(f)) == [["name", "value"], ["a\rb", "1"], ["c\nd", "2"], ["e", "3"]]
+    assert pd.read_csv(tmp_path / "cr.csv")["name"].tolist() == ["a\rb", "c\nd", "e"]
     # Through the CLI: a method name chosen by the user (folder.name) reaches the leaderboard's first column.
     from relbench.benchmarks import load_benchmark
     from PIL import Image

@@ -299,6 +299,8 @@ class ReVersion(Method):
             "--mixed-precision", c.mixed_precision, "--variant", c.variant,
             # A killed run resumes from its last checkpoint; only the newest is kept.
             "--checkpoints-total-limit", "1", "--resume-from-checkpoint", "latest", "--quiet",
+            # The loss history stays in the cache folder's metrics.jsonl; no tracker run per relation.
+            "--report-to", "none",
         ]
         for key, value in self.context.model_overrides.items():
             argv += ["--model", f"{key}={value}"]
