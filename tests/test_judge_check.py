@@ -439,6 +439,7 @@ def test_default_set_on_the_tiny_profile_through_the_command(shared_data, tmp_pa
                                           "--device", "cpu", "--bins", "5"])
     assert result.exit_code == 0, result.output
     assert "on dreamrelation-triplets (20 images, 90 yes/no, 10 choice)" in result.output
+    assert "tiny profile: a random tiny judge, so these numbers only show that the check runs" in result.output
     [record] = json.loads((tmp_path / "out" / "check.json").read_text())["judges"]
     assert record["identity"]["judge_id"] == "tiny:judge" and record["profile"] == "tiny"
     assert {"all", "relation", "presence", "relation:hug", "relation:shake", "group:collage"} <= set(record["scopes"])

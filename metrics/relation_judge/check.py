@@ -489,6 +489,9 @@ def run_judge_check(
         checks.append(check)
         for line in format_check(check):
             echo(line)
+        if profile == "tiny" and not ref:
+            echo("tiny profile: a random tiny judge, so these numbers only show that the check runs "
+                 "(--profile full checks the real judge)")
     kappa = agreement(checks[0], checks[1]) if len(checks) == 2 else None
     if kappa is not None:
         overall = kappa["all"]
