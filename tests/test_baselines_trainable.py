@@ -155,6 +155,15 @@ def test_check_cases_refuses_bad_cases_before_any_model_loads() -> None:
         CustomDiffusion.check_cases(CustomDiffusion.settings_from_overrides(TINY, {"freeze_model": "all"}), bench, [good])
     with pytest.raises(RelbenchError, match="--set custom-diffusion.mixed_precision: expected one of no, fp16, bf16"):
         CustomDiffusion.check_cases(CustomDiffusion.settings_from_overrides(TINY, {"mixed_precision": "fp8"}), bench, [good])
+    # Declared ranges (one check for every method), then what a range cannot say.
+    with pytest.raises(RelbenchError, match=r"^--set dreambooth-lora.rank=0: must be >= 1$"):
+        DreamBoothLoRA.settings_from_overrides(TINY, {"rank": "0"})
+    with pytest.raises(RelbenchError, match=r"^--set custom-diffusion.resolution=56: must be >= 64$"):
+        CustomDiffusion.settings_from_overrides(TINY, {"resolution": "56"})
+    for cls in (DreamBoothLoRA, CustomDiffusion):
+        with pytest.raises(RelbenchError, match=rf"^--set {cls.name}.resolution: expected a multiple of 8, got 100$"):
+            cls.check_cases(cls.settings_from_overrides(TINY, {"resolution": "100"}), bench, [good])
+        cls.check_cases(cls.settings_from_overrides(TINY, {"resolution": "104"}), bench, [good])
 
 
 # --------------------------------------------------------------------------------------------
