@@ -41,6 +41,23 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_
 export XDG_CACHE_HOME="$OUT/cache" RELBENCH_EMBEDDING_CACHE="$OUT/cache/embeddings"
 STAGES="$OUT/stages"; mkdir -p "$STAGES"
 cd "$REPO"
+cat > "$STAGES/stage_common.py" <<'PY_COMMON_EOF'
+"""What every stage script shares: the device, its RESULT lines, a GPU sync."""
+import torch
+
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+cuda = dev.type == "cuda"
+
+
+def emit(key, value, unit=""):
+    """One 'RESULT<TAB>key<TAB>value<TAB>unit' line (floats to 4 significant digits) for summary.py."""
+    print(f"RESULT\t{key}\t{value:.4g}\t{unit}" if isinstance(value, float) else f"RESULT\t{key}\t{value}\t{unit}", flush=True)
+
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+PY_COMMON_EOF
 cat > "$STAGES/gen.py" <<'PY_GEN_EOF'
 """Stage gen: SDXL-shaped denoising through relbench's own generate() code (sdxl and ms-diffusion
 paths), random weights, no download. Prints 'RESULT<TAB>key<TAB>value<TAB>unit' lines.
@@ -66,21 +83,11 @@ args = p.parse_args()
 
 import torch
 
-dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-cuda = dev.type == "cuda"
+from stage_common import cuda, dev, emit, sync  # written beside the stages by gpu_check.sh
 variants = cuda or args.all_variants
 if cuda:
     torch.backends.cuda.matmul.allow_tf32 = False  # torch's default, stated: the repo sets nothing
 FP16 = torch.float16 if cuda else torch.float32
-
-
-def emit(key, value, unit=""):
-    print(f"RESULT\t{key}\t{value:.4g}\t{unit}" if isinstance(value, float) else f"RESULT\t{key}\t{value}\t{unit}", flush=True)
-
-
-def sync():
-    if cuda:
-        torch.cuda.synchronize()
 
 
 def timed(fn, reps):
@@ -298,17 +305,7 @@ from relbench.metrics.relation_judge import templates
 from relbench.metrics.relation_judge.local import TINY_CHAT_TEMPLATE, LocalVLMJudge, tiny_vlm, tiny_vlm_tokenizer
 from relbench.profiles import RunContext
 
-dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-cuda = dev.type == "cuda"
-
-
-def emit(key, value, unit=""):
-    print(f"RESULT\t{key}\t{value:.4g}\t{unit}" if isinstance(value, float) else f"RESULT\t{key}\t{value}\t{unit}", flush=True)
-
-
-def sync():
-    if cuda:
-        torch.cuda.synchronize()
+from stage_common import cuda, dev, emit, sync  # written beside the stages by gpu_check.sh
 
 
 began = time.perf_counter()
@@ -445,17 +442,7 @@ args = p.parse_args()
 import torch
 import torch.nn.functional as F
 
-dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-cuda = dev.type == "cuda"
-
-
-def emit(key, value, unit=""):
-    print(f"RESULT\t{key}\t{value:.4g}\t{unit}" if isinstance(value, float) else f"RESULT\t{key}\t{value}\t{unit}", flush=True)
-
-
-def sync():
-    if cuda:
-        torch.cuda.synchronize()
+from stage_common import cuda, dev, emit, sync  # written beside the stages by gpu_check.sh
 
 
 from relbench.methods.dreambooth_lora.train import add_lora
@@ -529,12 +516,7 @@ repo = sys.argv[1] if len(sys.argv) > 1 else "."
 sys.path.insert(0, os.path.join(repo, "bench"))
 import torch
 
-dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-cuda = dev.type == "cuda"
-
-
-def emit(key, value, unit=""):
-    print(f"RESULT\t{key}\t{value}\t{unit}", flush=True)
+from stage_common import cuda, dev, emit, sync  # written beside the stages by gpu_check.sh
 
 
 def count_syncs(fn, label, calls=1):
