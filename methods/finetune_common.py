@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from relbench.errors import RelbenchError
 from relbench.method import GenerationRequest, Method, SubjectInput
-from relbench.profiles import ModelRef, RunContext, resolved_revision, torch_dtype
+from relbench.profiles import ModelRef, RunContext, pipeline_revision, torch_dtype
 from relbench.training import (  # noqa: F401  (MIXED_PRECISION, TRAINER_STATE, find_latest_checkpoint: re-exported for methods and tests)
     CHECKPOINT_PREFIX, MIXED_PRECISION, TRAINER_STATE, TrainingDefaults, add_training_arguments, find_latest_checkpoint,
     require_non_negative, require_positive, validate_training_arguments,
@@ -266,7 +266,7 @@ def load_sdxl_parts(ref: ModelRef, dtype: str, variant: str | None, tiny_seed: i
             ) from exc
         parts = {name: getattr(pipe, name) for name in SDXL_PARTS}
         parts["scheduler"] = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-        revision = resolved_revision(pipe.config.get("_name_or_path"))
+        revision = pipeline_revision(pipe)
     parts["tokenizer"] = copy.deepcopy(parts["tokenizer"])
     parts["tokenizer_2"] = copy.deepcopy(parts["tokenizer_2"])
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from relbench.errors import RelbenchError, exception_line
+from relbench.profiles import resolved_revision
 
 MANIFEST = Path(__file__).parent / "manifests" / "models.json"
 # Another manifest (a test that breaks a file name, a site that pins other files).
@@ -357,8 +358,7 @@ def cached_commit(need: Need, cache: str | os.PathLike[str] | None = None) -> st
     for path in need.files:
         found = try_to_load_from_cache(need.entry.repo, path, cache_dir=cache, revision=need.revision)
         if isinstance(found, str):
-            parts = Path(found).parts
-            return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+            return resolved_revision(found)
     return None
 
 

@@ -162,10 +162,35 @@ def torch_dtype(name: str) -> "torch.dtype":
 
 
 def resolved_revision(local_dir: str | os.PathLike[str] | None) -> str | None:
-    """The commit hash of a hub snapshot folder (``.../snapshots/<commit>``), if it is one."""
+    """The commit hash of a hub snapshot folder or of a path inside one
+    (``.../snapshots/<commit>`` or ``.../snapshots/<commit>/unet``); None for anything else."""
     if not local_dir:
         return None
-    path = Path(local_dir)
-    if path.parent.name == "snapshots" and len(path.name) == 40:
-        return path.name
+    parts = Path(local_dir).parts
+    for index in range(len(parts) - 2, -1, -1):
+        if parts[index] == "snapshots" and len(parts[index + 1]) == 40:
+            return parts[index + 1]
     return None
+
+
+def hub_commit(repo_id: str, filename: str, revision: str | None) -> str | None:
+    """The commit of the HF-cache snapshot that a hub file is read from (None: a local folder,
+    or not cached)."""
+    if Path(repo_id).exists():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return resolved_revision(cached) if isinstance(cached, str) else None
+
+
+def pipeline_revision(pipe: Any) -> str | None:
+    """The commit a diffusers pipeline was loaded from. Loaded by hub id, the pipeline's own
+    ``_name_or_path`` is the id, but each component's is its folder in the snapshot
+    (``.../snapshots/<commit>/unet``); loaded from a snapshot folder, the pipeline's is that."""
+    found = resolved_revision(pipe.config.get("_name_or_path"))
+    for component in pipe.components.values():
+        if found:
+            break
+        found = resolved_revision(getattr(getattr(component, "config", None), "_name_or_path", None))
+    return found

@@ -234,3 +234,22 @@ def test_evaluate_checks_only_hub_ids_the_manifest_knows(tmp_path: Path) -> None
     pinned = RunContext(profile="full", device="cpu", model_overrides={"sdxl": "stabilityai/stable-diffusion-xl-base-1.0@" + "c" * 40})
     (need,) = plan_needs(MANIFEST, pinned.model, [("sdxl", (), settings)], [], pinned.model_overrides)
     assert need.revision == "c" * 40 and "unet/diffusion_pytorch_model.safetensors" in need.files
+
+
+def test_the_commit_is_read_from_a_snapshot_path_or_a_pipelines_components() -> None:
+    from types import SimpleNamespace
+
+    from relbench.profiles import pipeline_revision, resolved_revision
+
+    commit = "b3b4ca92a288475c1986fb88635972e4e317becb"
+    snapshot = f"/cache/models--stabilityai--stable-diffusion-xl-base-1.0/snapshots/{commit}"
+    assert resolved_revision(snapshot) == commit
+    assert resolved_revision(f"{snapshot}/unet") == commit  # a component of a pipeline loaded by hub id
+    assert resolved_revision(f"/cache/snapshots/{commit[:39]}/unet") is None  # not a commit hash
+    assert resolved_revision("stabilityai/stable-diffusion-xl-base-1.0") is None and resolved_revision(None) is None
+    by_id = SimpleNamespace(config={"_name_or_path": "stabilityai/stable-diffusion-xl-base-1.0"},
+                            components={"scheduler": SimpleNamespace(config={}), "tokenizer": object(),
+                                        "unet": SimpleNamespace(config=SimpleNamespace(_name_or_path=f"{snapshot}/unet"))})
+    assert pipeline_revision(by_id) == commit
+    local = SimpleNamespace(config={"_name_or_path": "/models/sdxl"}, components={"unet": SimpleNamespace(config=SimpleNamespace(_name_or_path="/models/sdxl/unet"))})
+    assert pipeline_revision(local) is None

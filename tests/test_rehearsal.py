@@ -115,6 +115,9 @@ def test_full_profile_train_then_evaluate_every_method_and_metric(hub: tuple[Pat
     assert set(hub_models) == defaults
     assert {key: value["commit"] for key, value in hub_models.items()} == {key: commits[key] for key in defaults}
     assert hub_models["sdxl"]["repo"] == SDXL_REPO and hub_models["sdxl"]["revision"] == "main"
+    for settings in record["method_settings"].values():  # each method's settings record the commit of every model it read
+        for key in MANIFEST.methods[settings["method"]]:
+            assert commits[key] in json.dumps(settings), (settings["method"], key)
     for name in record["metrics"]:
         model = record["metrics"][name].get("settings", {})
         text = json.dumps(model)

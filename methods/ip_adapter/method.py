@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from relbench.errors import RelbenchError
 from relbench.method import GUIDANCE, STEPS, GenerationRequest, Method, bounded
 from relbench.methods.ip_adapter.meta import INFO
-from relbench.profiles import RunContext, resolved_revision, torch_dtype
+from relbench.profiles import RunContext, hub_commit, pipeline_revision, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -133,7 +133,7 @@ class IPAdapter(Method):
                     f"cannot load SDXL from {self.sdxl_ref.id!r} ({_short(exc)}); download it first or pass "
                     f"--model sdxl=/local/path (and --set ip-adapter.variant= if it has no fp16 files)"
                 ) from exc
-            self.resolved_revisions["sdxl"] = resolved_revision(pipe.config.get("_name_or_path"))
+            self.resolved_revisions["sdxl"] = pipeline_revision(pipe)
             # SDXL base's own sampler, which the authors' demo keeps; explicit for other SDXL folders.
             pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
         if self.adapter_ref.is_tiny:
@@ -182,7 +182,7 @@ class IPAdapter(Method):
                 f"cannot load IP-Adapter {self.config.subfolder}/{self.config.weight_name} from {ref.id!r} "
                 f"({_short(exc)}); download it first or pass --model ip_adapter=/local/path"
             ) from exc
-        self.resolved_revisions["ip_adapter"] = _hub_commit(ref.id, f"{self.config.subfolder}/{self.config.weight_name}", ref.revision)
+        self.resolved_revisions["ip_adapter"] = hub_commit(ref.id, f"{self.config.subfolder}/{self.config.weight_name}", ref.revision)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -342,19 +342,6 @@ def tiny_ip_adapter_state_dict(unet: Any, embed_dims: int, seed: int = 0, num_qu
         ip[f"{key_id}.to_v_ip.weight"] = linear(hidden_size, cross_dim)
         key_id += 2
     return {"image_proj": proj, "ip_adapter": ip}
-
-
-def _hub_commit(repo_id: str, filename: str, revision: str | None) -> str | None:
-    """The commit of the HF-cache snapshot a hub file was loaded from (None for local folders)."""
-    if Path(repo_id).exists():
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo_id, filename, revision=revision)
-    if not isinstance(cached, str):
-        return None
-    parts = Path(cached).parts
-    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
 class _EmptyFloat32Warning(logging.Filter):

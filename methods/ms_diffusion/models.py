@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
-from relbench.profiles import ModelRef, RunContext, resolved_revision, torch_dtype
+from relbench.profiles import ModelRef, RunContext, hub_commit, resolved_revision, torch_dtype
 
 if TYPE_CHECKING:
     from relbench.methods.ms_diffusion.adapter import MSAdapter
@@ -105,7 +105,8 @@ def load_models(context: RunContext, dtype: str = "float32", variant: str | None
 
         require_cached_ref("image_encoder", refs["image_encoder"].id, refs["image_encoder"].revision)
         encoder = SubjectEncoder.from_pretrained(holder, refs["image_encoder"].id, revision=refs["image_encoder"].revision)
-        revisions["image_encoder"] = resolved_revision(getattr(encoder.image_encoder.config, "_name_or_path", None))
+        revisions["image_encoder"] = (resolved_revision(getattr(encoder.image_encoder.config, "_name_or_path", None))
+                                      or hub_commit(refs["image_encoder"].id, "config.json", refs["image_encoder"].revision))
     if local_features:
         from relbench.methods.ms_diffusion.local_features import MODEL_KEY, TINY_ID, LocalFeatureEncoder, dense_encoder_for
 
@@ -142,4 +143,6 @@ def _load_sdxl_parts(ref: ModelRef, dtype: Any, variant: str | None) -> tuple[di
             f"cannot load SDXL from {ref.id!r} ({exception_line(exc)}); {fix_hint('sdxl', ref.id)} "
             f"(and no fp16 variant if the folder has none)"
         ) from exc
-    return parts, dict(scheduler.config), resolved_revision(getattr(parts["unet"].config, "_name_or_path", None))
+    # Loaded by hub id, the modules' _name_or_path is the id: the commit comes from the cache.
+    commit = resolved_revision(getattr(parts["unet"].config, "_name_or_path", None)) or hub_commit(ref.id, "unet/config.json", ref.revision)
+    return parts, dict(scheduler.config), commit

@@ -38,7 +38,7 @@ from relbench.errors import RelbenchError
 from relbench.method import GUIDANCE, STEPS, GenerationRequest, Method, bounded
 from relbench.methods.omnigen.meta import INFO
 from relbench.options import MAX_RESOLUTION
-from relbench.profiles import RunContext, resolved_revision, torch_dtype
+from relbench.profiles import RunContext, pipeline_revision, torch_dtype
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -116,7 +116,7 @@ class OmniGen(Method):
             # An offline load of a missing tokenizer can come back as an almost empty one.
             if pipe.tokenizer is None or len(pipe.tokenizer) < 1000:
                 raise RelbenchError(f"--model omnigen={self.model_ref.id}: its tokenizer did not load (folder tokenizer/ missing?)")
-            self.resolved_revision = resolved_revision(pipe.config.get("_name_or_path"))
+            self.resolved_revision = pipeline_revision(pipe)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
 

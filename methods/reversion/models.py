@@ -14,7 +14,7 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from relbench.errors import RelbenchError
-from relbench.profiles import ModelRef, resolved_revision, torch_dtype
+from relbench.profiles import ModelRef, pipeline_revision, torch_dtype
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -83,7 +83,7 @@ def load_sd15(ref: ModelRef, dtype: str = "float32", variant: str = "", tiny_see
             raise RelbenchError(
                 f"cannot load Stable Diffusion 1.5 from {ref.id!r} ({exception_line(exc)}); {fix_hint(ref.key, ref.id)}"
             ) from exc
-        revision = resolved_revision(pipe.config.get("_name_or_path"))
+        revision = pipeline_revision(pipe)
     if len(pipe.tokenizer) < MIN_VOCABULARY:
         raise RelbenchError(f"{ref.id}: tokenizer has {len(pipe.tokenizer)} tokens, expected CLIP's {MIN_VOCABULARY}; is the folder complete?")
     pipe.set_progress_bar_config(disable=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from relbench.errors import RelbenchError, exception_line
 from relbench.method import GUIDANCE, STEPS, GenerationRequest, Method, bounded
 from relbench.methods.sdxl.meta import INFO
-from relbench.profiles import RunContext, resolved_revision, torch_dtype
+from relbench.profiles import RunContext, pipeline_revision, torch_dtype
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -81,7 +81,7 @@ class SDXL(Method):
                     f"cannot load SDXL from {self.model_ref.id!r} ({exception_line(exc)}); "
                     f"{fix_hint('sdxl', self.model_ref.id)} (and --set sdxl.variant= if it has no fp16 files)"
                 ) from exc
-            self.resolved_revision = resolved_revision(pipe.config.get("_name_or_path"))
+            self.resolved_revision = pipeline_revision(pipe)
             pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         if self.model_ref.is_tiny and dtype != next(pipe.unet.parameters()).dtype:
