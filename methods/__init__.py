@@ -7,7 +7,21 @@ profiles from the same object (``info = INFO``). To add a method: a folder ``met
 from outside the repository: ``$RELBENCH_METHODS`` (see ``relbench.plugins``).
 """
 
+import logging
+
 from relbench.registry import Registry
+
+
+class _EmptyFloat32Notice(logging.Filter):
+    """Drops diffusers' (0.42) "There are modules in X that should be kept in float32: []": it is
+    said on every dtype cast of a model even when the list is empty (SDXL's, every run); a line that
+    names modules still prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_EmptyFloat32Notice())
 
 METHODS: Registry = Registry("method", env="RELBENCH_METHODS")
 

@@ -303,8 +303,6 @@ def lend_parts(parts: dict[str, Any]) -> Iterator[dict[str, Any]]:
     trainer adds inside a module (LoRA layers, attention processors, token rows) it takes out
     itself: its ``main(argv, sdxl=...)``.
     """
-    import torch
-
     before = {name: (next(parts[name].parameters()).dtype, next(parts[name].parameters()).device) for name in TRAINED_MODULES}
     lent = {**parts, "tokenizer": copy.deepcopy(parts["tokenizer"]), "tokenizer_2": copy.deepcopy(parts["tokenizer_2"])}
     try:
@@ -317,9 +315,7 @@ def lend_parts(parts: dict[str, Any]) -> Iterator[dict[str, Any]]:
             if getattr(module, "is_gradient_checkpointing", False):
                 module.disable_gradient_checkpointing()
             dtype, device = before[name]
-            # nn.Module.to, not diffusers' override: that one warns about "modules to keep in
-            # float32" on every cast, even when there are none (its list is empty).
-            torch.nn.Module.to(module, device=device, dtype=dtype)
+            module.to(device=device, dtype=dtype)
             module.requires_grad_(False)
             module.eval()
 

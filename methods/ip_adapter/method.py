@@ -30,10 +30,7 @@ state dict in the authors' key layout, loaded through the same ``load_ip_adapter
 
 from __future__ import annotations
 
-import logging
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +135,7 @@ class IPAdapter(Method):
             pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
         if self.adapter_ref.is_tiny:
             state_dict = tiny_ip_adapter_state_dict(pipe.unet, encoder.config.hidden_size, self.context.seed)
-            with _no_empty_float32_warning():
-                pipe.load_ip_adapter(state_dict, subfolder="", weight_name="", image_encoder_folder=None)
+            pipe.load_ip_adapter(state_dict, subfolder="", weight_name="", image_encoder_folder=None)
         else:
             self._load_full_adapter(pipe)
         pipe.set_ip_adapter_scale(self.config.scale)
@@ -172,11 +168,10 @@ class IPAdapter(Method):
     def _load_full_adapter(self, pipe: Any) -> None:
         ref = self.adapter_ref
         try:
-            with _no_empty_float32_warning():
-                pipe.load_ip_adapter(
-                    ref.id, subfolder=self.config.subfolder, weight_name=self.config.weight_name,
-                    image_encoder_folder=None, revision=ref.revision,
-                )
+            pipe.load_ip_adapter(
+                ref.id, subfolder=self.config.subfolder, weight_name=self.config.weight_name,
+                image_encoder_folder=None, revision=ref.revision,
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             raise RelbenchError(
                 f"cannot load IP-Adapter {self.config.subfolder}/{self.config.weight_name} from {ref.id!r} "
@@ -342,25 +337,6 @@ def tiny_ip_adapter_state_dict(unet: Any, embed_dims: int, seed: int = 0, num_qu
         ip[f"{key_id}.to_v_ip.weight"] = linear(hidden_size, cross_dim)
         key_id += 2
     return {"image_proj": proj, "ip_adapter": ip}
-
-
-class _EmptyFloat32Warning(logging.Filter):
-    """Drops diffusers' "modules that should be kept in float32: []" line: load_ip_adapter moves
-    the UNet to its own dtype, and diffusers (0.42) warns on that even with no such module."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "should be kept in float32: []" not in record.getMessage()
-
-
-@contextmanager
-def _no_empty_float32_warning() -> Iterator[None]:
-    logger = logging.getLogger("diffusers.models.modeling_utils")
-    only = _EmptyFloat32Warning()
-    logger.addFilter(only)
-    try:
-        yield
-    finally:
-        logger.removeFilter(only)
 
 
 def _short(exc: BaseException) -> str:
