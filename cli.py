@@ -276,11 +276,10 @@ def report(
 ) -> None:
     """Write the HTML report and leaderboard CSV of one or more runs."""
     from relbench.reports.html import build_report
-    from relbench.sweep_launch import partial_notes
 
     found = _expand_run_dirs(list(run_dirs))
     files = build_report(found, output, formats, headline, "common" if common_cases else "all", self_contained=self_contained)
-    for note in [*files.notes, *partial_notes(found)]:  # runs a sweep's jobs are still filling
+    for note in files.notes:  # the headline, differing case sets, runs a sweep's jobs are still filling
         typer.echo(note)
     typer.echo(f"leaderboard: {files.leaderboard}")
     typer.echo(f"report: {files.page}")

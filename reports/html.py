@@ -49,6 +49,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from relbench.atomic import atomic_write_text
 from relbench.errors import RelbenchError, output_errors
 from relbench.reports import plots
 from relbench.reports.judge_check import judge_check_section
@@ -828,9 +829,20 @@ def _nav(data: ReportData, has_paper: bool) -> str:
     return "<nav>" + "".join(f'<a href="#{anchor}">{text}</a>' for anchor, text in links) + "</nav>"
 
 
-def render_report(data: ReportData, page_dir: Path, leaderboard_link: str, pictures: Pictures | None = None) -> str:
+def _partial_warning(partial: Sequence[str]) -> str:
+    """Runs a sweep's jobs are still filling: the page shows their done rows only."""
+    if not partial:
+        return ""
+    items = "".join(f"<li>{_e(line.removeprefix('partial: '))}</li>" for line in partial)
+    return (f'<div class="warning" role="alert" id="partial"><strong>Runs still filling</strong> (jobs still running or '
+            f"stopped part-way): every number on this page is over their done rows only.<ul>{items}</ul></div>")
+
+
+def render_report(data: ReportData, page_dir: Path, leaderboard_link: str, pictures: Pictures | None = None,
+                  partial: Sequence[str] = ()) -> str:
     """The report page as a string; image and CSV links are relative to ``page_dir``. ``pictures``:
-    where the case grid's pictures come from (default: linked files, ``Pictures(page_dir)``)."""
+    where the case grid's pictures come from (default: linked files, ``Pictures(page_dir)``).
+    ``partial``: a line per run still filling (``relbench.sweep_launch.partial_notes``)."""
     pictures = pictures if pictures is not None else Pictures(page_dir)
     runs = data.run_set.runs
     samples = data.samples
@@ -847,6 +859,7 @@ def render_report(data: ReportData, page_dir: Path, leaderboard_link: str, pictu
         f'<p class="muted">Run director{"ies" if len(runs) > 1 else "y"}: {directories}</p>',
         _nav(data, bool(paper)),
         f'<div class="banner" role="alert">{_e(TINY_BANNER)}</div>' if tiny else "",
+        _partial_warning(partial),
         _overlap_warning(data),
         _judge_failures_note(data),
         _leaderboard_section(data, leaderboard_link),
@@ -906,7 +919,7 @@ class ReportFiles:
     page: Path
     leaderboard: Path
     exports: tuple[Path, ...] = ()
-    notes: tuple[str, ...] = ()  # lines for the command to print: the headline, differing case sets
+    notes: tuple[str, ...] = ()  # lines for the command to print: the headline, differing case sets, runs still filling
 
 
 def build_report(
@@ -935,13 +948,16 @@ def build_report(
     if self_contained:  # the CSV travels inside the page too
         link = "data:text/csv;base64," + base64.b64encode(board.read_bytes()).decode("ascii")
     pictures = Pictures(page_dir, self_contained)
+    from relbench.sweep_launch import partial_notes
+
+    partial = partial_notes(dirs)
     with output_errors(page):
-        page.write_text(render_report(data, page_dir, link, pictures), encoding="utf-8")
+        atomic_write_text(page, render_report(data, page_dir, link, pictures, partial))
     exports = export_tables(page_dir, {
         "samples": samples_for_export(data.samples, data.flags),
         "leaderboard": data.table,
         "per_relation": data.per_relation,
         "per_category": data.per_category,
     }, formats)
-    notes = board_notes(Headline(data.headline, data.headline_reason), data.summary)
+    notes = [*board_notes(Headline(data.headline, data.headline_reason), data.summary), *partial]
     return ReportFiles(page, board, tuple(exports), tuple(notes))

@@ -215,6 +215,9 @@ def test_a_report_of_a_run_still_filling_marks_it_partial(tmp_path: Path) -> Non
     assert run_progress(run) == {"reference-collage": (3, 4)}
     out = relbench("report", str(tmp_path / "out")).stdout
     assert f"partial: {run}: reference-collage: 3 of 4 items done; the report shows the done rows only" in out
+    page = (run / "report" / "index.html").read_text()  # the page says so too
+    assert '<div class="warning" role="alert" id="partial"><strong>Runs still filling</strong>' in page
+    assert f"<li>{run}: reference-collage: 3 of 4 items done; the report shows the done rows only</li>" in page
     sweep = load_sweep(path)
     assert [(p.state, p.done, p.total, p.detail) for p in sweep_status(sweep, plan(sweep))] == [("pending", 3, 4, "not started")]
 
