@@ -49,7 +49,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from relbench.atomic import atomic_write_text
+from relbench.atomic import atomic_path, atomic_write_text
 from relbench.errors import RelbenchError, output_errors
 from relbench.reports import plots
 from relbench.reports.judge_check import judge_check_section
@@ -908,8 +908,8 @@ def export_tables(directory: Path, tables: dict[str, pd.DataFrame], formats: Seq
             if fmt == "csv":
                 save_csv(table, path)
             else:
-                with output_errors(path):
-                    table.to_parquet(path, index=False)
+                with output_errors(path), atomic_path(path) as tmp:
+                    table.to_parquet(tmp, index=False)
             written.append(path)
     return written
 
