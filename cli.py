@@ -129,6 +129,7 @@ def evaluate(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="METHOD.SETTING=VALUE, e.g. sdxl.num_inference_steps=50.")] = None,
     lora: Annotated[Optional[list[str]], typer.Option("--lora", help="dreamrelation's relation LoRA: FILE (every relation) or RELATION=FILE, repeatable.")] = None,
     judge_option: Annotated[Optional[list[str]], typer.Option("--judge-option", help="KEY=VALUE for an API judge's transport (not its answers): timeout, attempts, retry_budget, concurrency; repeatable.")] = None,
+    embedder_dtype: Annotated[Optional[str], typer.Option("--embedder-dtype", metavar="float32|tf32|bfloat16|float16", help="Precision of CLIP, DINO and the identity models; it moves their scores, is recorded in each value and fixed for the run folder (default: $RELBENCH_EMBEDDER_DTYPE, else float32).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Generate and score images for every (method, case, seed); resumable."""
@@ -147,7 +148,7 @@ def evaluate(
         profile=profile, seeds=seed_list, resolution=resolution, data_root=data_root, device=device,
         model_overrides=parse_model_overrides(model), method_overrides=method_overrides, limit=limit,
         relations=_names(relations, "--relations"), stage=stage, progress=not quiet,
-        judge_options=_parse_judge_options(judge_option),
+        judge_options=_parse_judge_options(judge_option), embedder_dtype=embedder_dtype,
     )
     try:
         summary = run_evaluate(options)

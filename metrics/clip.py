@@ -153,7 +153,7 @@ _SHARED_EMBEDDERS: dict[int, dict[str, CLIPEmbedder]] = {}
 def shared_clip_embedder(context: RunContext, dtype: str | None = None) -> CLIPEmbedder:
     """The CLIP embedder of this context (built on first use, dropped when the context is);
     ``dtype`` None: ``default_precision()``."""
-    dtype = dtype or default_precision()
+    dtype = dtype or default_precision(context)
     embedders = per_context(_SHARED_EMBEDDERS, context)
     if dtype not in embedders:
         embedders[dtype] = CLIPEmbedder(context, dtype=dtype)
@@ -179,7 +179,7 @@ def _unpack_built(model: Any) -> tuple[Any, Any, Any]:
 def _embedder_for(context: RunContext, model: Any, dtype: str | None) -> CLIPEmbedder:
     """A built model gets its own embedder; otherwise the context's shared one."""
     if model is not None:
-        return CLIPEmbedder(context, model, dtype=dtype or default_precision())
+        return CLIPEmbedder(context, model, dtype=dtype or default_precision(context))
     return shared_clip_embedder(context, dtype)
 
 

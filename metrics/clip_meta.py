@@ -11,6 +11,7 @@ CLIP_T = MetricInfo(
     higher_is_better=True,
     range=(-100.0, 100.0),
     model="clip",
+    precision=True,
 )
 CLIP_I = MetricInfo(
     name="clip_i",
@@ -19,4 +20,5 @@ CLIP_I = MetricInfo(
     higher_is_better=True,
     range=(-100.0, 100.0),
     model="clip",
+    precision=True,
 )

@@ -11,4 +11,5 @@ INFO = MetricInfo(
     higher_is_better=True,
     range=(-100.0, 100.0),
     model="clip",
+    precision=True,
 )

@@ -150,7 +150,7 @@ def shared_dino_embedder(context: RunContext, pooling: str = "cls", dtype: str |
     """The DINO embedder of this context for ``pooling`` (built on first use, dropped with the
     context); ``dtype`` None: ``default_precision()``."""
     check_pooling(pooling)
-    dtype = check_precision(dtype or default_precision())
+    dtype = check_precision(dtype or default_precision(context))
     embedders = per_context(_SHARED_EMBEDDERS, context)
     if (pooling, dtype) not in embedders:
         loaded = next((e for (_, d), e in embedders.items() if d == dtype), None)
@@ -178,7 +178,7 @@ class DINOScore(ReferenceSimilarityMetric):
         (``relbench.metrics.embedder.PRECISIONS``); None: ``default_precision()``."""
         super().__init__(context)
         check_pooling(pooling)
-        dtype = check_precision(dtype or default_precision())
+        dtype = check_precision(dtype or default_precision(context))
         self.batch_size = batch_size
         if embedder is not None:
             self.embedder = embedder.with_pooling(pooling)

@@ -25,7 +25,6 @@ settings every row records and of the reference-cache key. A metric built withou
 from __future__ import annotations
 
 import json
-import os
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -39,7 +38,9 @@ from relbench.metrics.embedding_cache import ReferenceEmbeddings, image_digest, 
 from relbench.metrics.functional.preprocess import ImagePreprocess, preprocess_from_processor
 from relbench.metrics.functional.similarity import VALUE_RANGE
 from relbench.metrics.loading import batched, built_model_name, model_source, resolve_revision
-from relbench.profiles import ModelRef, RunContext, resolved_revision, torch_dtype
+from relbench.profiles import (
+    PRECISIONS, ModelRef, RunContext, check_precision, default_precision, resolved_revision, torch_dtype,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,22 +51,6 @@ DEFAULT_BATCH_SIZE = 16
 # one scoring batch, which every metric of the run scores in turn.
 IMAGE_MEMO_SIZE = 4096
 
-# Precision name -> the weights' dtype. "tf32": float32 weights whose float32 matmuls may use
-# TensorFloat-32 (10-bit mantissa inputs) on GPUs that have it; no effect on the CPU.
-PRECISIONS = {"float32": "float32", "tf32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-PRECISION_ENV_VAR = "RELBENCH_EMBEDDER_DTYPE"
-
-
-def check_precision(name: str, where: str = "dtype") -> str:
-    if name not in PRECISIONS:
-        raise RelbenchError(f"{where}: unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
-    return name
-
-
-def default_precision() -> str:
-    """The precision of embedders built without an explicit dtype: ``$RELBENCH_EMBEDDER_DTYPE``, else float32."""
-    value = os.environ.get(PRECISION_ENV_VAR, "").strip()
-    return check_precision(value, f"${PRECISION_ENV_VAR}") if value else "float32"
 
 
 def weights_dtype(precision: str) -> "torch.dtype":

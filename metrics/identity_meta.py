@@ -11,6 +11,7 @@ IDENTITY_CLIP = MetricInfo(
     higher_is_better=True,
     range=(-100.0, 100.0),
     model="detector",
+    precision=True,
 )
 IDENTITY_DINO = MetricInfo(
     name="identity_dino",
@@ -19,6 +20,7 @@ IDENTITY_DINO = MetricInfo(
     higher_is_better=True,
     range=(-100.0, 100.0),
     model="detector",
+    precision=True,
 )
 PRESENCE = MetricInfo(
     name="presence",
@@ -27,6 +29,7 @@ PRESENCE = MetricInfo(
     higher_is_better=True,
     range=(0.0, 1.0),
     model="detector",
+    precision=True,
 )
 CONFUSION = MetricInfo(
     name="confusion",
@@ -35,6 +38,7 @@ CONFUSION = MetricInfo(
     higher_is_better=False,
     range=(0.0, 200.0),
     model="detector",
+    precision=True,
 )
 SWAP = MetricInfo(
     name="swap",
@@ -43,6 +47,7 @@ SWAP = MetricInfo(
     higher_is_better=False,
     range=(0.0, 1.0),
     model="detector",
+    precision=True,
 )
 BLEND = MetricInfo(
     name="blend",
@@ -51,4 +56,5 @@ BLEND = MetricInfo(
     higher_is_better=False,
     range=(0.0, 1.0),
     model="detector",
+    precision=True,
 )

@@ -78,6 +78,8 @@ class MetricInfo:
     range: tuple[float, float]  # the values it can take (scores are not clamped to it)
     model: str | None = None  # the model key it loads (RunContext.model(key)), if any
     profiles: tuple[str, ...] = ("tiny", "full")
+    # Its numbers depend on the embedders' precision (--embedder-dtype): part of its identity in run.json.
+    precision: bool = False
 
     def __post_init__(self) -> None:
         _check(self.name, self.target, self.profiles)
@@ -89,6 +91,8 @@ class MetricInfo:
         meta: dict[str, Any] = {"higher_is_better": self.higher_is_better, "range": self.range, "profiles": self.profiles}
         if self.model is not None:
             meta["model"] = self.model
+        if self.precision:
+            meta["precision"] = True
         return meta
 
     def class_attributes(self) -> dict[str, Any]:

@@ -109,12 +109,17 @@ class RunContext:
     # An API judge's transport settings (--judge-option; relation_judge.api.TRANSPORT_OPTIONS):
     # they change how answers are fetched, not what they are, so no run identity includes them.
     judge_options: dict[str, Any] = field(default_factory=dict)
+    # --embedder-dtype: the precision of CLIP, DINO and the identity models (PRECISIONS); None:
+    # $RELBENCH_EMBEDDER_DTYPE, else float32 (relbench.metrics.embedder.default_precision).
+    embedder_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise RelbenchError(f"--profile: unknown profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
         check_device(self.device)
         check_model_keys(self.model_overrides)
+        if self.embedder_dtype is not None:
+            check_precision(self.embedder_dtype, "--embedder-dtype")
 
     @property
     def is_tiny(self) -> bool:
@@ -159,6 +164,30 @@ def torch_dtype(name: str) -> "torch.dtype":
     if name not in dtypes:
         raise RelbenchError(f"unknown dtype {name!r}; expected one of {', '.join(dtypes)}")
     return dtypes[name]
+
+
+# Precision of the embedders (CLIP, DINO, the identity models): name -> the weights' dtype. "tf32":
+# float32 weights whose float32 matmuls may use TensorFloat-32 (10-bit mantissa inputs) on GPUs
+# that have it; no effect on the CPU.
+PRECISIONS = {"float32": "float32", "tf32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+PRECISION_ENV_VAR = "RELBENCH_EMBEDDER_DTYPE"
+
+
+def check_precision(name: str, where: str = "dtype") -> str:
+    if name not in PRECISIONS:
+        raise RelbenchError(f"{where}: unknown precision {name!r}; expected one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def default_precision(context: "RunContext | None" = None) -> str:
+    """The precision of embedders built without an explicit dtype: the context's
+    ``embedder_dtype`` (``--embedder-dtype``), else ``$RELBENCH_EMBEDDER_DTYPE``, else float32."""
+    if context is not None and context.embedder_dtype:
+        return context.embedder_dtype
+    value = os.environ.get(PRECISION_ENV_VAR, "").strip()
+    return check_precision(value, f"${PRECISION_ENV_VAR}") if value else "float32"
 
 
 def resolved_revision(local_dir: str | os.PathLike[str] | None) -> str | None:

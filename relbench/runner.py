@@ -60,6 +60,7 @@ class EvaluateOptions:
     stage: str = "all"  # "generate": images only; "score": score stored images; "all": both
     progress: bool = True
     judge_options: dict[str, str] = field(default_factory=dict)  # --judge-option KEY=VALUE (API judge transport)
+    embedder_dtype: str | None = None  # --embedder-dtype (None: $RELBENCH_EMBEDDER_DTYPE, else float32)
 
 
 @dataclass
@@ -231,7 +232,7 @@ def plan_evaluation(options: EvaluateOptions, shard: "Shard | None" = None) -> E
     from relbench.metrics.relation_judge.metric import check_judge_options
 
     context = RunContext(profile=options.profile, device=device, model_overrides=dict(options.model_overrides),
-                         judge_options=parse_transport_options(options.judge_options))
+                         judge_options=parse_transport_options(options.judge_options), embedder_dtype=options.embedder_dtype)
     check_judge_options(context)  # before any model loads
     benchmark = load_benchmark(options.benchmark)
     cases = select_cases(benchmark, options.relations, options.limit)
@@ -449,8 +450,17 @@ def select_cases(benchmark: Benchmark, relations: Sequence[str] | None, limit: i
 def _metric_model(context: RunContext, name: str) -> dict[str, Any] | None:
     from relbench.metrics import METRICS
 
-    key = METRICS.entry(name).meta.get("model")
-    return context.model(key).describe() if key else None
+    from relbench.profiles import default_precision
+
+    meta = METRICS.entry(name).meta
+    key = meta.get("model")
+    model = context.model(key).describe() if key else None
+    precision = default_precision(context)
+    if model is not None and meta.get("precision") and precision != "float32":
+        # Another precision moves the numbers: a resume with another one is refused like another
+        # model. float32, the default, is left out, so runs made before this key resume as they were.
+        model = {**model, "dtype": precision}
+    return model
 
 
 class SubjectInputs:

@@ -51,7 +51,8 @@ class Scorer:
     ``metrics``: registered metric names (``relbench metrics list``), or ``"all"``; ``profile``:
     ``"full"`` (pretrained weights) or ``"tiny"`` (random tiny models, for tests); ``device``:
     ``"auto"``, ``"cpu"``, ``"cuda:1"``, ...; ``models``: ``{KEY: HUB_ID_OR_PATH[@REVISION]}`` as
-    ``--model`` (e.g. ``{"clip": "/models/clip-vit-large-patch14"}``). Names, profile, device and
+    ``--model`` (e.g. ``{"clip": "/models/clip-vit-large-patch14"}``); ``embedder_dtype``: as
+    ``--embedder-dtype`` (None: ``$RELBENCH_EMBEDDER_DTYPE``, else float32). Names, profile, device and
     model keys are checked here, before any model loads (offline, the HF cache must hold the
     full profile's files: one error lists the missing ones).
     """
@@ -63,6 +64,7 @@ class Scorer:
         profile: str = "full",
         device: str = "auto",
         models: Mapping[str, str] | None = None,
+        embedder_dtype: str | None = None,
     ) -> None:
         from relbench.models_manifest import check_model_cache
         from relbench.profiles import RunContext
@@ -71,7 +73,7 @@ class Scorer:
         names = [metrics] if isinstance(metrics, str) else list(metrics)
         if not names or names == ["none"]:
             raise RelbenchError("metrics: empty; name at least one metric (relbench metrics list), or 'all'")
-        context = RunContext(profile=profile, device=device, model_overrides=dict(models or {}))
+        context = RunContext(profile=profile, device=device, model_overrides=dict(models or {}), embedder_dtype=embedder_dtype)
         metric_names = select_metrics(names, profile)
         check_model_cache(context, [], metric_names)
         self._setup(context, metric_names)
@@ -144,6 +146,7 @@ def score(
     benchmark: str | Benchmark | None = None,
     ids: Sequence[str] | None = None,
     data_root: str | os.PathLike | None = None,
+    embedder_dtype: str | None = None,
 ) -> pd.DataFrame:
     """Score images with registered metrics in one call (models loaded for this call; use
     ``Scorer`` to keep them for the next).
@@ -166,7 +169,7 @@ def score(
       ``Benchmark``, whose subject ids and relation ids the inputs may then use; its image
       references resolve against ``data_root`` (default as ``--data-root``).
 
-    ``metrics``, ``profile``, ``device`` and ``models`` are those of ``Scorer``. A metric scores
+    ``metrics``, ``profile``, ``device``, ``models`` and ``embedder_dtype`` are those of ``Scorer``. A metric scores
     what it is given: ``clip_t`` without ``prompts`` compares the image with the empty text.
 
     Returns one row per image: ``id``, ``image`` (the path given, else empty), ``prompt``,
@@ -176,7 +179,7 @@ def score(
     ``relbench evaluate`` stores (float32 embeddings made in batches of another composition may
     differ in the last bits, ~1e-7 relative).
     """
-    scorer = Scorer(metrics, profile=profile, device=device, models=models)
+    scorer = Scorer(metrics, profile=profile, device=device, models=models, embedder_dtype=embedder_dtype)
     return scorer(images, prompts=prompts, subjects=subjects, relation=relation, boxes=boxes,
                   benchmark=benchmark, ids=ids, data_root=data_root)
 

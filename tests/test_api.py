@@ -247,6 +247,14 @@ def test_scorer_names_are_checked_before_any_model_loads() -> None:
         _scorer()([])
     with pytest.raises(RelbenchError, match=r"images\[0\]: .*nothing.png: image not found"):
         _scorer()(["nothing.png"])
+    with pytest.raises(RelbenchError, match="--embedder-dtype: unknown precision 'fp8'"):
+        relbench.Scorer("clip_t", profile="tiny", embedder_dtype="fp8")
+
+
+def test_scorer_takes_the_embedder_precision() -> None:
+    table = relbench.score(Image.new("RGB", (32, 32), (200, 10, 10)), prompts="a red square", metrics=("clip_t",),
+                           profile="tiny", device="cpu", embedder_dtype="bfloat16")
+    assert table.attrs["relbench_scores"]["clip_t"]["settings"]["dtype"] == "bfloat16"
 
 
 def test_benchmark_data_classes_are_public() -> None:

@@ -238,3 +238,33 @@ def test_the_api_key_is_masked_in_any_letter_case() -> None:
         [answer] = judge.yes_no([YesNoQuestion(Image.new("RGB", (8, 8)), "Is there a cat? Answer yes or no.")])
     assert answer.raw_text == "cannot tell; keys *** *** ***"  # was stored with the key three times
     assert answer.failed and answer.error is not None and key.casefold() not in answer.error.casefold()
+
+
+def test_embedder_dtype_is_recorded_and_fixed_for_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from relbench.runstore import load_rows, run_settings
+
+    monkeypatch.delenv("RELBENCH_EMBEDDER_DTYPE", raising=False)
+    run = tmp_path / "run"
+    common = ["evaluate", "-m", "reference-collage", "-o", str(run), "--limit", "1", "--quiet", "--device", "cpu"]
+    assert_one_error_line(monkeypatch, capsys, [*common, "--embedder-dtype", "fp8", "--metrics", "none"],
+                          "--embedder-dtype: unknown precision 'fp8'; expected one of float32, tf32, bfloat16, float16")
+    code, err = run_cli(monkeypatch, capsys, *common, "--metrics", "clip_t,pose", "--embedder-dtype", "bfloat16")
+    assert code == 0, err
+    record = json.loads((run / "run.json").read_text())
+    assert record["metrics"]["clip_t"]["model"]["dtype"] == "bfloat16"
+    assert "dtype" not in (record["metrics"]["pose"]["model"] or {})  # its numbers do not depend on it
+    [row] = load_rows(run / "samples.jsonl", settings=run_settings(run))
+    assert row.metrics["clip_t"]["settings"]["dtype"] == "bfloat16"
+    # Resuming with another precision would mix them in one leaderboard: refused like another model.
+    code, err = run_cli(monkeypatch, capsys, *common, "--metrics", "clip_t,pose")
+    assert code == 2 and "metric 'clip_t' was computed here with another model" in err and "bfloat16" in err, err
+    code, err = run_cli(monkeypatch, capsys, *common, "--metrics", "clip_t,pose", "--embedder-dtype", "bfloat16")
+    assert code == 0, err
+    # float32 (the default) adds nothing to the identity: runs made before the option resume as they were.
+    default = tmp_path / "default"
+    code, err = run_cli(monkeypatch, capsys, "evaluate", "-m", "reference-collage", "-o", str(default), "--limit", "1",
+                        "--quiet", "--device", "cpu", "--metrics", "clip_t")
+    assert code == 0, err
+    assert "dtype" not in json.loads((default / "run.json").read_text())["metrics"]["clip_t"]["model"]

@@ -66,7 +66,7 @@ class IdentitySettings:
     # DINO pooling, as for the ``dino`` metric.
     dino_pooling: str = "cls"
     # Precision of the detector and embedders (``relbench.metrics.embedder.PRECISIONS``);
-    # by default $RELBENCH_EMBEDDER_DTYPE, else float32.
+    # the metrics pass the run's (--embedder-dtype, else $RELBENCH_EMBEDDER_DTYPE, else float32).
     dtype: str = field(default_factory=default_precision)
 
     def check(self) -> None:
@@ -114,7 +114,7 @@ class IdentityAnalyzer:
         CLIP and DINO are the context's shared embedders and the detector is loaded."""
         from relbench.metrics.dino import DINOEmbedder, shared_dino_embedder
 
-        self.config = settings or IdentitySettings()
+        self.config = settings or IdentitySettings(dtype=default_precision(context))
         self.config.check()
         self.profile = context.profile
         if detector is None or not hasattr(detector, "detect"):
@@ -287,7 +287,7 @@ _SHARED_ANALYZERS: dict[int, dict[IdentitySettings, IdentityAnalyzer]] = {}
 
 
 def shared_analyzer(context: RunContext, settings: IdentitySettings | None = None) -> IdentityAnalyzer:
-    settings = settings or IdentitySettings()
+    settings = settings or IdentitySettings(dtype=default_precision(context))
     per_context = _SHARED_ANALYZERS.get(id(context))
     if per_context is None:
         per_context = _SHARED_ANALYZERS[id(context)] = {}
@@ -307,7 +307,7 @@ class _IdentityMetric(Metric):
     def __init__(self, context: RunContext, *, analyzer: IdentityAnalyzer | None = None, **settings: Any):
         """``settings``: fields of ``IdentitySettings``; ``analyzer``: one to share (tests, notebooks)."""
         super().__init__(context)
-        self.analyzer = analyzer or shared_analyzer(context, IdentitySettings(**settings))
+        self.analyzer = analyzer or shared_analyzer(context, IdentitySettings(**{"dtype": default_precision(context), **settings}))
 
     def score(self, samples: Sequence[ScoringSample]) -> list[MetricResult]:
         return [self.result(analysis) for analysis in self.analyzer.analyze(samples)]
