@@ -42,7 +42,7 @@ from relbench.options import check_resolution, check_seeds, size_multiple
 from relbench.registry import did_you_mean
 
 TOP_KEYS = {"output", "profile", "benchmarks", "seeds", "metrics", "relations", "limit", "resolution", "models", "methods", "device",
-            "launcher", "max_parallel", "slurm"}
+            "embedder_dtype", "launcher", "max_parallel", "slurm"}
 METHOD_KEYS = {"method", "set", "grid"}
 
 
@@ -81,6 +81,7 @@ class Sweep:
     launcher: str = "local"  # relbench.sweep_launch.LAUNCHERS
     max_parallel: int = 1  # local launcher: jobs at once
     slurm: Any = None  # relbench.sweep_launch.SlurmSettings
+    embedder_dtype: str | None = None  # as --embedder-dtype
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -126,12 +127,17 @@ def load_sweep(path: Path) -> Sweep:
     if not output.is_absolute():
         output = path.parent / output
     launch = _launch_settings(data, where)
+    embedder_dtype = data.get("embedder_dtype")
+    if embedder_dtype is not None:
+        from relbench.profiles import check_precision
+
+        embedder_dtype = check_precision(str(embedder_dtype), f"{where}: embedder_dtype")
     return Sweep(
         path=path, output=output, profile=str(data.get("profile", "tiny")), benchmarks=benchmarks, seeds=list(seeds),
         metrics=_str_list(data["metrics"], f"{where}: metrics") if data.get("metrics") is not None else None,
         relations=_str_list(data["relations"], f"{where}: relations") if data.get("relations") is not None else None,
         limit=data.get("limit"), resolution=data.get("resolution"), models={str(k): str(v) for k, v in models.items()},
-        device=str(data.get("device", "auto")), methods=methods, **launch,
+        device=str(data.get("device", "auto")), methods=methods, embedder_dtype=embedder_dtype, **launch,
     )
 
 
@@ -222,5 +228,5 @@ def evaluate_options(sweep: Sweep, run: PlannedRun, progress: bool = False) -> A
         benchmark=run.benchmark, output=run.output, methods=[run.method], metrics=sweep.metrics, profile=sweep.profile,
         seeds=tuple(sweep.seeds), resolution=sweep.resolution, device=sweep.device, model_overrides=dict(sweep.models),
         method_overrides={run.method: dict(run.settings)} if run.settings else {}, limit=sweep.limit,
-        relations=sweep.relations, progress=progress,
+        relations=sweep.relations, progress=progress, embedder_dtype=sweep.embedder_dtype,
     )

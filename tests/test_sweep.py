@@ -71,8 +71,18 @@ def test_sweep_runs_resume_and_record_each_setting(tmp_path: Path) -> None:
         ({"seeds": ["a"]}, "seeds: expected a non-empty list of integers"),
         ({"benchmarks": ["nope"]}, "unknown benchmark 'nope'"),
         ({"methods": [{"method": "sdxl"}, {"method": "sdxl"}]}, "share an output folder"),
+        ({"embedder_dtype": "fp8"}, "embedder_dtype: unknown precision 'fp8'; expected one of float32, tf32, bfloat16, float16"),
     ],
 )
 def test_bad_sweep_files_fail_before_any_work(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(RelbenchError, match=message):
         plan(load_sweep(write(tmp_path, {**SWEEP, **change})))
+
+
+def test_the_embedder_precision_reaches_every_grid_point(tmp_path: Path) -> None:
+    from relbench.sweep import evaluate_options
+
+    sweep = load_sweep(write(tmp_path, {**SWEEP, "embedder_dtype": "bfloat16"}))
+    assert {evaluate_options(sweep, run).embedder_dtype for run in plan(sweep)} == {"bfloat16"}
+    default = load_sweep(write(tmp_path, SWEEP))
+    assert {evaluate_options(default, run).embedder_dtype for run in plan(default)} == {None}
