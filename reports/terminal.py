@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from relbench.reports.html import PAPER_COLUMNS
+from relbench.reports.html import PAPER_COLUMNS, config_labels
 from relbench.reports.leaderboard import Board, build_leaderboard, load_runs
 from relbench.reports.tables import metric_columns
 
@@ -49,25 +49,24 @@ def leaderboard_rows(board: Board, run_cases: int) -> tuple[list[str], list[list
     paper = [(label, metric) for label, metric in PAPER_COLUMNS if metric in table.columns and metric != headline]
     header = ["method", "n", *([f"{headline} (95% CI)"] if headline else []), *(label for label, _ in paper)]
     records = table.to_dict("records")
-    repeated = {r["method"] for r in records if sum(o["method"] == r["method"] for o in records) > 1}
+    labels = list(config_labels(table).values())  # the report's names, in the table's order (one row per configuration)
     rows = []
-    for record in records:
-        name = record["method"] + (f"@{record['settings_hash'][:8]}" if record["method"] in repeated else "")
+    for record, name in zip(records, labels):
         n = int(record[f"{headline}_n"]) if headline else int(record["n_cases"])
         rows.append([name, f"{n}/{run_cases}", *([with_ci(record, headline)] if headline else []),
                      *(number(record.get(metric)) for _, metric in paper)])
     return header, rows
 
 
-def failed_items(rows: Iterable[Mapping[str, Any]]) -> int:
-    """Rows (one per method, case and seed) with a metric result that failed and will be retried
+def failed_items(details: Iterable[Mapping[str, Any]]) -> int:
+    """Items (one ``{metric: details}`` per method, case and seed: the samples table's
+    ``metric_details``) with a metric result that failed and will be retried
     (``relbench.metrics.base.RETRY_KEY`` in its details: a judge API error, ...)."""
     from relbench.metrics.base import RETRY_KEY
 
     return sum(
-        any(isinstance(result, Mapping) and isinstance(result.get("details"), Mapping) and bool(result["details"].get(RETRY_KEY))
-            for result in (row.get("metrics") or {}).values())
-        for row in rows
+        any(isinstance(result, Mapping) and bool(result.get(RETRY_KEY)) for result in item.values())
+        for item in details if isinstance(item, Mapping)
     )
 
 
@@ -79,7 +78,6 @@ def print_run_summary(run_dir: Path, echo: Callable[[str], None]) -> None:
     from rich.text import Text
 
     from relbench.metrics.relation_judge import count_failed_questions, failure_line
-    from relbench.runstore import RunStore, read_rows, row_key
 
     run_set = load_runs([run_dir])
     info = run_set.runs[0][1]
@@ -108,14 +106,13 @@ def print_run_summary(run_dir: Path, echo: Callable[[str], None]) -> None:
             echo(note)
         if info.get("profile") == "tiny":
             echo("tiny profile: random tiny models, so these numbers only show that the pipeline runs")
-    path = RunStore(run_dir).samples_jsonl
-    stored = list({row_key(row): row for row in (read_rows(path) if path.is_file() else [])}.values())  # newest version per key
-    failed = failed_items(stored)
+    # The rows as loaded above (the newest version per key), not a second read of samples.jsonl.
+    samples = run_set.samples
+    details = list(samples["metric_details"]) if "metric_details" in samples.columns else []
+    failed = failed_items(details)
     if failed:
-        echo(f"failed: {failed} of {len(stored)} items have a score that failed; run the same command again to retry them")
-    details = ({name: result.get("details") for name, result in row.get("metrics", {}).items() if isinstance(result, dict)}
-               for row in stored)
-    judge = failure_line(count_failed_questions(details))  # which judge questions, and why
+        echo(f"failed: {failed} of {len(samples)} items have a score that failed; run the same command again to retry them")
+    judge = failure_line(count_failed_questions(d for d in details if isinstance(d, dict)))  # which judge questions, and why
     if judge:
         echo(judge)
     echo(f"next: relbench report {run_dir}")
